@@ -1,0 +1,30 @@
+from django.db import models
+
+
+class Event(models.Model):
+    """A telemetry event, stored exactly as a node sent it.
+
+    `payload` holds the event's JSON as received (all keys, unknown ones too); the indexed columns
+    are copies of the fields the API filters on. `id` is the insertion order: "newest first" means
+    highest `id` first. `received_at` is the arrival time (the fleet view's `last_seen`).
+    """
+
+    id = models.BigAutoField(primary_key=True)
+    event_id = models.CharField(max_length=256, unique=True)
+    event_type = models.CharField(max_length=256)
+    node_id = models.CharField(max_length=256)
+    timestamp = models.CharField(max_length=64, help_text="RFC 3339 timestamp as sent by the node")
+    lock_fingerprint = models.CharField(max_length=256, null=True, blank=True)
+    release_id = models.CharField(max_length=256, null=True, blank=True)
+    payload = models.TextField(help_text="the event's JSON object exactly as received")
+    received_at = models.DateTimeField()
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["node_id", "id"], name="event_node_id_idx"),
+            models.Index(fields=["event_type", "id"], name="event_type_id_idx"),
+            models.Index(fields=["node_id", "event_type", "id"], name="event_node_type_id_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.event_type} from {self.node_id} ({self.event_id})"

@@ -1,0 +1,68 @@
+"""`--log-format text|json` and `--log-level debug|info|warn|error` for `serve`."""
+
+from __future__ import annotations
+
+import logging
+import logging.config
+import sys
+from datetime import UTC, datetime
+
+import orjson
+
+LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING,
+          "error": logging.ERROR}
+FORMATS = ("text", "json")
+
+_LEVEL_NAMES = {logging.DEBUG: "debug", logging.INFO: "info", logging.WARNING: "warn",
+                logging.ERROR: "error", logging.CRITICAL: "error"}
+
+# Attributes every LogRecord has; anything else was passed through `extra=` and is emitted.
+_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+
+
+def _timestamp(record: logging.LogRecord) -> str:
+    return datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds").replace(
+        "+00:00", "Z"
+    )
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, message, logger, and any `extra=` fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        data: dict[str, object] = {
+            "time": _timestamp(record),
+            "level": _LEVEL_NAMES.get(record.levelno, record.levelname.lower()),
+            "message": record.getMessage(),
+            "logger": record.name,
+        }
+        for key, value in vars(record).items():
+            if key not in _STANDARD and not key.startswith("_") and value is not None:
+                data[key] = value
+        if record.exc_info:
+            data["exception"] = self.formatException(record.exc_info)
+        return orjson.dumps(data, default=str).decode()
+
+
+class TextFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        level = _LEVEL_NAMES.get(record.levelno, record.levelname.lower())
+        line = f"{_timestamp(record)} {level:<5} {record.getMessage()}"
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
+def configure_logging(fmt: str = "text", level: str = "info") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(LEVELS[level])
+    # Libraries stay quiet unless we are debugging.
+    quiet = logging.DEBUG if level == "debug" else logging.WARNING
+    for name in ("daphne", "django", "twisted", "asyncio"):
+        logging.getLogger(name).setLevel(max(quiet, LEVELS[level]))
+    logging.getLogger("django.request").setLevel(logging.CRITICAL)  # we log requests ourselves

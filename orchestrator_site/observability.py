@@ -1,0 +1,74 @@
+"""One place where every answered request is counted and logged.
+
+Both the Django middleware and the fast path (orchestrator_site.fastpath) call `observe_request`.
+The `route` label is the contract's route template (`/v1/rollouts/{plan_id}`), never a raw path.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+access_logger = logging.getLogger("orchestrator.access")
+
+_CONVERTER = re.compile(r"<(?:[^:>]+:)?([^>]+)>")
+
+UNMATCHED_ROUTE = "unmatched"
+
+
+def route_template(django_route: str | None) -> str:
+    """`v1/rollouts/<str:plan_id>` -> `/v1/rollouts/{plan_id}`."""
+    if not django_route:
+        return UNMATCHED_ROUTE
+    route = _CONVERTER.sub(r"{\1}", django_route)
+    return route if route.startswith("/") else "/" + route
+
+
+# Hooks added by other modules (metrics). Each is called as hook(method, route, status, duration).
+_request_hooks: list[Any] = []
+
+
+def add_request_hook(hook: Any) -> None:
+    if hook not in _request_hooks:
+        _request_hooks.append(hook)
+
+
+def observe_request(
+    *,
+    method: str,
+    route: str,
+    path: str,
+    status: int,
+    duration: float,
+    client: str | None = None,
+    client_identity: str | None = None,
+) -> None:
+    for hook in _request_hooks:
+        hook(method, route, status, duration)
+    if access_logger.isEnabledFor(logging.INFO):
+        access_logger.info(
+            "%s %s %s %.1fms",
+            method,
+            path,
+            status,
+            duration * 1000,
+            extra={
+                "method": method,
+                "path": path,
+                "route": route,
+                "status": status,
+                "duration_ms": round(duration * 1000, 3),
+                "client": client,
+                "client_identity": client_identity,
+            },
+        )
+
+
+def client_identity_from_scope(scope: dict[str, Any] | None) -> str | None:
+    """The verified mTLS client identity put into the ASGI scope by the TLS layer, if any."""
+    if not scope:
+        return None
+    tls = (scope.get("extensions") or {}).get("tls") or {}
+    name = tls.get("client_cert_name")
+    return str(name) if name else None

@@ -1,0 +1,241 @@
+"""Running daphne in-process for `serve`: listening sockets, endpoints, graceful shutdown.
+
+This module never imports models. `serve` builds a `ServeConfig`, binds the sockets itself (so a
+bad address or a port in use is one clear error line before anything starts), and hands daphne
+ready-made Twisted endpoints.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import signal
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+logger = logging.getLogger("orchestrator.server")
+
+SHUTDOWN_GRACE_SECONDS = 10.0
+
+
+class ServeError(Exception):
+    """A flag value or start-up condition that stops `serve`; the message is one line."""
+
+
+@dataclass(frozen=True)
+class ListenAddress:
+    host: str
+    port: int
+    family: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if self.family == socket.AF_INET6 else (
+            f"{self.host}:{self.port}"
+        )
+
+
+def parse_listen(value: str, flag: str = "--listen") -> ListenAddress:
+    """`host:port`, `[v6]:port` or `:port` (all IPv4 interfaces)."""
+    text = (value or "").strip()
+    if not text:
+        raise ServeError(f"{flag} is empty; expected host:port such as 127.0.0.1:8888")
+    if text.startswith("["):
+        host, sep, port_text = text[1:].partition("]:")
+        if not sep:
+            raise ServeError(f"{flag} {value!r} is not a valid address; expected [v6addr]:port")
+    else:
+        host, sep, port_text = text.rpartition(":")
+        if not sep:
+            raise ServeError(f"{flag} {value!r} has no port; expected host:port")
+        if ":" in host:
+            raise ServeError(f"{flag} {value!r}: write IPv6 addresses in brackets, e.g. [::1]:8888")
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ServeError(f"{flag} {value!r}: port must be a number from 0 to 65535")
+    host = host or "0.0.0.0"
+    try:
+        family = (
+            socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
+        )
+    except ValueError:
+        try:
+            infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+        except socket.gaierror as exc:
+            raise ServeError(f"{flag} {value!r}: cannot resolve host {host!r}: {exc}") from exc
+        family = infos[0][0]
+        host = str(infos[0][4][0])
+    return ListenAddress(host=host, port=int(port_text), family=family)
+
+
+def bind_socket(address: ListenAddress, flag: str = "--listen") -> socket.socket:
+    sock = socket.socket(address.family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if address.family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind((address.host, address.port))
+        sock.listen(1024)
+        sock.setblocking(False)
+    except OSError as exc:
+        sock.close()
+        reason = exc.strerror or str(exc)
+        if exc.errno == 98:
+            reason = "the port is already in use"
+        raise ServeError(f"cannot listen on {flag} {address}: {reason}") from exc
+    return sock
+
+
+@dataclass
+class Listener:
+    """A bound socket plus how to serve it (plain HTTP, or wrapped by a TLS context factory)."""
+
+    name: str
+    sock: socket.socket
+    family: int
+    scheme: str = "http"
+    wrap_factory: Callable[[Any], Any] | None = None  # factory -> factory (e.g. TLS wrapping)
+    application: Any = None  # None = the main application
+    port: Any = field(default=None, repr=False)
+    address: str = ""
+
+    def __post_init__(self) -> None:
+        host, port = self.sock.getsockname()[:2]
+        self.address = f"[{host}]:{port}" if self.family == socket.AF_INET6 else f"{host}:{port}"
+
+    def bound(self) -> str:
+        """The address actually bound (port 0 resolved), for logs and tests."""
+        return self.address
+
+
+class _PreboundEndpoint:
+    """A Twisted server endpoint over a socket we bound ourselves."""
+
+    def __init__(self, reactor: Any, listener: Listener) -> None:
+        self.reactor = reactor
+        self.listener = listener
+
+    def listen(self, factory: Any) -> Any:
+        from twisted.internet import defer
+
+        if self.listener.wrap_factory is not None:
+            factory = self.listener.wrap_factory(factory)
+        try:
+            port = self.reactor.adoptStreamPort(
+                self.listener.sock.fileno(), self.listener.family, factory
+            )
+        except Exception:  # noqa: BLE001 - handed to daphne's errback
+            return defer.fail()
+        self.listener.port = port
+        self.listener.sock.close()  # Twisted holds its own duplicate of the descriptor
+        return defer.succeed(port)
+
+
+_ENDPOINTS: dict[str, Listener] = {}
+
+
+def _server_from_string(reactor: Any, description: str) -> Any:
+    if description.startswith("orchestrator:"):
+        return _PreboundEndpoint(reactor, _ENDPOINTS[description.split(":", 1)[1]])
+    from twisted.internet.endpoints import serverFromString
+
+    return serverFromString(reactor, description)
+
+
+def run_daphne(
+    application: Any,
+    listeners: list[Listener],
+    on_ready: Callable[[], None] | None = None,
+) -> None:
+    """Serve `application` on the listeners until SIGTERM/SIGINT, then drain and return."""
+    import daphne.server as daphne_server  # installs the asyncio reactor first
+    from twisted.internet import reactor
+
+    # daphne builds endpoints with serverFromString(); ours are pre-bound sockets.
+    daphne_server.serverFromString = _server_from_string  # type: ignore[attr-defined]
+
+    class OrchestratorServer(daphne_server.Server):  # type: ignore[misc]
+        def create_application(self, protocol: Any, scope: dict[str, Any]) -> Any:
+            for hook in SCOPE_HOOKS:
+                hook(protocol, scope)
+            return super().create_application(protocol, scope)
+
+        def kill_all_applications(self) -> Any:
+            from twisted.internet import defer
+
+            pending = [
+                d["application_instance"]
+                for d in self.connections.values()
+                if d.get("application_instance") is not None
+                and not d["application_instance"].done()
+            ]
+            for future in pending:
+                future.cancel()
+            if pending:
+                logger.info("cancelled %d unfinished requests at shutdown", len(pending))
+            import asyncio
+
+            waiter = defer.Deferred.fromFuture(asyncio.gather(*pending, return_exceptions=True))
+            waiter.addErrback(lambda _: None)
+            return waiter
+
+    endpoints = []
+    for listener in listeners:
+        _ENDPOINTS[listener.name] = listener
+        endpoints.append(f"orchestrator:{listener.name}")
+
+    server = OrchestratorServer(
+        application=application,
+        endpoints=endpoints,
+        signal_handlers=False,
+        verbosity=0,
+        http_timeout=None,
+        application_close_timeout=SHUTDOWN_GRACE_SECONDS,
+        ready_callable=on_ready,
+        server_name="autonomy-orchestrator",
+    )
+
+    def in_flight() -> int:
+        return sum(
+            1
+            for d in server.connections.values()
+            if d.get("application_instance") is not None
+            and not d["application_instance"].done()
+        )
+
+    stopping = {"started": 0.0}
+
+    def drain_then_stop() -> None:
+        if in_flight() == 0 or time.monotonic() - stopping["started"] > SHUTDOWN_GRACE_SECONDS:
+            if reactor.running:
+                reactor.stop()
+            return
+        reactor.callLater(0.05, drain_then_stop)
+
+    def begin_shutdown(signum: int) -> None:
+        if stopping["started"]:
+            return
+        stopping["started"] = time.monotonic()
+        logger.info(
+            "received %s: no new connections, finishing %d in-flight requests",
+            signal.Signals(signum).name,
+            in_flight(),
+        )
+        for listener in listeners:
+            if listener.port is not None:
+                listener.port.stopListening()
+        drain_then_stop()
+
+    def handle_signal(signum: int, _frame: Any) -> None:
+        reactor.callFromThread(begin_shutdown, signum)
+
+    signal.signal(signal.SIGTERM, handle_signal)
+    signal.signal(signal.SIGINT, handle_signal)
+    server.run()
+    logger.info("stopped")
+
+
+# Callables (protocol, scope) -> None run before each request's application starts; the TLS
+# layer registers one that puts the verified client identity into scope["extensions"]["tls"].
+SCOPE_HOOKS: list[Callable[[Any, dict[str, Any]], None]] = []

@@ -1,0 +1,143 @@
+"""Settings, driven by environment variables (django-environ).
+
+`serve`, `signing-key` and `createsuperuser` take `--data-dir` / `--postgres-url` flags; the CLI
+shim copies them into `AUTONOMY_DATA_DIR` / `AUTONOMY_POSTGRES_URL` before Django starts, so this
+module only ever reads the environment.
+"""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+
+import environ
+
+from orchestrator_site.paths import data_dir_from_env, sqlite_path
+
+env = environ.Env()
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+DATA_DIR = data_dir_from_env()
+POSTGRES_URL = env.str("AUTONOMY_POSTGRES_URL", default="").strip()
+
+# The secret key only signs admin sessions and CSRF tokens. `serve` keeps one in the data dir
+# (see orchestrator_site.datadir) so logins survive restarts; an explicit env var wins.
+SECRET_KEY = env.str("AUTONOMY_SECRET_KEY", default="") or secrets.token_urlsafe(50)
+DEBUG = env.bool("AUTONOMY_DEBUG", default=False)
+ALLOWED_HOSTS = env.list("AUTONOMY_ALLOWED_HOSTS", default=["*"])
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
+    "django_prometheus",
+    "orchestrator_site",
+    "events",
+    "releases",
+    "rollouts",
+    "crl",
+]
+
+MIDDLEWARE = [
+    "orchestrator_site.middleware.ObservabilityMiddleware",
+    "orchestrator_site.middleware.ApiErrorMiddleware",
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+]
+
+ROOT_URLCONF = "orchestrator_site.urls"
+APPEND_SLASH = False  # the contract's paths are exact, with no trailing slash
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "orchestrator_site" / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+ASGI_APPLICATION = "orchestrator_site.asgi.application"
+
+# SQLite: WAL, and synchronous=FULL so that a 200 from POST /v1/events means the inserted events
+# are on disk (one fsync per commit; measured within noise of NORMAL at >= 100 events per commit,
+# see docs/performance.md). IMMEDIATE takes the write lock at BEGIN, so a busy writer waits up to
+# `timeout` seconds in BEGIN instead of failing mid-transaction.
+SQLITE_BUSY_TIMEOUT_SECONDS = env.float("AUTONOMY_SQLITE_BUSY_TIMEOUT", default=5.0)
+
+if POSTGRES_URL:
+    _pg = env.db_url_config(POSTGRES_URL)
+    _pg["ENGINE"] = "django.db.backends.postgresql"
+    _pg["CONN_MAX_AGE"] = 0
+    _pg["CONN_HEALTH_CHECKS"] = True
+    _pg["OPTIONS"] = {"pool": {"min_size": 1, "max_size": 20, "timeout": 10}}
+    DATABASES = {"default": _pg}
+else:
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": str(sqlite_path(DATA_DIR)),
+            "CONN_MAX_AGE": 0,
+            "OPTIONS": {
+                "init_command": "PRAGMA journal_mode=WAL;PRAGMA synchronous=FULL;",
+                "transaction_mode": "IMMEDIATE",
+                "timeout": SQLITE_BUSY_TIMEOUT_SECONDS,
+            },
+        }
+    }
+
+ATOMIC_REQUESTS = False
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = False
+USE_TZ = True
+
+STATIC_URL = "/static/"
+STATIC_ROOT = DATA_DIR / "static"
+
+# Request bodies larger than this get 413 (documented in docs/api.md).
+MAX_REQUEST_BODY_BYTES = env.int("AUTONOMY_MAX_BODY_BYTES", default=8 * 1024 * 1024)
+DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_REQUEST_BODY_BYTES
+
+REST_FRAMEWORK = {
+    "DEFAULT_RENDERER_CLASSES": [
+        "rest_framework.renderers.JSONRenderer",
+        "rest_framework.renderers.BrowsableAPIRenderer",
+    ],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_AUTHENTICATION_CLASSES": [],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.AllowAny"],
+    "UNAUTHENTICATED_USER": None,
+    "EXCEPTION_HANDLER": "orchestrator_site.errors.api_exception_handler",
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+}
+
+SPECTACULAR_SETTINGS = {
+    "TITLE": "autonomy-orchestrator API",
+    "VERSION": "0.1.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+}
+
+# Logging is configured by `serve` from --log-format/--log-level (orchestrator_site.logging_setup).

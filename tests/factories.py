@@ -1,0 +1,50 @@
+"""factory-boy factories for every model (one file, as the house style asks)."""
+
+from __future__ import annotations
+
+import factory
+import orjson
+from django.utils import timezone
+from factory.django import DjangoModelFactory
+
+from events.models import Event
+from releases.models import NodeAck, Release
+
+
+class EventFactory(DjangoModelFactory):
+    class Meta:
+        model = Event
+
+    event_id = factory.Sequence(lambda n: f"evt-{n:08d}")
+    event_type = "app.heartbeat"
+    node_id = factory.Sequence(lambda n: f"node-{n % 10:03d}")
+    timestamp = "2026-11-27T10:00:00Z"
+    received_at = factory.LazyFunction(timezone.now)
+    payload = factory.LazyAttribute(
+        lambda o: orjson.dumps(
+            {"event_id": o.event_id, "event_type": o.event_type, "node_id": o.node_id,
+             "timestamp": o.timestamp}
+        ).decode()
+    )
+
+
+class ReleaseFactory(DjangoModelFactory):
+    class Meta:
+        model = Release
+
+    release_id = factory.Sequence(lambda n: f"rel-{n:04d}")
+    channel = "stable"
+    sequence = factory.Sequence(lambda n: n + 1)
+    created_at = factory.LazyFunction(timezone.now)
+    metadata = factory.LazyFunction(dict)
+
+
+class NodeAckFactory(DjangoModelFactory):
+    class Meta:
+        model = NodeAck
+
+    node_id = factory.Sequence(lambda n: f"node-{n:03d}")
+    release = factory.SubFactory(ReleaseFactory)
+    status = NodeAck.Status.ACTIVE
+    acked_at = factory.LazyFunction(timezone.now)
+    updated_at = factory.LazyFunction(timezone.now)

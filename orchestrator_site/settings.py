@@ -136,8 +136,14 @@ REST_FRAMEWORK = {
 
 SPECTACULAR_SETTINGS = {
     "TITLE": "autonomy-orchestrator API",
+    "DESCRIPTION": "Fleet control plane: telemetry events, releases and node acks, staged rollouts.",
     "VERSION": "0.1.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    # The docs page's assets ship with drf-spectacular-sidecar: nothing is fetched from the web.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "COMPONENT_SPLIT_REQUEST": True,
 }
 
 # Logging is configured by `serve` from --log-format/--log-level (orchestrator_site.logging_setup).

@@ -2,11 +2,15 @@
 
 from django.contrib import admin
 from django.urls import include, path
+from drf_spectacular.views import SpectacularSwaggerView
 
 from orchestrator_site import errors
+from orchestrator_site.api_docs import OpenApiView
 
 urlpatterns = [
     path("admin/", admin.site.urls),
+    path("v1/openapi.json", OpenApiView.as_view(), name="openapi-schema"),
+    path("v1/docs", SpectacularSwaggerView.as_view(url_name="openapi-schema"), name="api-docs"),
     path("", include("events.api.urls")),
     path("", include("releases.api.urls")),
     path("", include("rollouts.api.urls")),

@@ -11,8 +11,15 @@ from orchestrator_site import __version__
 
 TIER = "self-hosted"
 
-_ARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64",
-         "i386": "386", "i686": "386", "armv7l": "arm"}
+_ARCH = {
+    "x86_64": "amd64",
+    "amd64": "amd64",
+    "aarch64": "arm64",
+    "arm64": "arm64",
+    "i386": "386",
+    "i686": "386",
+    "armv7l": "arm",
+}
 
 
 def platform_string() -> str:
@@ -27,7 +34,11 @@ def _git(*args: str) -> str | None:
         return None
     try:
         out = subprocess.run(
-            ["git", "-C", str(root), *args], capture_output=True, text=True, timeout=5, check=True,
+            ["git", "-C", str(root), *args],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
             env={**os.environ, "TZ": "UTC"},
         )
     except (OSError, subprocess.SubprocessError):

@@ -5,6 +5,7 @@ Used by the Django middleware and by the fast path, so both answer alike.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -51,9 +52,7 @@ def die_corrupt(exc: BaseException) -> None:
         "the SQLite store is corrupt (%s); stopping. Restore the data dir from a backup.", exc
     )
     for handler in logging.getLogger().handlers:
-        try:
+        with contextlib.suppress(Exception):  # best effort before exiting
             handler.flush()
-        except Exception:  # noqa: BLE001 - best effort before exiting
-            pass
     sys.stderr.flush()
     os._exit(70)  # EX_SOFTWARE

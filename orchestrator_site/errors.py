@@ -15,8 +15,9 @@ def error_body(message: str, **detail: Any) -> dict[str, Any]:
     return {"error": message, **detail}
 
 
-def json_error(status_code: int, message: str, headers: dict[str, str] | None = None,
-               **detail: Any) -> HttpResponse:
+def json_error(
+    status_code: int, message: str, headers: dict[str, str] | None = None, **detail: Any
+) -> HttpResponse:
     """A plain Django JSON error response (outside DRF views)."""
     response = HttpResponse(
         orjson.dumps(error_body(message, **detail)),

@@ -136,7 +136,7 @@ REST_FRAMEWORK = {
 
 SPECTACULAR_SETTINGS = {
     "TITLE": "autonomy-orchestrator API",
-    "DESCRIPTION": "Fleet control plane: telemetry events, releases and node acks, staged rollouts.",
+    "DESCRIPTION": "Fleet control plane: telemetry events, releases, node acks, staged rollouts.",
     "VERSION": "0.1.0",
     "SERVE_INCLUDE_SCHEMA": False,
     # The docs page's assets ship with drf-spectacular-sidecar: nothing is fetched from the web.

@@ -22,8 +22,12 @@ class EventFactory(DjangoModelFactory):
     received_at = factory.LazyFunction(timezone.now)
     payload = factory.LazyAttribute(
         lambda o: orjson.dumps(
-            {"event_id": o.event_id, "event_type": o.event_type, "node_id": o.node_id,
-             "timestamp": o.timestamp}
+            {
+                "event_id": o.event_id,
+                "event_type": o.event_type,
+                "node_id": o.node_id,
+                "timestamp": o.timestamp,
+            }
         ).decode()
     )
 

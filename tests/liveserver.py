@@ -31,12 +31,17 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60,
-        input: str | None = None) -> subprocess.CompletedProcess[str]:
+def cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 60, input: str | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run `autonomy-orchestrator ARGS` to completion."""
     return subprocess.run(
-        [str(BIN), *args], capture_output=True, text=True, timeout=timeout,
-        env={**os.environ, **(env or {})}, input=input,
+        [str(BIN), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+        input=input,
     )
 
 
@@ -71,8 +76,15 @@ class ServeProcess:
         return self.base_url + path
 
     def args(self) -> list[str]:
-        return [str(BIN), "serve", "--listen", f"127.0.0.1:{self.port}",
-                "--data-dir", str(self.data_dir), *self.extra_args]
+        return [
+            str(BIN),
+            "serve",
+            "--listen",
+            f"127.0.0.1:{self.port}",
+            "--data-dir",
+            str(self.data_dir),
+            *self.extra_args,
+        ]
 
     def start(self) -> ServeProcess:
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -128,8 +140,17 @@ class ServeProcess:
         self.stop()
 
 
-def run_serve_expect_exit(data_dir: Path, *extra_args: str, timeout: float = 30,
-                          env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def run_serve_expect_exit(
+    data_dir: Path, *extra_args: str, timeout: float = 30, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """Start serve expecting it to refuse to start; return the finished process."""
-    return cli("serve", "--listen", f"127.0.0.1:{free_port()}", "--data-dir", str(data_dir),
-               *extra_args, env=env, timeout=timeout)
+    return cli(
+        "serve",
+        "--listen",
+        f"127.0.0.1:{free_port()}",
+        "--data-dir",
+        str(data_dir),
+        *extra_args,
+        env=env,
+        timeout=timeout,
+    )

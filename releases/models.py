@@ -18,7 +18,9 @@ class Release(models.Model):
 
     class Meta:
         constraints = [
-            models.UniqueConstraint(fields=["channel", "sequence"], name="release_channel_sequence"),
+            models.UniqueConstraint(
+                fields=["channel", "sequence"], name="release_channel_sequence"
+            ),
         ]
 
     def __str__(self) -> str:

@@ -1,0 +1,39 @@
+"""Events in the Django admin: readable, searchable, never editable (events are stored exactly
+as received and never change)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import admin
+from django.http import HttpRequest
+
+from events.models import Event
+
+
+@admin.register(Event)
+class EventAdmin(admin.ModelAdmin):
+    list_display = ("id", "event_id", "event_type", "node_id", "timestamp", "received_at")
+    search_fields = ("=event_id", "=node_id", "=release_id")
+    ordering = ("-id",)
+    show_full_result_count = False  # COUNT(*) over millions of events costs more than the page
+    fields = (
+        "event_id",
+        "event_type",
+        "node_id",
+        "timestamp",
+        "lock_fingerprint",
+        "release_id",
+        "received_at",
+        "payload",
+    )
+    readonly_fields = fields
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False

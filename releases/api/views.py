@@ -1,0 +1,126 @@
+"""HTTP views for releases, acks and the fleet: parse, call one service or selector, answer.
+
+Every route also renders DRF's browsable API when a browser asks for HTML.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.http import HttpResponse
+from rest_framework import status
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from releases import params, selectors, services
+from releases.api.serializers import NodeAckSerializer, ReleasePublishSerializer
+from releases.fast import latest_release_answer
+
+# Release ids must stay addressable as one path segment, and `latest` is a route of its own.
+_RESERVED_RELEASE_IDS = {"latest"}
+
+
+def _validated(serializer_class: type, data: Any) -> dict[str, Any]:
+    serializer = serializer_class(data=data)
+    serializer.is_valid(raise_exception=True)
+    return dict(serializer.validated_data)
+
+
+def _bytes_or_data(request: Request, code: int, body: bytes) -> HttpResponse | Response:
+    """The fast path's exact bytes for JSON clients; parsed data for the browsable API."""
+    if getattr(request.accepted_renderer, "format", "json") == "json":
+        return HttpResponse(body, status=code, content_type="application/json")
+    import orjson
+
+    return Response(orjson.loads(body), status=code)
+
+
+class ReleaseListView(APIView):
+    """`GET /v1/releases` (newest first; `channel`, `limit`, `offset`) and `POST /v1/releases`."""
+
+    def get(self, request: Request) -> Response:
+        query = request.query_params
+        channel = query.get("channel")
+        page = selectors.release_list(
+            channel=None if channel is None else params.check_identifier("channel", channel),
+            limit=params.parse_limit(query),
+            offset=params.parse_offset(query),
+        )
+        return Response(page.as_dict())
+
+    def post(self, request: Request) -> Response:
+        data = _validated(ReleasePublishSerializer, request.data)
+        release_id = data["release_id"]
+        if release_id in _RESERVED_RELEASE_IDS or "/" in release_id:
+            raise params.param_error("release_id", "must not be 'latest' or contain '/'")
+        if not data["channel"]:
+            raise params.param_error("channel", "must be a non-empty string")
+        outcome = services.release_publish(**data)
+        return Response(
+            selectors.release_as_dict(outcome.obj),
+            status=status.HTTP_201_CREATED if outcome.created else status.HTTP_200_OK,
+        )
+
+
+class LatestReleaseView(APIView):
+    """`GET /v1/releases/latest?channel=<c>[&node_id=<n>]`: the node poll path.
+
+    Normally answered by the fast path in front of Django; this view gives the same answer
+    (browsers, tests, and any deployment without the fast path).
+    """
+
+    def get(self, request: Request) -> HttpResponse | Response:
+        code, body = latest_release_answer(dict(request.query_params.items()))
+        return _bytes_or_data(request, code, body)
+
+
+class ReleaseDetailView(APIView):
+    """`GET /v1/releases/{release_id}`."""
+
+    def get(self, request: Request, release_id: str) -> Response:
+        return Response(selectors.release_as_dict(selectors.release_get(release_id=release_id)))
+
+
+class ReleaseAcksView(APIView):
+    """`GET /v1/releases/{release_id}/acks`."""
+
+    def get(self, request: Request, release_id: str) -> Response:
+        return Response(selectors.release_acks(release_id=release_id))
+
+
+def _node_id(value: str) -> str:
+    return params.check_identifier("node_id", value)
+
+
+class NodeAckView(APIView):
+    """`POST /v1/nodes/{node_id}/ack`: upsert; 201 the first time, 200 after."""
+
+    def post(self, request: Request, node_id: str) -> Response:
+        node_id = _node_id(node_id)
+        data = _validated(NodeAckSerializer, request.data)
+        outcome = services.node_ack_upsert(node_id=node_id, **data)
+        return Response(
+            selectors.ack_as_dict(outcome.obj),
+            status=status.HTTP_201_CREATED if outcome.created else status.HTTP_200_OK,
+        )
+
+
+class NodeAcksView(APIView):
+    """`GET /v1/nodes/{node_id}/acks`."""
+
+    def get(self, request: Request, node_id: str) -> Response:
+        return Response(selectors.node_acks(node_id=_node_id(node_id)))
+
+
+class FleetView(APIView):
+    """`GET /v1/fleet?channel=<c>&stale_threshold=<seconds>`."""
+
+    def get(self, request: Request) -> Response:
+        query = request.query_params
+        return Response(
+            selectors.fleet_summary(
+                channel=params.parse_channel(query),
+                stale_threshold=params.parse_stale_threshold(query),
+            )
+        )

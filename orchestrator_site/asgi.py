@@ -4,12 +4,14 @@ import os
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "orchestrator_site.settings")
 
-import django  # noqa: E402
+import django
 
 django.setup()
 
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 from django.core.asgi import get_asgi_application  # noqa: E402
 
+from orchestrator_site.fastpath import FastPath  # noqa: E402
+
 django_application = ASGIStaticFilesHandler(get_asgi_application())
-application = django_application
+application = FastPath(django_application)

@@ -1,3 +1,8 @@
-from django.urls import path  # noqa: F401
+from django.urls import path
 
-urlpatterns: list = []
+from events.api.views import EventsView, HealthView
+
+urlpatterns = [
+    path("v1/events", EventsView.as_view(), name="events"),
+    path("v1/health", HealthView.as_view(), name="health"),
+]

@@ -1,0 +1,275 @@
+"""Helpers shared by the benchmarks in bench/: start servers, drive HTTP load, report.
+
+Loopback only. The load generator is asyncio raw sockets with keep-alive connections spread over
+worker processes (forked), so the client costs little CPU next to the server; each run reports
+the client's CPU use so a reader can tell whether the client was the limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+BIN = Path(sys.executable).with_name("autonomy-orchestrator")
+DAPHNE = Path(sys.executable).with_name("daphne")
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_http(url: str, timeout: float = 60.0, proc: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode} before it was ready")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{url} not ready after {timeout}s")
+
+
+class Server:
+    """A server subprocess on 127.0.0.1:<port>, stopped by its pid (SIGTERM, then SIGKILL)."""
+
+    def __init__(self, args: list[str], port: int, ready_path: str, env: dict[str, str],
+                 cwd: str | None = None, log: Path | None = None) -> None:
+        self.port = port
+        self.log = log
+        out = open(log, "wb") if log else subprocess.DEVNULL  # noqa: SIM115 - closed in stop()
+        self._out = out
+        self.proc = subprocess.Popen(args, env={**os.environ, **env}, cwd=cwd, stdout=out,
+                                     stderr=subprocess.STDOUT)
+        wait_http(f"http://127.0.0.1:{port}{ready_path}", proc=self.proc)
+
+    def cpu_seconds(self) -> float:
+        """utime + stime of the server process so far."""
+        with open(f"/proc/{self.proc.pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+        ticks = os.sysconf("SC_CLK_TCK")
+        return (int(fields[11]) + int(fields[12])) / ticks
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+        if self._out is not subprocess.DEVNULL:
+            self._out.close()  # type: ignore[union-attr]
+
+
+def start_orchestrator(data_dir: Path, *extra: str, env: dict[str, str] | None = None,
+                       log: Path | None = None) -> Server:
+    port = free_port()
+    args = [str(BIN), "serve", "--listen", f"127.0.0.1:{port}", "--data-dir", str(data_dir),
+            "--log-level", "warn", *extra]
+    return Server(args, port, "/v1/health", env or {}, log=log)
+
+
+HELLO_APP = '''
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", b"15")]})
+    await send({"type": "http.response.body", "body": b'{"status":"ok"}'})
+'''
+
+
+def start_hello_daphne(workdir: Path) -> Server:
+    """A bare ASGI hello-world app on daphne (no access log), the stack's ceiling."""
+    (workdir / "bench_hello.py").write_text(HELLO_APP)
+    port = free_port()
+    args = [str(DAPHNE), "-v", "0", "-b", "127.0.0.1", "-p", str(port), "bench_hello:app"]
+    return Server(args, port, "/", {"PYTHONPATH": str(workdir)}, cwd=str(workdir))
+
+
+# --- load generator -------------------------------------------------------------------------
+
+RequestFactory = Callable[[int, int], bytes]  # (worker index, sequence) -> raw HTTP request
+
+
+@dataclass
+class LoadResult:
+    requests: int
+    ok: int
+    errors: int
+    seconds: float
+    client_cpu: float  # CPU seconds used by the load generator processes
+    latencies_ms: list[float]
+
+    @property
+    def rate(self) -> float:
+        return self.ok / self.seconds if self.seconds else 0.0
+
+    def pct(self, p: float) -> float:
+        if not self.latencies_ms:
+            return 0.0
+        data = sorted(self.latencies_ms)
+        return data[min(len(data) - 1, int(p / 100 * len(data)))]
+
+
+class _Conn(asyncio.Protocol):
+    def __init__(self, worker: "_Worker") -> None:
+        self.w = worker
+        self.buf = b""
+        self.transport: asyncio.Transport | None = None
+        self.sent_at = 0.0
+        self.need: int | None = None
+        self.status = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.send_next()
+
+    def send_next(self) -> None:
+        if time.monotonic() >= self.w.stop_at or self.transport is None:
+            if self.transport is not None:
+                self.transport.close()
+            self.w.closed += 1
+            return
+        self.w.seq += 1
+        self.sent_at = time.perf_counter()
+        self.transport.write(self.w.factory(self.w.index, self.w.seq))
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        while True:
+            if self.need is None:
+                end = self.buf.find(b"\r\n\r\n")
+                if end < 0:
+                    return
+                head = self.buf[:end].lower()
+                self.status = int(head[9:12])
+                pos = head.find(b"content-length:")
+                length = int(head[pos + 15 : head.find(b"\r\n", pos)]) if pos >= 0 else 0
+                self.need = end + 4 + length
+            if len(self.buf) < self.need:
+                return
+            self.buf = self.buf[self.need :]
+            self.need = None
+            now = time.perf_counter()
+            if now >= self.w.measure_from:
+                self.w.requests += 1
+                if self.status == 200:
+                    self.w.ok += 1
+                else:
+                    self.w.errors += 1
+                if len(self.w.latencies) < 200_000:
+                    self.w.latencies.append((now - self.sent_at) * 1000)
+            self.send_next()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+
+
+class _Worker:
+    def __init__(self, index: int, factory: RequestFactory, stop_at: float, measure_from: float):
+        self.index = index
+        self.factory = factory
+        self.stop_at = stop_at
+        self.measure_from = measure_from
+        self.seq = 0
+        self.requests = self.ok = self.errors = self.closed = 0
+        self.latencies: list[float] = []
+
+
+def _worker_main(index: int, port: int, conns: int, factory: RequestFactory, warmup: float,
+                 seconds: float, start_at: float, out: "multiprocessing.Queue[tuple]") -> None:
+    async def run() -> None:
+        while time.time() < start_at:
+            await asyncio.sleep(0.005)
+        perf_start = time.perf_counter()
+        mono_start = time.monotonic()
+        w = _Worker(index, factory, mono_start + warmup + seconds, perf_start + warmup)
+        loop = asyncio.get_running_loop()
+        for _ in range(conns):
+            await loop.create_connection(lambda: _Conn(w), "127.0.0.1", port)
+        while w.closed < conns and time.monotonic() < w.stop_at + 30:
+            await asyncio.sleep(0.01)
+        t = os.times()
+        out.put((w.requests, w.ok, w.errors, t.user + t.system, w.latencies))
+
+    asyncio.run(run())
+
+
+def run_load(port: int, factory: RequestFactory, *, connections: int, processes: int,
+             seconds: float, warmup: float = 2.0) -> LoadResult:
+    """Keep `connections` keep-alive connections busy for warmup + seconds; count the last part."""
+    ctx = multiprocessing.get_context("fork")
+    out: multiprocessing.Queue[tuple] = ctx.Queue()
+    per = [connections // processes + (1 if i < connections % processes else 0)
+           for i in range(processes)]
+    start_at = time.time() + 0.5
+    procs = [ctx.Process(target=_worker_main,
+                         args=(i, port, n, factory, warmup, seconds, start_at, out))
+             for i, n in enumerate(per) if n]
+    for p in procs:
+        p.start()
+    results = [out.get(timeout=warmup + seconds + 90) for _ in procs]
+    for p in procs:
+        p.join(timeout=10)
+    lat: list[float] = []
+    for r in results:
+        lat.extend(r[4])
+    return LoadResult(
+        requests=sum(r[0] for r in results), ok=sum(r[1] for r in results),
+        errors=sum(r[2] for r in results), seconds=seconds,
+        client_cpu=sum(r[3] for r in results), latencies_ms=lat,
+    )
+
+
+def get_request(path: str) -> bytes:
+    return (f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: application/json\r\n\r\n").encode()
+
+
+def post_request(path: str, body: bytes) -> bytes:
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        f"Accept: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+
+
+# --- reporting ------------------------------------------------------------------------------
+
+
+def verdict(ratio: float, goal: float) -> str:
+    return f"{ratio * 100:.1f}% (goal >= {goal * 100:.0f}%: {'MET' if ratio >= goal else 'NOT MET'})"
+
+
+def machine_summary() -> str:
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = ""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal"):
+                mem = f", {int(line.split()[1]) / 1024 / 1024:.1f} GiB RAM"
+    except OSError:
+        pass
+    return f"{os.cpu_count()} CPU ({cpu}){mem}, Python {sys.version.split()[0]}"

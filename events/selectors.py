@@ -1,0 +1,67 @@
+"""Reads for events: `event_list`, newest first (highest `id` first), without decoding payloads."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from django.db import connection
+
+from events.models import Event
+
+
+@dataclass(frozen=True)
+class EventPage:
+    """One page of events: each payload is the event's JSON text exactly as stored."""
+
+    payloads: list[str]
+    next_before: str | None
+
+    def as_json(self) -> bytes:
+        """`{"events":[...],"count":N,"next_before":...}` built from the stored JSON text."""
+        cursor = b"null" if self.next_before is None else b'"%s"' % self.next_before.encode()
+        return b'{"events":[%s],"count":%d,"next_before":%s}' % (
+            ",".join(self.payloads).encode(),
+            len(self.payloads),
+            cursor,
+        )
+
+    def as_data(self) -> dict[str, Any]:
+        """The same page as Python data (the DRF path renders it; the stdlib keeps big ints)."""
+        return {
+            "events": [json.loads(p) for p in self.payloads],
+            "count": len(self.payloads),
+            "next_before": self.next_before,
+        }
+
+
+_SELECT: str | None = None
+
+
+def event_list(
+    *, node_id: str | None, event_type: str | None, limit: int, before: int | None
+) -> EventPage:
+    """Newest first. Uses the (node_id, id), (event_type, id) or (node_id, event_type, id) index."""
+    global _SELECT
+    if _SELECT is None:
+        qn = connection.ops.quote_name
+        _SELECT = f"SELECT {qn('id')}, {qn('payload')} FROM {qn(Event._meta.db_table)}"
+    clauses: list[str] = []
+    params: list[Any] = []
+    if node_id is not None:
+        clauses.append('"node_id" = %s')
+        params.append(node_id)
+    if event_type is not None:
+        clauses.append('"event_type" = %s')
+        params.append(event_type)
+    if before is not None:
+        clauses.append('"id" < %s')
+        params.append(before)
+    where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+    params.append(limit)
+    with connection.cursor() as cursor:
+        cursor.execute(f'{_SELECT}{where} ORDER BY "id" DESC LIMIT %s', params)
+        rows = cursor.fetchall()
+    next_before = str(rows[-1][0]) if len(rows) == limit else None
+    return EventPage(payloads=[row[1] for row in rows], next_before=next_before)

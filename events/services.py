@@ -1,0 +1,123 @@
+"""Writes for events: `events_ingest` (validate + store one batch) and `events_store` (the
+insert itself, used directly by the in-process writer thread of the fast path).
+
+One short transaction per call (`BEGIN IMMEDIATE` on SQLite, set in settings), a raw
+`INSERT ... ON CONFLICT (event_id) DO NOTHING` through `cursor.executemany`, and the inserted count
+taken from the insert itself (`rowcount`, the sum over the batch on sqlite3 and psycopg 3).
+Duplicates, against stored events or inside the batch, are simply not inserted: the first copy
+wins and a stored event never changes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from django.db import connection, transaction
+from django.utils import timezone
+
+from events.models import Event
+from events.validation import EventRow, validate_events
+
+logger = logging.getLogger("orchestrator.events")
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    received: int
+    inserted: int
+
+    @property
+    def deduped(self) -> int:
+        return self.received - self.inserted
+
+    def as_dict(self) -> dict[str, int]:
+        return {"received": self.received, "inserted": self.inserted, "deduped": self.deduped}
+
+    def as_json(self) -> bytes:
+        return b'{"received":%d,"inserted":%d,"deduped":%d}' % (
+            self.received,
+            self.inserted,
+            self.deduped,
+        )
+
+
+# Called as hook(inserted, deduped) after every committed batch (metrics register one).
+_ingest_hooks: list[Callable[[int, int], None]] = []
+
+
+def add_ingest_hook(hook: Callable[[int, int], None]) -> None:
+    if hook not in _ingest_hooks:
+        _ingest_hooks.append(hook)
+
+
+_INSERT_SQL: str | None = None
+
+
+def _insert_sql() -> str:
+    global _INSERT_SQL
+    if _INSERT_SQL is None:
+        qn = connection.ops.quote_name
+        columns = (
+            "event_id",
+            "event_type",
+            "node_id",
+            "timestamp",
+            "lock_fingerprint",
+            "release_id",
+            "payload",
+            "received_at",
+        )
+        _INSERT_SQL = (
+            f"INSERT INTO {qn(Event._meta.db_table)} ({', '.join(qn(c) for c in columns)}) "
+            f"VALUES ({', '.join(['%s'] * len(columns))}) "
+            f"ON CONFLICT ({qn('event_id')}) DO NOTHING"
+        )
+    return _INSERT_SQL
+
+
+def events_ingest(*, events: list[Any]) -> IngestResult:
+    """Validate a batch (400 naming index and field on the first bad event) and store it."""
+    rows = validate_events(events)
+    return events_store(batches=[rows])[0]
+
+
+def events_store(*, batches: list[list[EventRow]]) -> list[IngestResult]:
+    """Insert already validated batches in ONE transaction; one result per batch.
+
+    When this returns, the transaction is committed (with `synchronous=FULL` on SQLite, on
+    disk). Several batches in one call is the writer thread's group commit: each batch keeps its
+    own counts, and a later batch sees an earlier one's events as already stored.
+    """
+    received_at = connection.ops.adapt_datetimefield_value(timezone.now())
+    sql = _insert_sql()
+    results: list[IngestResult] = []
+    with transaction.atomic(), connection.cursor() as cursor:
+        for rows in batches:
+            if not rows:
+                results.append(IngestResult(received=0, inserted=0))
+                continue
+            cursor.executemany(sql, [(*row, received_at) for row in rows])
+            results.append(IngestResult(received=len(rows), inserted=max(cursor.rowcount, 0)))
+    _after_commit(results)
+    return results
+
+
+def _after_commit(results: list[IngestResult]) -> None:
+    """Metrics hooks and a nudge to the rollout evaluator; never fails the (committed) write."""
+    inserted = sum(r.inserted for r in results)
+    deduped = sum(r.deduped for r in results)
+    for hook in _ingest_hooks:
+        try:
+            hook(inserted, deduped)
+        except Exception:
+            logger.exception("ingest hook failed")
+    if inserted:
+        try:
+            from rollouts.evaluator import poke
+
+            poke()
+        except Exception:
+            logger.exception("could not poke the rollout evaluator")

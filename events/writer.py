@@ -1,0 +1,99 @@
+"""The in-process events writer: one thread, one persistent connection, group commit.
+
+Concurrent writers in one process only queue on SQLite's write lock (busy-handler sleeps and
+multi-second p99, docs/performance.md), so every fast-path ingest goes through this one thread.
+While a transaction runs, later batches queue; the next transaction takes all queued batches (up
+to GROUP_MAX_EVENTS events) and commits them together, each batch keeping its own counts. A caller
+is answered only after its transaction committed.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+from django.db import InterfaceError, OperationalError
+
+from events.services import IngestResult, events_store
+from events.validation import EventRow
+from orchestrator_site.dbthreads import reset_broken_connection
+
+logger = logging.getLogger("orchestrator.events")
+
+GROUP_MAX_EVENTS = 2000
+
+
+@dataclass
+class _Job:
+    rows: list[EventRow]
+    future: Future[IngestResult] = field(default_factory=Future)
+
+
+class EventWriter:
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[_Job] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def submit(self, rows: list[EventRow]) -> Future[IngestResult]:
+        job = _Job(rows)
+        if self._thread is None:
+            with self._lock:
+                if self._thread is None:
+                    self._thread = threading.Thread(
+                        target=self._run, name="events-writer", daemon=True
+                    )
+                    self._thread.start()
+        self._queue.put(job)
+        return job.future
+
+    def _take_group(self) -> list[_Job]:
+        """Block for one batch, then add whatever else is queued (a request whose client went
+        away and whose task was cancelled is dropped before anything is written for it)."""
+        jobs: list[_Job] = []
+        count = 0
+        while not jobs:
+            job = self._queue.get()
+            if job.future.set_running_or_notify_cancel():
+                jobs.append(job)
+                count = len(job.rows)
+        while count < GROUP_MAX_EVENTS:
+            try:
+                job = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if job.future.set_running_or_notify_cancel():
+                jobs.append(job)
+                count += len(job.rows)
+        return jobs
+
+    def _run(self) -> None:
+        while True:
+            jobs = self._take_group()
+            batches = [job.rows for job in jobs]
+            try:
+                try:
+                    results = events_store(batches=batches)
+                except (InterfaceError, OperationalError):
+                    # PostgreSQL: a connection that broke while idle gets one retry. The insert is
+                    # idempotent, so a retry can never store an event twice.
+                    if not reset_broken_connection():
+                        raise
+                    results = events_store(batches=batches)
+            except BaseException as exc:
+                for job in jobs:
+                    job.future.set_exception(exc)
+                continue
+            for job, result in zip(jobs, results, strict=True):
+                job.future.set_result(result)
+
+
+_writer = EventWriter()
+
+
+def submit(rows: list[EventRow]) -> Future[IngestResult]:
+    """Queue a validated batch; the future resolves after its transaction committed."""
+    return _writer.submit(rows)

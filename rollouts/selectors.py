@@ -1,16 +1,187 @@
-"""Reads of rollout state."""
+"""Reads of rollout state: the rollout-aware desired release, listings, gates, stuck plans."""
 
 from __future__ import annotations
 
-from releases.models import Release
+import threading
+from datetime import timedelta
+from typing import Any
+
+from django.db.models import Count
+
+from orchestrator_site.errors import ApiError
+from releases.models import NodeAck, Release
+from rollouts import clock
+from rollouts.clock import rfc3339
+from rollouts.cohort import PlanSnapshot, snapshot_of
+from rollouts.gates import StageReport, evaluate_stage, unmet_reason
+from rollouts.models import RUNNING_PHASES, Phase, RolloutPlan, RolloutTransition
+
+_previous: dict[int, Release | None] = {}
+_previous_lock = threading.Lock()
+
+
+def _previous_release(latest: Release) -> Release | None:
+    """The channel's release just below `latest` (cached: sequences never change)."""
+    if latest.pk in _previous:
+        return _previous[latest.pk]
+    previous = (
+        Release.objects.filter(channel=latest.channel, sequence__lt=latest.sequence)
+        .order_by("-sequence")
+        .first()
+    )
+    with _previous_lock:
+        if len(_previous) > 4096:
+            _previous.clear()
+        _previous[latest.pk] = previous
+    return previous
 
 
 def desired_release_for_node(*, latest: Release, node_id: str) -> Release | None:
     """The release `node_id` should run when `latest` is its channel's latest release
-    (rollout-aware, API.md §4 "Which release a node gets"). None: no release for this node."""
-    return latest
+    (rollout-aware, API.md §4 "Which release a node gets"). None: no release for this node.
+
+    One indexed query when `latest` has no plan; otherwise the plan's cached snapshot, and at
+    most one more query (the node's ack) and one for the previous release (cached).
+    """
+    head = (
+        RolloutPlan.objects.filter(release_id=latest.pk)
+        .order_by("-id")
+        .values_list("id", "version")
+        .first()
+    )
+    if head is None:
+        return latest
+    # The newest plan governs: a new plan for a release can only exist once the older ones are
+    # terminal.
+    snap = _snapshot(head[0], head[1])
+    if snap is None or snap.in_rollout(node_id):
+        return latest
+    if NodeAck.objects.filter(
+        release_id=latest.pk, node_id=node_id, status=NodeAck.Status.ACTIVE
+    ).exists():
+        return latest
+    return _previous_release(latest)
+
+
+def _snapshot(pk: int, version: int) -> PlanSnapshot | None:
+    from rollouts.cohort import snapshot_by_pk
+
+    return snapshot_by_pk(pk, version)
 
 
 def rollout_phase_counts() -> dict[str, int]:
-    """Number of rollout plans per phase, for the `cp_rollout_plans_total` metric."""
-    return {}
+    """Number of rollout plans per phase (every phase present), for `cp_rollout_plans_total`."""
+    counts = {phase.value: 0 for phase in Phase}
+    for row in RolloutPlan.objects.values("phase").annotate(n=Count("id")).order_by():
+        counts[row["phase"]] = row["n"]
+    return counts
+
+
+# --- API reads --------------------------------------------------------------------------------
+
+
+def plan_list(*, limit: int, offset: int, phase: str | None) -> list[RolloutPlan]:
+    plans = RolloutPlan.objects.select_related("release").defer("spec").order_by("-id")
+    if phase:
+        plans = plans.filter(phase=phase)
+    return list(plans[offset : offset + limit])
+
+
+def plan_summary(plan: RolloutPlan) -> dict[str, Any]:
+    return {
+        "plan_id": plan.plan_id,
+        "release_id": plan.release.release_id,
+        "channel": plan.channel,
+        "description": plan.description,
+        "created_by": plan.created_by,
+        "phase": plan.phase,
+        "current_stage_id": plan.current_stage_id,
+        "digest": plan.digest,
+        "created_at": rfc3339(plan.created_at),
+        "updated_at": rfc3339(plan.updated_at),
+    }
+
+
+def plan_signature(plan: RolloutPlan) -> dict[str, str]:
+    from rollouts.signing import ALGORITHM
+
+    return {"alg": ALGORITHM, "key_id": plan.key_id, "value": plan.signature}
+
+
+def plan_status(plan: RolloutPlan) -> dict[str, Any]:
+    snap = snapshot_of(plan)
+    history = RolloutTransition.objects.filter(plan_id=plan.pk).order_by("id")
+    return {
+        "plan_id": plan.plan_id,
+        "phase": plan.phase,
+        "current_stage_id": plan.current_stage_id,
+        "stages": [
+            {
+                "stage_id": stage.stage_id,
+                "phase": stage.phase,
+                "percent": stage.percent,
+                "opened_at": rfc3339(stage.opened_at),
+                "promoted_at": rfc3339(stage.promoted_at),
+                "manual_approved": stage.manual_approved,
+                "halt_reason": stage.halt_reason or None,
+            }
+            for stage in snap.stages
+        ],
+        "updated_at": rfc3339(plan.updated_at),
+        "history": [
+            {
+                "action": entry.action,
+                "from_phase": entry.from_phase or None,
+                "to_phase": entry.to_phase,
+                "stage_id": entry.stage_id or None,
+                "operator": entry.operator,
+                "reason": entry.reason,
+                "at": rfc3339(entry.at),
+            }
+            for entry in history
+        ],
+    }
+
+
+def stage_gates(*, plan: RolloutPlan, stage_id: str) -> StageReport:
+    snap = snapshot_of(plan)
+    stage = snap.stage(stage_id)
+    if stage is None:
+        raise ApiError(
+            404,
+            f"no stage {stage_id!r} in rollout plan {plan.plan_id!r}",
+            plan_id=plan.plan_id,
+            stage_id=stage_id,
+        )
+    return evaluate_stage(snap, stage, now=clock.now())
+
+
+def stuck_plans(*, threshold_seconds: int) -> list[dict[str, Any]]:
+    """Plans in `published`/`active` whose last transition is older than the threshold."""
+    cutoff = clock.now() - timedelta(seconds=threshold_seconds)
+    plans = RolloutPlan.objects.filter(phase__in=RUNNING_PHASES, updated_at__lt=cutoff).order_by(
+        "updated_at"
+    )
+    now = clock.now()
+    result = []
+    for plan in plans:
+        snap = snapshot_of(plan)
+        stage = snap.current
+        report = evaluate_stage(snap, stage, now=now)
+        result.append(
+            {
+                "plan_id": plan.plan_id,
+                "phase": plan.phase,
+                "current_stage_id": plan.current_stage_id,
+                "stuck_since": rfc3339(plan.updated_at),
+                "stuck_reason": f"no progress for {_age(now - plan.updated_at)}; "
+                + unmet_reason(report),
+            }
+        )
+    return result
+
+
+def _age(delta: timedelta) -> str:
+    from rollouts.gates import human_duration
+
+    return human_duration(delta.total_seconds())

@@ -1,0 +1,222 @@
+"""HTTP views for rollouts (API.md §3 rows 11-20, 22-25; §4). Views translate: they parse the
+request, call one service or selector, and shape the answer."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from django.http import HttpResponse
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from orchestrator_site.errors import ApiError
+from rollouts import selectors, services, signing
+from rollouts.models import Phase
+
+OPERATOR_HEADER = "HTTP_X_AUTONOMY_OPERATOR"
+DEFAULT_LIMIT, MAX_LIMIT = 100, 1000
+DEFAULT_STUCK_THRESHOLD = 3600
+
+
+def _bad(field: str, message: str) -> ApiError:
+    return ApiError(400, f"invalid field '{field}': {message}", field=field)
+
+
+def _action_body(request: Request) -> dict[str, Any]:
+    raw = request.body
+    if not raw.strip():
+        return {}
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ApiError(400, f"malformed JSON body: {exc}") from None
+    if body is None:
+        return {}
+    if not isinstance(body, dict):
+        raise ApiError(400, "the request body must be a JSON object")
+    return body
+
+
+def _optional_text(body: dict[str, Any], key: str) -> str | None:
+    value = body.get(key)
+    if value is not None and not isinstance(value, str):
+        raise _bad(key, "must be a string")
+    return value
+
+
+def _actor(request: Request, body: dict[str, Any]) -> tuple[str | None, str | None]:
+    """(operator, reason): the operator from X-Autonomy-Operator, else the body's `operator`."""
+    operator = (request.META.get(OPERATOR_HEADER) or "").strip() or _optional_text(body, "operator")
+    return operator or None, _optional_text(body, "reason")
+
+
+def _int_param(request: Request, name: str, default: int, *, minimum: int) -> int:
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise _bad(name, f"must be an integer, not {raw!r}") from None
+    if value < minimum:
+        raise _bad(name, f"must be >= {minimum}")
+    return value
+
+
+def _truthy(value: str | None) -> bool:
+    return (value or "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def plan_detail(plan: Any) -> dict[str, Any]:
+    return {
+        **selectors.plan_summary(plan),
+        "spec": orjson.loads(bytes(plan.spec)),
+        "signature": selectors.plan_signature(plan),
+        "status": selectors.plan_status(plan),
+    }
+
+
+class RolloutListView(APIView):
+    """GET: plans, newest first (`limit`, `offset`, `phase`). POST: publish a plan (201), or
+    validate and preview the cohorts with `?dry_run=true` (200, nothing stored)."""
+
+    def get(self, request: Request) -> Response:
+        limit = min(_int_param(request, "limit", DEFAULT_LIMIT, minimum=1), MAX_LIMIT)
+        offset = _int_param(request, "offset", 0, minimum=0)
+        phase = request.query_params.get("phase") or None
+        if phase is not None and phase not in Phase.values:
+            raise _bad("phase", f"must be one of {', '.join(Phase.values)}")
+        plans = selectors.plan_list(limit=limit, offset=offset, phase=phase)
+        return Response(
+            {
+                "plans": [selectors.plan_summary(plan) for plan in plans],
+                "count": len(plans),
+                "limit": limit,
+                "offset": offset,
+            }
+        )
+
+    def post(self, request: Request) -> Response:
+        raw = request.body
+        if _truthy(request.query_params.get("dry_run")):
+            return Response(services.rollout_publish_dry_run(raw_spec=raw))
+        operator = (request.META.get(OPERATOR_HEADER) or "").strip() or None
+        plan = services.rollout_publish(raw_spec=raw, operator=operator)
+        return Response(plan_detail(plan), status=201)
+
+
+class RolloutDetailView(APIView):
+    def get(self, request: Request, plan_id: str) -> Response:
+        return Response(plan_detail(services.plan_get(plan_id)))
+
+
+class RolloutSpecView(APIView):
+    """The signed spec. The envelope embeds the stored bytes verbatim; `?raw=true` answers the
+    stored bytes alone (digest and signature in `X-Autonomy-*` headers)."""
+
+    def get(self, request: Request, plan_id: str) -> HttpResponse:
+        plan = services.plan_get(plan_id)
+        raw = bytes(plan.spec)
+        if _truthy(request.query_params.get("raw")):
+            response = HttpResponse(raw, content_type="application/json")
+            response["X-Autonomy-Digest"] = plan.digest
+            response["X-Autonomy-Signature"] = plan.signature
+            response["X-Autonomy-Key-Id"] = plan.key_id
+            return response
+        body = (
+            b'{"plan_id":'
+            + orjson.dumps(plan.plan_id)
+            + b',"spec":'
+            + raw
+            + b',"digest":'
+            + orjson.dumps(plan.digest)
+            + b',"signature":'
+            + orjson.dumps(selectors.plan_signature(plan))
+            + b"}"
+        )
+        return HttpResponse(body, content_type="application/json")
+
+
+class RolloutStatusView(APIView):
+    def get(self, request: Request, plan_id: str) -> Response:
+        return Response(selectors.plan_status(services.plan_get(plan_id)))
+
+
+class RolloutActionView(APIView):
+    """POST …/{pause,resume,promote,halt,cancel}: body `{"reason"}`, operator from the
+    X-Autonomy-Operator header (or `"operator"`); 200 with the status, 409 naming the phase."""
+
+    transition = ""
+
+    def post(self, request: Request, plan_id: str) -> Response:
+        body = _action_body(request)
+        operator, reason = _actor(request, body)
+        plan = services.rollout_transition(
+            plan_id=plan_id, action=self.transition, operator=operator, reason=reason
+        )
+        return Response(selectors.plan_status(plan))
+
+
+class RolloutRecoverView(APIView):
+    def post(self, request: Request, plan_id: str) -> Response:
+        body = _action_body(request)
+        operator, reason = _actor(request, body)
+        strategy = body.get("strategy")
+        services.plan_get(plan_id)  # 404 before 400 for an unknown plan
+        if strategy is None:
+            raise _bad("strategy", "is required: retry, rollback or skip_failed")
+        if not isinstance(strategy, str):
+            raise _bad("strategy", "must be one of retry, rollback, skip_failed")
+        plan = services.rollout_recover(
+            plan_id=plan_id, strategy=strategy, operator=operator, reason=reason
+        )
+        return Response(selectors.plan_status(plan))
+
+
+class StageGatesView(APIView):
+    def get(self, request: Request, plan_id: str, stage_id: str) -> Response:
+        report = selectors.stage_gates(plan=services.plan_get(plan_id), stage_id=stage_id)
+        return Response(
+            {
+                "plan_id": plan_id,
+                "stage_id": stage_id,
+                "stage_phase": report.stage.phase,
+                "gates": [gate.as_dict() for gate in report.gates],
+                "manual_approved": report.stage.manual_approved,
+                "all_passed": report.all_passed,
+            }
+        )
+
+
+class StageGatesApproveView(APIView):
+    def post(self, request: Request, plan_id: str, stage_id: str) -> Response:
+        body = _action_body(request)
+        operator, reason = _actor(request, body)
+        approval = services.rollout_gate_approve(
+            plan_id=plan_id, stage_id=stage_id, operator=operator, reason=reason
+        )
+        return Response(approval.as_dict())
+
+
+class StuckView(APIView):
+    def get(self, request: Request) -> Response:
+        threshold = _int_param(request, "threshold_seconds", DEFAULT_STUCK_THRESHOLD, minimum=0)
+        return Response(
+            {
+                "threshold_seconds": threshold,
+                "stuck_plans": selectors.stuck_plans(threshold_seconds=threshold),
+            }
+        )
+
+
+class SigningKeyView(APIView):
+    def get(self, request: Request) -> HttpResponse:
+        try:
+            key = signing.current_key()
+        except signing.SigningKeyError as exc:
+            raise ApiError(503, str(exc)) from None
+        response = HttpResponse(key.public_pem, content_type="application/x-pem-file")
+        response["X-Autonomy-Key-Id"] = key.key_id
+        return response

@@ -1,0 +1,460 @@
+"""Writes of rollout state: publishing plans, the transitions of API.md §4, gate approvals.
+
+Every transition goes through `rollout_transition`, which applies the table in
+`rollouts.statemachine` with one conditional UPDATE of the plan row
+(`WHERE pk = … AND version = … AND phase = …`): of two racing requests exactly one changes the
+plan, the other sees 0 rows and re-reads. Stage rows and the history entry are written in the
+same short transaction. No `select_for_update`: SQLite and PostgreSQL behave the same.
+
+The admin UI and the API call these functions (keyword-only):
+
+    rollout_publish(raw_spec=…, operator=…)            rollout_publish_dry_run(raw_spec=…)
+    rollout_pause / rollout_resume / rollout_promote / rollout_halt / rollout_cancel
+        (plan_id=…, operator=…, reason=…)
+    rollout_recover(plan_id=…, strategy="retry"|"rollback"|"skip_failed", operator=…, reason=…)
+    rollout_gate_approve(plan_id=…, stage_id=…, operator=…, reason=…)
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from django.db import IntegrityError, transaction
+from django.db.models import F
+
+from orchestrator_site.errors import ApiError
+from releases.models import NodeAck, Release
+from rollouts import clock, signing
+from rollouts.cohort import PlanSnapshot, bucket, snapshot_of
+from rollouts.models import (
+    NON_TERMINAL_PHASES,
+    TERMINAL_PHASES,
+    Phase,
+    RolloutPlan,
+    RolloutTransition,
+    StagePhase,
+    StageStatus,
+)
+from rollouts.statemachine import (
+    ADVANCE,
+    HISTORY_ACTION,
+    RECOVER_STRATEGIES,
+    STAGE_EFFECTS,
+    TRANSITIONS,
+    target_phase,
+    verb,
+)
+from rollouts.validation import PlanSpec, parse_spec
+
+ANONYMOUS = "anonymous"
+EVALUATOR = "evaluator"
+DRY_RUN_SAMPLE = 10
+_RETRIES = 5
+
+
+# --- publishing -------------------------------------------------------------------------------
+
+
+def _publishable(spec: PlanSpec) -> tuple[Release, str]:
+    """The release and the plan_id to use; 400/409 when the spec cannot be published."""
+    release = Release.objects.filter(release_id=spec.release_id).first()
+    if release is None:
+        raise ApiError(
+            400,
+            f"invalid field 'release_id': no release {spec.release_id!r} exists",
+            field="release_id",
+        )
+    if spec.channel is not None and spec.channel != release.channel:
+        raise ApiError(
+            400,
+            f"invalid field 'channel': release {release.release_id} is in channel "
+            f"{release.channel!r}, not {spec.channel!r}",
+            field="channel",
+        )
+    plan_id = spec.plan_id or f"plan-{secrets.token_hex(6)}"
+    if RolloutPlan.objects.filter(plan_id=plan_id).exists():
+        raise ApiError(409, f"a rollout plan {plan_id!r} already exists", plan_id=plan_id)
+    live = (
+        RolloutPlan.objects.filter(release=release, phase__in=NON_TERMINAL_PHASES)
+        .values("plan_id", "phase")
+        .first()
+    )
+    if live is not None:
+        raise ApiError(
+            409,
+            f"release {release.release_id} already has a rollout in progress "
+            f"({live['plan_id']}, {live['phase']}); cancel it or let it finish first",
+            plan_id=live["plan_id"],
+            phase=live["phase"],
+        )
+    return release, plan_id
+
+
+def rollout_publish(*, raw_spec: bytes, operator: str | None = None) -> RolloutPlan:
+    """Validate, sign and store a plan; its first stage opens at once (phase `published`)."""
+    spec = parse_spec(raw_spec)
+    release, plan_id = _publishable(spec)
+    key = signing.current_key()
+    digest = signing.digest_of(raw_spec)
+    signature = key.sign(digest)
+    now = clock.now()
+    first = spec.stages[0].stage_id
+    try:
+        with transaction.atomic():
+            plan = RolloutPlan.objects.create(
+                plan_id=plan_id,
+                release=release,
+                channel=release.channel,
+                description=spec.description,
+                created_by=spec.created_by,
+                spec=bytes(raw_spec),
+                digest=digest,
+                signature=signature,
+                key_id=key.key_id,
+                phase=Phase.PUBLISHED,
+                current_stage_id=first,
+                version=1,
+                created_at=now,
+                updated_at=now,
+            )
+            StageStatus.objects.bulk_create(
+                StageStatus(
+                    plan=plan,
+                    position=index,
+                    stage_id=stage.stage_id,
+                    percent=stage.percent,
+                    phase=StagePhase.OPEN if index == 0 else StagePhase.PENDING,
+                    opened_at=now if index == 0 else None,
+                )
+                for index, stage in enumerate(spec.stages)
+            )
+            RolloutTransition.objects.create(
+                plan=plan,
+                action="publish",
+                from_phase="",
+                to_phase=Phase.PUBLISHED,
+                stage_id=first,
+                operator=operator or spec.created_by or ANONYMOUS,
+                reason=spec.description,
+                at=now,
+            )
+    except IntegrityError:
+        _publishable(spec)  # a concurrent publish won: answer its 409
+        raise
+    _poke()
+    return plan
+
+
+def known_node_ids() -> set[str]:
+    """Every node known to the fleet: any node that sent an event or an ack."""
+    from events.models import Event
+
+    nodes = set(Event.objects.values_list("node_id", flat=True).distinct())
+    nodes.update(NodeAck.objects.values_list("node_id", flat=True).distinct())
+    return nodes
+
+
+def rollout_publish_dry_run(*, raw_spec: bytes) -> dict[str, Any]:
+    """Validate like `rollout_publish` and say who each stage would reach; store nothing."""
+    spec = parse_spec(raw_spec)
+    release, plan_id = _publishable(spec)
+    known = known_node_ids()
+    active = set(
+        NodeAck.objects.filter(release=release, status=NodeAck.Status.ACTIVE).values_list(
+            "node_id", flat=True
+        )
+    )
+    buckets = {node: bucket(plan_id, node) for node in known}
+    explicit: set[str] = set()
+    stages = []
+    for stage in spec.stages:
+        explicit.update(stage.nodes)
+        members = sorted(
+            node
+            for node in known
+            if buckets[node] < stage.percent or node in explicit or node in active
+        )
+        stages.append(
+            {
+                "stage_id": stage.stage_id,
+                "percent": stage.percent,
+                "nodes": len(members),
+                "sample": members[:DRY_RUN_SAMPLE],
+            }
+        )
+    return {
+        "dry_run": True,
+        "valid": True,
+        "plan_id": plan_id,
+        "plan_id_generated": spec.plan_id is None,
+        "release_id": release.release_id,
+        "channel": release.channel,
+        "digest": signing.digest_of(raw_spec),
+        "known_nodes": len(known),
+        "stages": stages,
+    }
+
+
+# --- transitions ------------------------------------------------------------------------------
+
+
+def plan_get(plan_id: str) -> RolloutPlan:
+    plan = RolloutPlan.objects.filter(plan_id=plan_id).first()
+    if plan is None:
+        raise ApiError(404, f"no rollout plan {plan_id!r}", plan_id=plan_id)
+    return plan
+
+
+def _conflict(action: str, plan_id: str) -> ApiError:
+    plan = plan_get(plan_id)
+    return ApiError(
+        409,
+        f"cannot {verb(action)}: the rollout changed while this request ran (it is now "
+        f"{plan.phase}, stage {plan.current_stage_id}); re-read its status and retry",
+        phase=plan.phase,
+        current_stage_id=plan.current_stage_id,
+    )
+
+
+def _stage_changes(
+    snap: PlanSnapshot, action: str, target: str, reason: str, now: datetime
+) -> tuple[str, str, list[tuple[int, dict[str, Any]]]]:
+    """(new plan phase, new current stage id, [(stage pk, fields)]) for `action`."""
+    current = snap.current
+    effect = STAGE_EFFECTS[action]
+    updates: list[tuple[int, dict[str, Any]]] = []
+    if target == ADVANCE:
+        if effect == "promote":
+            updates.append((current.pk, {"phase": StagePhase.PROMOTED, "promoted_at": now}))
+        else:
+            updates.append((current.pk, {"phase": StagePhase.SKIPPED}))
+        if current.position + 1 < len(snap.stages):
+            following = snap.stages[current.position + 1]
+            updates.append((following.pk, {"phase": StagePhase.OPEN, "opened_at": now}))
+            return Phase.ACTIVE, following.stage_id, updates
+        return Phase.COMPLETED, current.stage_id, updates
+    if effect == "halt" and current.phase == StagePhase.OPEN:
+        updates.append(
+            (
+                current.pk,
+                {"phase": StagePhase.HALTED, "halt_reason": reason or "halted by an operator"},
+            )
+        )
+    elif effect == "reopen" and current.phase == StagePhase.HALTED:
+        updates.append(
+            (
+                current.pk,
+                {
+                    "phase": StagePhase.OPEN,
+                    "opened_at": now,
+                    "halt_reason": "",
+                    "manual_approved": False,
+                    "manual_approved_by": "",
+                },
+            )
+        )
+    return target, current.stage_id, updates
+
+
+def _apply(plan: RolloutPlan, action: str, target: str, operator: str, reason: str) -> bool:
+    """One conditional transition; False when another writer changed the plan first."""
+    snap = snapshot_of(plan)
+    now = clock.now()
+    new_phase, new_current, updates = _stage_changes(snap, action, target, reason, now)
+    with transaction.atomic():
+        changed = RolloutPlan.objects.filter(
+            pk=plan.pk, version=plan.version, phase=plan.phase
+        ).update(
+            phase=new_phase,
+            current_stage_id=new_current,
+            version=F("version") + 1,
+            updated_at=now,
+        )
+        if not changed:
+            return False
+        for pk, fields in updates:
+            StageStatus.objects.filter(pk=pk).update(**fields)
+        RolloutTransition.objects.create(
+            plan_id=plan.pk,
+            action=HISTORY_ACTION.get(action, action),
+            from_phase=plan.phase,
+            to_phase=new_phase,
+            stage_id=snap.current_stage_id,
+            operator=operator,
+            reason=reason,
+            at=now,
+        )
+    return True
+
+
+def rollout_transition(
+    *,
+    plan_id: str,
+    action: str,
+    operator: str | None = None,
+    reason: str | None = None,
+    expected_version: int | None = None,
+) -> RolloutPlan:
+    """Apply `action` (a key of the transition table) to the plan; 404/409 as the contract says.
+
+    Stage-relative actions (`promote`, `skip_failed`) and calls with `expected_version` are
+    never retried after losing a race: two racing promotes advance one stage, and the loser gets
+    409. Others re-read and re-check the table (two racing pauses: one 200, one 409).
+    """
+    if action not in TRANSITIONS:
+        raise ValueError(f"unknown rollout action {action!r}")
+    operator = operator or ANONYMOUS
+    reason = reason or ""
+    for _ in range(_RETRIES):
+        plan = plan_get(plan_id)
+        if expected_version is not None and plan.version != expected_version:
+            raise _conflict(action, plan_id)
+        target = target_phase(action, plan.phase)
+        if target is None:
+            raise ApiError(
+                409, f"cannot {verb(action)} a rollout that is {plan.phase}", phase=plan.phase
+            )
+        if _apply(plan, action, target, operator, reason):
+            if action in ("resume", "retry"):
+                _poke()
+            return plan_get(plan_id)
+        if target == ADVANCE or expected_version is not None:
+            raise _conflict(action, plan_id)
+    raise _conflict(action, plan_id)
+
+
+def rollout_pause(
+    *, plan_id: str, operator: str | None = None, reason: str | None = None
+) -> RolloutPlan:
+    return rollout_transition(plan_id=plan_id, action="pause", operator=operator, reason=reason)
+
+
+def rollout_resume(
+    *, plan_id: str, operator: str | None = None, reason: str | None = None
+) -> RolloutPlan:
+    return rollout_transition(plan_id=plan_id, action="resume", operator=operator, reason=reason)
+
+
+def rollout_promote(
+    *, plan_id: str, operator: str | None = None, reason: str | None = None
+) -> RolloutPlan:
+    return rollout_transition(plan_id=plan_id, action="promote", operator=operator, reason=reason)
+
+
+def rollout_halt(
+    *, plan_id: str, operator: str | None = None, reason: str | None = None
+) -> RolloutPlan:
+    return rollout_transition(plan_id=plan_id, action="halt", operator=operator, reason=reason)
+
+
+def rollout_cancel(
+    *, plan_id: str, operator: str | None = None, reason: str | None = None
+) -> RolloutPlan:
+    return rollout_transition(plan_id=plan_id, action="cancel", operator=operator, reason=reason)
+
+
+def rollout_recover(
+    *, plan_id: str, strategy: str, operator: str | None = None, reason: str | None = None
+) -> RolloutPlan:
+    if strategy not in RECOVER_STRATEGIES:
+        raise ApiError(
+            400,
+            f"invalid field 'strategy': must be one of {', '.join(RECOVER_STRATEGIES)}",
+            field="strategy",
+        )
+    return rollout_transition(plan_id=plan_id, action=strategy, operator=operator, reason=reason)
+
+
+# --- gates ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Approval:
+    approved: bool
+    promoted: bool
+    message: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"approved": self.approved, "promoted": self.promoted, "message": self.message}
+
+
+def rollout_gate_approve(
+    *, plan_id: str, stage_id: str, operator: str | None = None, reason: str | None = None
+) -> Approval:
+    """Mark the stage's manual gate passed, re-evaluate, and promote when every gate passes."""
+    operator = operator or ANONYMOUS
+    for _ in range(_RETRIES):
+        plan = plan_get(plan_id)
+        snap = snapshot_of(plan)
+        stage = snap.stage(stage_id)
+        if stage is None:
+            raise ApiError(
+                404,
+                f"no stage {stage_id!r} in rollout plan {plan_id!r}",
+                plan_id=plan_id,
+                stage_id=stage_id,
+            )
+        if plan.phase in TERMINAL_PHASES:
+            raise ApiError(
+                409, f"cannot approve a gate of a rollout that is {plan.phase}", phase=plan.phase
+            )
+        if not any(gate.kind == "manual" for gate in stage.gates):
+            raise ApiError(
+                409,
+                f"stage {stage_id} has no manual gate to approve",
+                phase=plan.phase,
+                stage_phase=stage.phase,
+            )
+        if stage.phase not in (StagePhase.OPEN, StagePhase.PENDING):
+            raise ApiError(
+                409,
+                f"cannot approve stage {stage_id}: it is {stage.phase}",
+                phase=plan.phase,
+                stage_phase=stage.phase,
+            )
+        now = clock.now()
+        with transaction.atomic():
+            changed = RolloutPlan.objects.filter(
+                pk=plan.pk, version=plan.version, phase=plan.phase
+            ).update(version=F("version") + 1, updated_at=now)
+            if not changed:
+                continue
+            StageStatus.objects.filter(pk=stage.pk).update(
+                manual_approved=True, manual_approved_by=operator
+            )
+            RolloutTransition.objects.create(
+                plan_id=plan.pk,
+                action="approve",
+                from_phase=plan.phase,
+                to_phase=plan.phase,
+                stage_id=stage_id,
+                operator=operator,
+                reason=reason or "",
+                at=now,
+            )
+        break
+    else:
+        raise _conflict("approve", plan_id)
+
+    from rollouts.evaluator import evaluate_plan
+
+    outcome = evaluate_plan(plan_id=plan_id, operator=operator)
+    promoted = outcome.action == "promote" and outcome.stage_id == stage_id
+    if promoted:
+        message = "manual gate approved; all gates pass: the stage was promoted"
+    elif outcome.action == "halt":
+        message = f"manual gate approved; the rollout halted: {outcome.reason}"
+    elif outcome.reason:
+        message = f"manual gate approved; not promoted yet: {outcome.reason}"
+    else:
+        message = f"manual gate approved; the rollout is {plan_get(plan_id).phase}"
+    return Approval(approved=True, promoted=promoted, message=message)
+
+
+def _poke() -> None:
+    from rollouts.evaluator import poke
+
+    poke()

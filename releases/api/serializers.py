@@ -43,7 +43,7 @@ class Rfc3339Field(StrictCharField):
 
     def to_internal_value(self, data: Any) -> datetime:  # type: ignore[override]
         text = super().to_internal_value(data)
-        if not _RFC3339.fullmatch(text):
+        if len(text) > 64 or not _RFC3339.fullmatch(text):
             self.fail("format")
         fraction = re.search(r"\.(\d+)", text)
         if fraction and len(fraction.group(1)) > 6:  # datetime holds microseconds
@@ -79,4 +79,4 @@ class NodeAckSerializer(serializers.Serializer):
     message = StrictCharField(
         max_length=65536, required=False, allow_null=True, allow_blank=True, default=None
     )
-    acked_at = Rfc3339Field(max_length=64, required=False, allow_null=True, default=None)
+    acked_at = Rfc3339Field(required=False, allow_null=True, default=None)

@@ -53,6 +53,24 @@ def preconfigure_env(command: str, args: list[str]) -> None:
                 os.environ[var] = arg.split("=", 1)[1]
 
 
+# Django's commands that take the store flags only through the shim (which removes them).
+_DJANGO_STORE_COMMANDS = {"createsuperuser", "changepassword"}
+
+
+def strip_store_flags(args: list[str]) -> list[str]:
+    """`args` without `--data-dir X` / `--postgres-url X` (and their `--flag=X` forms)."""
+    kept: list[str] = []
+    skip_next = False
+    for arg in args:
+        if skip_next:
+            skip_next = False
+        elif arg in _STORE_FLAGS:
+            skip_next = True
+        elif not any(arg.startswith(flag + "=") for flag in _STORE_FLAGS):
+            kept.append(arg)
+    return kept
+
+
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help", "help"):
@@ -64,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     command = COMMANDS[name][0]
     preconfigure_env(command, rest)
+    if command in _DJANGO_STORE_COMMANDS:  # Django's own commands do not know these flags
+        rest = strip_store_flags(rest)
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "orchestrator_site.settings")
     import django
     from django.core.management import ManagementUtility

@@ -9,6 +9,9 @@ from drf_spectacular.renderers import (
 )
 from drf_spectacular.views import SpectacularAPIView
 
+# Importing the annotations registers them with drf-spectacular (OpenApiViewExtension).
+from orchestrator_site import openapi  # noqa: F401
+
 
 class OpenApiView(SpectacularAPIView):
     """JSON by default (the path says .json); YAML on request."""

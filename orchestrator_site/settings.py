@@ -144,6 +144,15 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    # Route annotations and these hooks live in orchestrator_site/openapi.py (docs/api.md).
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "orchestrator_site.openapi.postprocess_schema",
+    ],
+    "ENUM_NAME_OVERRIDES": {
+        "AckStatusEnum": "orchestrator_site.openapi.ACK_STATUSES",
+        "HealthStatusEnum": ["ok"],
+    },
 }
 
 # Logging is configured by `serve` from --log-format/--log-level (orchestrator_site.logging_setup).

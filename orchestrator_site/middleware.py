@@ -6,9 +6,14 @@ import logging
 import time
 from collections.abc import Callable
 
-from django.core.exceptions import RequestDataTooBig
+from django.core.exceptions import (
+    BadRequest,
+    PermissionDenied,
+    RequestDataTooBig,
+    SuspiciousOperation,
+)
 from django.db import DatabaseError
-from django.http import HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse
 
 from orchestrator_site import dberrors
 from orchestrator_site.errors import json_error
@@ -93,5 +98,7 @@ class ApiErrorMiddleware:
             response = db_error_response(exc)
             if response is not None:
                 return response
+        if isinstance(exc, Http404 | PermissionDenied | SuspiciousOperation | BadRequest):
+            return None  # Django answers these itself (404/403/400 via the handlers in urls.py)
         logger.exception("unhandled error on %s %s", request.method, request.path)
         return json_error(500, "internal error; the server log has the details")

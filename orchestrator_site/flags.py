@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from typing import Any
 
 
@@ -25,3 +26,20 @@ def env_bool(flag: str, default: bool = False) -> bool:
     if raw is None:
         return default
     return raw.strip().lower() in ("1", "true", "yes", "on")
+
+
+_DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
+
+
+def parse_duration(text: str) -> float:
+    """A Go-style duration (`30s`, `5m`, `1h30m`, `500ms`; `0` alone) in seconds.
+
+    ValueError (with a readable message) for anything else.
+    """
+    value = (text or "").strip()
+    if value == "0":
+        return 0.0
+    if not value or _DURATION.sub("", value) != "":
+        raise ValueError(f"{text!r} is not a duration; write it like 30s, 5m, 1h or 0")
+    return sum(float(num) * _DURATION_UNITS[unit] for num, unit in _DURATION.findall(value))

@@ -71,4 +71,7 @@ def client_identity_from_scope(scope: dict[str, Any] | None) -> str | None:
         return None
     tls = (scope.get("extensions") or {}).get("tls") or {}
     name = tls.get("client_cert_name")
-    return str(name) if name else None
+    if not name:
+        return None
+    serial = tls.get("client_cert_serial")  # set by orchestrator_site.tls (hex)
+    return f"{name} serial={serial}" if serial else str(name)

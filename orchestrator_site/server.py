@@ -32,8 +32,10 @@ class ListenAddress:
     family: int
 
     def __str__(self) -> str:
-        return f"[{self.host}]:{self.port}" if self.family == socket.AF_INET6 else (
-            f"{self.host}:{self.port}"
+        return (
+            f"[{self.host}]:{self.port}"
+            if self.family == socket.AF_INET6
+            else (f"{self.host}:{self.port}")
         )
 
 
@@ -56,9 +58,7 @@ def parse_listen(value: str, flag: str = "--listen") -> ListenAddress:
         raise ServeError(f"{flag} {value!r}: port must be a number from 0 to 65535")
     host = host or "0.0.0.0"
     try:
-        family = (
-            socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
-        )
+        family = socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
     except ValueError:
         try:
             infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
@@ -109,6 +109,33 @@ class Listener:
         return self.address
 
 
+class _TaggingFactory:
+    """Marks each connection's protocol with its Listener, so a request knows where it came in."""
+
+    def __init__(self, factory: Any, listener: Listener) -> None:
+        self._factory = factory
+        self._listener = listener
+
+    def buildProtocol(self, addr: Any) -> Any:
+        protocol = self._factory.buildProtocol(addr)
+        if protocol is not None:
+            protocol._orchestrator_listener = self._listener
+            # twisted.web wraps its HTTPChannel; requests see the inner channel.
+            inner = getattr(protocol, "_channel", None)
+            if inner is not None:
+                inner._orchestrator_listener = self._listener
+        return protocol
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._factory, name)
+
+
+def listener_of(protocol: Any) -> Listener | None:
+    """The Listener a daphne request protocol arrived on (None when unknown)."""
+    channel = getattr(protocol, "channel", None) or protocol
+    return getattr(channel, "_orchestrator_listener", None)
+
+
 class _PreboundEndpoint:
     """A Twisted server endpoint over a socket we bound ourselves."""
 
@@ -119,13 +146,14 @@ class _PreboundEndpoint:
     def listen(self, factory: Any) -> Any:
         from twisted.internet import defer
 
+        factory = _TaggingFactory(factory, self.listener)
         if self.listener.wrap_factory is not None:
             factory = self.listener.wrap_factory(factory)
         try:
             port = self.reactor.adoptStreamPort(
                 self.listener.sock.fileno(), self.listener.family, factory
             )
-        except Exception:  # noqa: BLE001 - handed to daphne's errback
+        except Exception:
             return defer.fail()
         self.listener.port = port
         self.listener.sock.close()  # Twisted holds its own duplicate of the descriptor
@@ -147,8 +175,13 @@ def run_daphne(
     application: Any,
     listeners: list[Listener],
     on_ready: Callable[[], None] | None = None,
+    periodic: list[tuple[float, Callable[[], None]]] | None = None,
 ) -> None:
-    """Serve `application` on the listeners until SIGTERM/SIGINT, then drain and return."""
+    """Serve `application` on the listeners until SIGTERM/SIGINT, then drain and return.
+
+    A listener with its own `application` serves that instead of `application`. `periodic`
+    (seconds, callable) run on the reactor thread: never touch the ORM from them.
+    """
     import daphne.server as daphne_server  # installs the asyncio reactor first
     from twisted.internet import reactor
 
@@ -159,7 +192,15 @@ def run_daphne(
         def create_application(self, protocol: Any, scope: dict[str, Any]) -> Any:
             for hook in SCOPE_HOOKS:
                 hook(protocol, scope)
-            return super().create_application(protocol, scope)
+            listener = listener_of(protocol)
+            if listener is None or listener.application is None:
+                return super().create_application(protocol, scope)
+            # One reactor thread: swapping the application for this synchronous call is safe.
+            default, self.application = self.application, listener.application
+            try:
+                return super().create_application(protocol, scope)
+            finally:
+                self.application = default
 
         def kill_all_applications(self) -> Any:
             from twisted.internet import defer
@@ -197,12 +238,9 @@ def run_daphne(
     )
 
     def in_flight() -> int:
-        return sum(
-            1
-            for d in server.connections.values()
-            if d.get("application_instance") is not None
-            and not d["application_instance"].done()
-        )
+        # A request counts from its first line (a body still uploading is in flight) until its
+        # response is finished or the client went away.
+        return sum(1 for d in server.connections.values() if "disconnected" not in d)
 
     stopping = {"started": 0.0}
 
@@ -230,6 +268,11 @@ def run_daphne(
     def handle_signal(signum: int, _frame: Any) -> None:
         reactor.callFromThread(begin_shutdown, signum)
 
+    from twisted.internet.task import LoopingCall
+
+    for interval, task in periodic or []:
+        LoopingCall(_logged(task)).start(interval, now=False)
+
     signal.signal(signal.SIGTERM, handle_signal)
     signal.signal(signal.SIGINT, handle_signal)
     server.run()
@@ -239,3 +282,15 @@ def run_daphne(
 # Callables (protocol, scope) -> None run before each request's application starts; the TLS
 # layer registers one that puts the verified client identity into scope["extensions"]["tls"].
 SCOPE_HOOKS: list[Callable[[Any, dict[str, Any]], None]] = []
+
+
+def _logged(task: Callable[[], None]) -> Callable[[], None]:
+    """A periodic task whose failure is logged and does not stop the loop."""
+
+    def run() -> None:
+        try:
+            task()
+        except Exception:
+            logger.exception("periodic task %s failed", getattr(task, "__name__", task))
+
+    return run

@@ -1,3 +1,7 @@
-from django.urls import path  # noqa: F401
+from django.urls import path
 
-urlpatterns: list = []
+from crl.api.views import crl_view
+
+urlpatterns = [
+    path("v1/crl", crl_view, name="crl"),
+]

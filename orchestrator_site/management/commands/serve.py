@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -11,16 +12,26 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DatabaseError, connections
 
-from orchestrator_site import dberrors
+from crl.services import CrlSyncConfig, CrlSyncThread
+from orchestrator_site import dberrors, metrics
 from orchestrator_site.datadir import DataDirError, load_or_create_secret, prepare_data_dir
-from orchestrator_site.flags import env_default
+from orchestrator_site.flags import env_default, env_list, parse_duration
 from orchestrator_site.logging_setup import FORMATS, LEVELS, configure_logging
 from orchestrator_site.paths import default_data_dir
-from orchestrator_site.server import Listener, ServeError, bind_socket, parse_listen, run_daphne
+from orchestrator_site.server import (
+    SCOPE_HOOKS,
+    Listener,
+    ServeError,
+    bind_socket,
+    parse_listen,
+    run_daphne,
+)
+from orchestrator_site.tls import ServerTls, TlsConfig, TlsError, make_scope_hook, set_active_crl
 
 logger = logging.getLogger("orchestrator.serve")
 
 DEFAULT_LISTEN = "127.0.0.1:8888"
+CRL_CHECK_SECONDS = 60.0
 
 
 class Command(BaseCommand):
@@ -29,44 +40,103 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument(
-            "--listen", default=env_default("listen", DEFAULT_LISTEN),
+            "--listen",
+            default=env_default("listen", DEFAULT_LISTEN),
             help="TCP address host:port or [v6]:port (default 127.0.0.1:8888; AUTONOMY_LISTEN)",
         )
         parser.add_argument(
-            "--data-dir", default=env_default("data-dir") or str(default_data_dir()),
+            "--data-dir",
+            default=env_default("data-dir") or str(default_data_dir()),
             help="directory of the SQLite store, created 0700 if missing "
             "(default $XDG_CACHE_HOME/autonomyops/orchestrator; AUTONOMY_DATA_DIR)",
         )
         parser.add_argument(
-            "--postgres-url", default=env_default("postgres-url", ""),
+            "--postgres-url",
+            default=env_default("postgres-url", ""),
             help="serve from this PostgreSQL database instead of SQLite, after `migrate` "
             "(AUTONOMY_POSTGRES_URL)",
         )
         parser.add_argument(
-            "--metrics-addr", default=env_default("metrics-addr", ""),
+            "--metrics-addr",
+            default=env_default("metrics-addr", ""),
             help="second listener serving only GET /metrics; empty = metrics disabled "
             "(AUTONOMY_METRICS_ADDR)",
         )
         parser.add_argument(
-            "--log-format", default=env_default("log-format", "text"),
+            "--tls-cert-file",
+            default=env_default("tls-cert-file", ""),
+            help="PEM server certificate (chain): serve HTTPS; needs --tls-key-file "
+            "(AUTONOMY_TLS_CERT_FILE)",
+        )
+        parser.add_argument(
+            "--tls-key-file",
+            default=env_default("tls-key-file", ""),
+            help="PEM private key of --tls-cert-file (AUTONOMY_TLS_KEY_FILE)",
+        )
+        parser.add_argument(
+            "--tls-ca-file",
+            default=env_default("tls-ca-file", ""),
+            help="PEM CA: require client certificates signed by it (mTLS) (AUTONOMY_TLS_CA_FILE)",
+        )
+        parser.add_argument(
+            "--tls-crl-file",
+            default=env_default("tls-crl-file", ""),
+            help="PEM CRL signed by --tls-ca-file: refuse the client certificates it lists; "
+            "reloaded when it changes; served at GET /v1/crl (AUTONOMY_TLS_CRL_FILE)",
+        )
+        parser.add_argument(
+            "--tls-crl-sync-url",
+            action="append",
+            default=None,
+            help="repeatable: another control plane's GET /v1/crl to pull newer CRLs from "
+            "(AUTONOMY_TLS_CRL_SYNC_URL, comma-separated)",
+        )
+        parser.add_argument(
+            "--tls-crl-sync-min-sources",
+            default=env_default("tls-crl-sync-min-sources", "1"),
+            help="accept a pulled CRL only when at least this many sources return it "
+            "(default 1; AUTONOMY_TLS_CRL_SYNC_MIN_SOURCES)",
+        )
+        parser.add_argument(
+            "--tls-crl-sync-interval",
+            default=env_default("tls-crl-sync-interval", "5m"),
+            help="pull period, Go-style (30s, 5m, 1h); 0 = once at start "
+            "(default 5m; AUTONOMY_TLS_CRL_SYNC_INTERVAL)",
+        )
+        parser.add_argument(
+            "--tls-crl-sync-server-name",
+            default=env_default("tls-crl-sync-server-name", ""),
+            help="TLS server name (SNI, hostname check) for the sync URLs "
+            "(AUTONOMY_TLS_CRL_SYNC_SERVER_NAME)",
+        )
+        parser.add_argument(
+            "--log-format",
+            default=env_default("log-format", "text"),
             help="text or json (one JSON object per line) (AUTONOMY_LOG_FORMAT)",
         )
         parser.add_argument(
-            "--log-level", default=env_default("log-level", "info"),
+            "--log-level",
+            default=env_default("log-level", "info"),
             help="debug, info, warn or error (AUTONOMY_LOG_LEVEL)",
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
         try:
             self._serve(options)
-        except (ServeError, DataDirError) as exc:
+        except (ServeError, DataDirError, TlsError) as exc:
             raise CommandError(str(exc)) from None
+        except Exception as exc:
+            # Never a traceback for the operator; the details are there with --log-level debug.
+            logger.debug("serve failed", exc_info=True)
+            raise CommandError(f"serve stopped on an unexpected error: {exc!r}") from None
 
     def _serve(self, options: dict[str, Any]) -> None:
         log_format = str(options["log_format"]).strip().lower()
         log_level = str(options["log_level"]).strip().lower()
         if log_format not in FORMATS:
-            raise ServeError(f"--log-format must be one of {', '.join(FORMATS)}, not {log_format!r}")
+            raise ServeError(
+                f"--log-format must be one of {', '.join(FORMATS)}, not {log_format!r}"
+            )
         if log_level not in LEVELS:
             raise ServeError(f"--log-level must be one of {', '.join(LEVELS)}, not {log_level!r}")
         configure_logging(log_format, log_level)
@@ -74,6 +144,8 @@ class Command(BaseCommand):
         listen = parse_listen(options["listen"])
         metrics_addr = str(options["metrics_addr"] or "").strip()
         metrics_listen = parse_listen(metrics_addr, "--metrics-addr") if metrics_addr else None
+        server_tls = self._tls(options)
+        sync_config = self._crl_sync(options, server_tls)
 
         using_postgres = bool(settings.POSTGRES_URL)
         data_dir = Path(options["data_dir"]).expanduser()
@@ -81,11 +153,19 @@ class Command(BaseCommand):
             prepare_data_dir(data_dir)
             settings.SECRET_KEY = load_or_create_secret(data_dir)
 
-        listeners = [Listener("main", bind_socket(listen), listen.family)]
+        main = Listener("main", bind_socket(listen), listen.family)
+        listeners = [main]
+        if server_tls is not None:
+            main.scheme = "https"
+            main.wrap_factory = server_tls.wrap
         if metrics_listen is not None:
             listeners.append(
-                Listener("metrics", bind_socket(metrics_listen, "--metrics-addr"),
-                         metrics_listen.family)
+                Listener(
+                    "metrics",
+                    bind_socket(metrics_listen, "--metrics-addr"),
+                    metrics_listen.family,
+                    application=metrics.metrics_only,
+                )
             )
 
         self._migrate(using_postgres)
@@ -93,18 +173,111 @@ class Command(BaseCommand):
         from orchestrator_site.asgi import application
         from rollouts.evaluator import start_background_evaluator
 
+        # asgi.py runs django.setup() again, whose dictConfig resets the loggers we tuned
+        # (django.request "Not Found" lines would duplicate the access log): apply ours again.
+        configure_logging(log_format, log_level)
+
+        if metrics_listen is not None:
+            metrics.install()
+            application = metrics.with_metrics(application)
+
+        periodic = []
+        if server_tls is not None:
+            SCOPE_HOOKS.append(make_scope_hook(server_tls))
+            crl_store = server_tls.crl_store
+            if crl_store is not None:
+                set_active_crl(crl_store)
+
+                def check_crl() -> None:
+                    # Reloads and nextUpdate warnings even when no client connects.
+                    crl_store.refresh()
+                    crl_store.check_expiry()
+
+                periodic.append((CRL_CHECK_SECONDS, check_crl))
+
         store = "PostgreSQL" if using_postgres else f"SQLite in {data_dir}"
 
         def ready() -> None:
             for listener in listeners:
                 logger.info(
-                    "listening on %s://%s (%s)", listener.scheme, listener.bound(), listener.name,
+                    "listening on %s://%s (%s)",
+                    listener.scheme,
+                    listener.bound(),
+                    listener.name,
                     extra={"listen": listener.bound(), "listener": listener.name},
+                )
+            if server_tls is not None:
+                logger.info(
+                    "TLS: certificate %s; client certificates %s; CRL %s",
+                    server_tls.config.cert_file,
+                    f"required (CA {server_tls.config.ca_file})"
+                    if server_tls.mutual
+                    else "not requested",
+                    server_tls.config.crl_file or "none",
                 )
             logger.info("data store: %s", store, extra={"store": store})
 
         start_background_evaluator()
-        run_daphne(application, listeners, on_ready=ready)
+        syncer = None
+        if sync_config is not None and server_tls is not None and server_tls.crl_store:
+            syncer = CrlSyncThread(config=sync_config, store=server_tls.crl_store)
+            syncer.start()
+        try:
+            run_daphne(application, listeners, on_ready=ready, periodic=periodic)
+        finally:
+            if syncer is not None:
+                syncer.stop()
+
+    def _tls(self, options: dict[str, Any]) -> ServerTls | None:
+        config = TlsConfig.from_flags(
+            cert_file=str(options["tls_cert_file"] or "").strip(),
+            key_file=str(options["tls_key_file"] or "").strip(),
+            ca_file=str(options["tls_ca_file"] or "").strip(),
+            crl_file=str(options["tls_crl_file"] or "").strip(),
+        )
+        return ServerTls(config) if config is not None else None
+
+    def _crl_sync(
+        self, options: dict[str, Any], server_tls: ServerTls | None
+    ) -> CrlSyncConfig | None:
+        urls = options["tls_crl_sync_url"]
+        if urls is None:
+            urls = env_list("tls-crl-sync-url")
+        urls = list(dict.fromkeys(u.strip() for u in urls if u and u.strip()))
+        min_text = str(options["tls_crl_sync_min_sources"]).strip()
+        if not min_text.isdigit() or int(min_text) < 1:
+            raise ServeError(
+                f"--tls-crl-sync-min-sources must be a whole number of at least 1, not {min_text!r}"
+            )
+        try:
+            interval = parse_duration(str(options["tls_crl_sync_interval"]))
+        except ValueError as exc:
+            raise ServeError(f"--tls-crl-sync-interval {exc}") from None
+        if not urls:
+            return None
+        if server_tls is None or server_tls.crl_store is None:
+            raise ServeError(
+                "--tls-crl-sync-url needs --tls-crl-file (and --tls-ca-file), "
+                "the CRL it keeps up to date"
+            )
+        for url in urls:
+            parts = urllib.parse.urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ServeError(f"--tls-crl-sync-url {url!r} is not an http:// or https:// URL")
+        if int(min_text) > len(urls):
+            raise ServeError(
+                f"--tls-crl-sync-min-sources {min_text} is more than the {len(urls)} "
+                "--tls-crl-sync-url sources given; no CRL could ever be accepted"
+            )
+        return CrlSyncConfig(
+            urls=tuple(urls),
+            min_sources=int(min_text),
+            interval=interval,
+            server_name=str(options["tls_crl_sync_server_name"] or "").strip(),
+            ca_file=server_tls.config.ca_file,
+            cert_file=server_tls.config.cert_file,
+            key_file=server_tls.config.key_file,
+        )
 
     def _migrate(self, using_postgres: bool) -> None:
         try:

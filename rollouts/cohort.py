@@ -105,7 +105,8 @@ class PlanSnapshot:
         return any(node_id in s.nodes for s in self.stages[: position + 1])
 
 
-_cache: dict[tuple[int, int], PlanSnapshot] = {}
+# Keyed by (pk, version, updated_at): updated_at guards against a reused pk (test databases).
+_cache: dict[tuple[int, int, datetime], PlanSnapshot] = {}
 _cache_lock = threading.Lock()
 _CACHE_MAX = 512
 
@@ -144,7 +145,7 @@ def build_snapshot(plan: RolloutPlan) -> PlanSnapshot:
 
 def snapshot_of(plan: RolloutPlan) -> PlanSnapshot:
     """The plan's snapshot at its current version (cached)."""
-    key = (plan.pk, plan.version)
+    key = (plan.pk, plan.version, plan.updated_at)
     snap = _cache.get(key)
     if snap is None:
         snap = build_snapshot(plan)
@@ -157,8 +158,8 @@ def snapshot_of(plan: RolloutPlan) -> PlanSnapshot:
     return snap
 
 
-def snapshot_by_pk(pk: int, version: int) -> PlanSnapshot | None:
-    snap = _cache.get((pk, version))
+def snapshot_by_pk(pk: int, version: int, updated_at: datetime) -> PlanSnapshot | None:
+    snap = _cache.get((pk, version, updated_at))
     if snap is not None:
         return snap
     plan = RolloutPlan.objects.filter(pk=pk).first()

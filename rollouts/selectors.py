@@ -12,7 +12,7 @@ from orchestrator_site.errors import ApiError
 from releases.models import NodeAck, Release
 from rollouts import clock
 from rollouts.clock import rfc3339
-from rollouts.cohort import PlanSnapshot, snapshot_of
+from rollouts.cohort import snapshot_by_pk, snapshot_of
 from rollouts.gates import StageReport, evaluate_stage, unmet_reason
 from rollouts.models import RUNNING_PHASES, Phase, RolloutPlan, RolloutTransition
 
@@ -46,14 +46,14 @@ def desired_release_for_node(*, latest: Release, node_id: str) -> Release | None
     head = (
         RolloutPlan.objects.filter(release_id=latest.pk)
         .order_by("-id")
-        .values_list("id", "version")
+        .values_list("id", "version", "updated_at")
         .first()
     )
     if head is None:
         return latest
     # The newest plan governs: a new plan for a release can only exist once the older ones are
     # terminal.
-    snap = _snapshot(head[0], head[1])
+    snap = snapshot_by_pk(*head)
     if snap is None or snap.in_rollout(node_id):
         return latest
     if NodeAck.objects.filter(
@@ -61,12 +61,6 @@ def desired_release_for_node(*, latest: Release, node_id: str) -> Release | None
     ).exists():
         return latest
     return _previous_release(latest)
-
-
-def _snapshot(pk: int, version: int) -> PlanSnapshot | None:
-    from rollouts.cohort import snapshot_by_pk
-
-    return snapshot_by_pk(pk, version)
 
 
 def rollout_phase_counts() -> dict[str, int]:

@@ -52,3 +52,30 @@ class NodeAckFactory(DjangoModelFactory):
     status = NodeAck.Status.ACTIVE
     acked_at = factory.LazyFunction(timezone.now)
     updated_at = factory.LazyFunction(timezone.now)
+
+
+class RolloutPlanFactory(DjangoModelFactory):
+    """A published rollout plan, made through `rollouts.services.rollout_publish` (so it is
+    signed and its first stage is open). Extra keyword arguments go into the spec."""
+
+    class Meta:
+        model = "rollouts.RolloutPlan"
+
+    plan_id = factory.Sequence(lambda n: f"plan-test-{n:04d}")
+    release = factory.SubFactory(ReleaseFactory)
+    stages = factory.LazyFunction(
+        lambda: [
+            {"stage_id": "canary", "percent": 10},
+            {"stage_id": "half", "percent": 50},
+            {"stage_id": "all", "percent": 100},
+        ]
+    )
+
+    @classmethod
+    def _create(cls, model_class, *args, plan_id, release, stages, **spec):
+        from rollouts.services import rollout_publish
+
+        raw = orjson.dumps(
+            {"plan_id": plan_id, "release_id": release.release_id, "stages": stages, **spec}
+        )
+        return rollout_publish(raw_spec=raw)

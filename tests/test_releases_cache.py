@@ -1,0 +1,61 @@
+"""The in-process cache of each channel's latest release (SQLite): a poll costs no query once
+cached, and a publish is visible to the very next poll."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from releases import services
+from releases.fast import latest_release_answer
+from releases.selectors import latest_cache
+from tests.factories import ReleaseFactory
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture(autouse=True)
+def empty_cache():
+    latest_cache.invalidate()
+    yield
+    latest_cache.invalidate()
+
+
+def release_id(answer):
+    return orjson.loads(answer[1]).get("release_id")
+
+
+def test_cached_poll_costs_no_query_and_publish_is_seen_at_once(django_assert_num_queries):
+    services.release_publish(release_id="r1")
+    with django_assert_num_queries(1):
+        assert release_id(latest_release_answer({})) == "r1"
+    with django_assert_num_queries(0):
+        assert release_id(latest_release_answer({"channel": "stable"})) == "r1"
+    services.release_publish(release_id="r2")
+    assert release_id(latest_release_answer({})) == "r2"
+
+
+def test_an_empty_channel_is_cached_until_its_first_publish(django_assert_num_queries):
+    assert latest_release_answer({"channel": "dev"})[0] == 404
+    with django_assert_num_queries(0):
+        assert latest_release_answer({"channel": "dev"})[0] == 404
+    services.release_publish(release_id="d1", channel="dev")
+    assert latest_release_answer({"channel": "dev"})[0] == 200
+
+
+def test_any_release_write_invalidates(django_assert_num_queries):
+    ReleaseFactory(release_id="a", sequence=1)
+    assert release_id(latest_release_answer({})) == "a"
+    ReleaseFactory(release_id="b", sequence=2)  # not through the service: the signal clears it
+    assert release_id(latest_release_answer({})) == "b"
+
+
+def test_a_read_that_raced_with_a_publish_is_not_cached():
+    ReleaseFactory(release_id="old", sequence=1)
+    generation = latest_cache.generation()
+    stale = latest_cache.get("stable")
+    assert stale is None
+    latest_cache.invalidate()  # a publish committed while the read was running
+    latest_cache.put("stable", generation, (None, b"stale"))
+    assert latest_cache.get("stable") is None
+    assert release_id(latest_release_answer({})) == "old"

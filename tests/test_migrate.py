@@ -1,0 +1,299 @@
+"""`autonomy-orchestrator migrate`: SQLite store → PostgreSQL, through the real CLI.
+
+Each test gets a fresh PostgreSQL database (tests/pg.py) and a SQLite store made by the real
+`manage.py migrate` (serve's settings), filled with rows in every table the copy must carry.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+from io import StringIO
+from pathlib import Path
+
+import psycopg
+import pytest
+from django.core.management import CommandError, call_command
+
+from tests import pg
+from tests.liveserver import BIN, cli
+
+pytestmark = pytest.mark.postgres
+
+BATCH = "7"  # small batches: several per table, so batch edges are exercised
+
+
+@pytest.fixture(scope="session")
+def template_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return pg.migrated_store(tmp_path_factory.mktemp("template") / "data")
+
+
+@pytest.fixture
+def store(template_store: Path, tmp_path: Path) -> Path:
+    """A data dir with a filled store: 25 rows in every table, plus 300 events."""
+    data = tmp_path / "data"
+    data.mkdir()
+    shutil.copy(template_store, data / template_store.name)
+    pg.fill_store(data / template_store.name, rows=25, events=300)
+    return data
+
+
+@pytest.fixture
+def target() -> str:
+    with pg.temp_database() as url:
+        yield url
+
+
+def migrate(*args: str, env: dict[str, str] | None = None, timeout: float = 180):
+    base = {"AUTONOMY_POSTGRES_URL": ""}
+    return cli("migrate", *args, env={**base, **(env or {})}, timeout=timeout)
+
+
+def assert_same_data(db: Path, url: str) -> None:
+    for model in pg.copied_models():
+        source = pg.rows_of(model, sqlite=db)
+        copied = pg.rows_of(model, url=url)
+        assert len(copied) == len(source), model._meta.db_table
+        assert copied == source, f"{model._meta.db_table} differs after the copy"
+
+
+def test_full_copy_carries_every_table_faithfully(store: Path, target: str):
+    db = store / "orchestrator.sqlite3"
+    before = pg.file_digest(db)
+
+    result = migrate("--sqlite-dir", str(store), "--postgres-url", target, "--batch-size", BATCH)
+    assert result.returncode == 0, result.stderr
+    # the source store is byte-for-byte untouched, and nothing was created next to it
+    assert pg.file_digest(db) == before
+    assert sorted(p.name for p in store.iterdir()) == ["orchestrator.sqlite3"]
+
+    for model in pg.copied_models():  # every table populated, every row equal
+        assert pg.count(target, model._meta.db_table) == 25 + (
+            300 if model._meta.db_table == "events_event" else 0
+        )
+    assert_same_data(db, target)
+    with psycopg.connect(target) as conn:
+        # insertion order of events is kept: ids and event_ids in the same order
+        ids = conn.execute("SELECT event_id FROM events_event WHERE id > 25 ORDER BY id").fetchall()
+        assert [r[0] for r in ids] == [f"evt-{k:08d}" for k in range(25, 325)]
+        # the rollout spec bytes (every byte value) arrive unchanged
+        spec = conn.execute("SELECT spec FROM rollouts_rolloutplan WHERE id = 3").fetchone()[0]
+        assert bytes(spec) == bytes(range(256)) + (2).to_bytes(4, "big") + b"\x00\xff"
+        # sequences were reset: a new row gets the next id instead of colliding
+        new_id = conn.execute(
+            "INSERT INTO events_event (event_id, event_type, node_id, timestamp, payload, "
+            "received_at) VALUES ('new', 't', 'n', 'ts', '{}', now()) RETURNING id"
+        ).fetchone()[0]
+        assert new_id == 326
+        cutover = conn.execute(
+            "SELECT completed_at, source, rows_copied, table_counts "
+            "FROM orchestrator_site_hacutoverat"
+        ).fetchall()
+    assert len(cutover) == 1
+    completed_at, source, rows_copied, table_counts = cutover[0]
+    assert source == str(db.resolve())
+    assert table_counts["events_event"] == 325 and table_counts["releases_release"] == 25
+    assert rows_copied == sum(table_counts.values())
+    assert abs(time.time() - completed_at.timestamp()) < 120
+
+    # the output: plain progress lines (not a terminal), validation, summary
+    out = result.stdout
+    assert "copying events_event: 325 rows" in out
+    assert out.index("releases_release") < out.index("events_event") < out.index("rollouts_")
+    assert "validation ok" in out and "done: " in out and "cutover recorded" in out
+
+
+def test_rerun_inserts_nothing_twice(store: Path, target: str):
+    args = ("--sqlite-dir", str(store), "--postgres-url", target, "--batch-size", BATCH)
+    first = migrate(*args)
+    assert first.returncode == 0, first.stderr
+    second = migrate(*args)
+    assert second.returncode == 0, second.stderr
+    assert "(0 inserted, 325 already present)" in second.stdout
+    assert pg.count(target, "events_event") == 325
+    assert_same_data(store / "orchestrator.sqlite3", target)
+    assert pg.count(target, "orchestrator_site_hacutoverat") == 2
+
+
+def test_interrupted_run_then_rerun_completes(template_store: Path, tmp_path: Path, target: str):
+    data = tmp_path / "data"
+    data.mkdir()
+    db = data / "orchestrator.sqlite3"
+    shutil.copy(template_store, db)
+    pg.fill_store(db, rows=5, events=60_000)
+    args = ["migrate", "--sqlite-dir", str(data), "--postgres-url", target, "--batch-size", "50"]
+    proc = subprocess.Popen(
+        [str(BIN), *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ}
+    )
+    try:
+        deadline = time.monotonic() + 60
+        copied = 0
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                copied = pg.count(target, "events_event")
+            except psycopg.Error:
+                copied = 0  # schema not there yet
+            if copied >= 1000:
+                break
+            time.sleep(0.02)
+        assert proc.poll() is None, "the copy finished before it could be interrupted"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    partial = pg.count(target, "events_event")
+    assert 0 < partial < 60_005
+    assert pg.count(target, "orchestrator_site_hacutoverat") == 0
+
+    result = migrate(*args[1:])
+    assert result.returncode == 0, result.stderr
+    assert pg.count(target, "events_event") == 60_005
+    assert f"{partial} already present" in result.stdout
+    assert pg.count(target, "orchestrator_site_hacutoverat") == 1
+
+
+def test_dry_run_writes_nothing(store: Path, target: str):
+    db = store / "orchestrator.sqlite3"
+    before = pg.file_digest(db)
+    result = migrate("--sqlite-dir", str(store), "--postgres-url", target, "--dry-run")
+    assert result.returncode == 0, result.stderr
+    assert pg.table_names(target) == []  # not even the schema
+    lines = {line.split()[0]: line.split()[1:] for line in result.stdout.splitlines() if line}
+    assert lines["events_event"] == ["325", "-"]
+    assert lines["releases_nodeack"] == ["25", "-"]
+    assert "nothing was written" in result.stdout
+    assert pg.file_digest(db) == before
+
+
+def test_validate_only_detects_a_deleted_target_row(store: Path, target: str):
+    args = ("--sqlite-dir", str(store), "--postgres-url", target)
+    assert migrate(*args).returncode == 0
+    ok = migrate(*args, "--validate-only")
+    assert ok.returncode == 0, ok.stderr
+    assert "validation ok" in ok.stdout and "last cutover: 20" in ok.stdout
+
+    with psycopg.connect(target) as conn:
+        conn.execute("DELETE FROM releases_nodeack WHERE id = 4")
+    bad = migrate(*args, "--validate-only")
+    assert bad.returncode != 0
+    row = next(line for line in bad.stdout.splitlines() if line.startswith("releases_nodeack"))
+    assert row.split() == ["releases_nodeack", "25", "24", "MISMATCH"]
+    assert "row counts differ in 1 table(s): releases_nodeack (source 25, target 24)" in bad.stderr
+    assert "Traceback" not in bad.stderr
+
+
+def test_validate_only_on_an_empty_target_fails(store: Path, target: str):
+    result = migrate("--sqlite-dir", str(store), "--postgres-url", target, "--validate-only")
+    assert result.returncode != 0
+    assert "events_event (source 325, target missing)" in result.stderr
+    assert pg.table_names(target) == []
+
+
+def test_target_with_another_control_planes_data_is_refused(
+    store: Path, template_store: Path, tmp_path: Path, target: str
+):
+    assert migrate("--sqlite-dir", str(store), "--postgres-url", target).returncode == 0
+
+    other = tmp_path / "other"
+    other.mkdir()
+    shutil.copy(template_store, other / "orchestrator.sqlite3")
+    pg.fill_store(other / "orchestrator.sqlite3", rows=25, events=400)
+    import sqlite3
+
+    with sqlite3.connect(other / "orchestrator.sqlite3") as conn:
+        conn.execute("UPDATE releases_release SET channel = 'beta' WHERE id = 2")
+    result = migrate("--sqlite-dir", str(other), "--postgres-url", target)
+    assert result.returncode != 0
+    assert "table releases_release" in result.stderr and "id=2" in result.stderr
+    assert "another control plane" in result.stderr
+    assert "Traceback" not in result.stderr
+    # nothing merged: the 100 extra events of the other store were not copied
+    assert pg.count(target, "events_event") == 325
+    assert pg.count(target, "orchestrator_site_hacutoverat") == 1
+
+
+def test_missing_postgres_url_is_a_clear_error(store: Path):
+    result = migrate("--sqlite-dir", str(store))
+    assert result.returncode != 0
+    assert "no PostgreSQL target: pass --postgres-url" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_missing_store_is_a_clear_error(tmp_path: Path):
+    result = migrate(
+        "--sqlite-dir",
+        str(tmp_path / "nowhere"),
+        "--postgres-url",
+        "postgresql://postgres@127.0.0.1:5432/unused",
+    )
+    assert result.returncode != 0
+    assert f"no SQLite store at {tmp_path / 'nowhere' / 'orchestrator.sqlite3'}" in result.stderr
+    assert not (tmp_path / "nowhere").exists()
+
+
+def test_unreachable_postgres_is_a_clear_error(store: Path):
+    from tests.liveserver import free_port
+
+    url = f"postgresql://postgres@127.0.0.1:{free_port()}/nothing"
+    result = migrate("--sqlite-dir", str(store), "--postgres-url", url)
+    assert result.returncode != 0
+    assert "cannot connect to PostgreSQL at postgresql://postgres@127.0.0.1:" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_batch_size_must_be_positive():
+    with pytest.raises(CommandError, match="must be a positive integer"):
+        call_command(
+            "migrate_to_pg",
+            "--batch-size",
+            "0",
+            "--postgres-url",
+            "postgresql://x/y",
+            stdout=StringIO(),
+        )
+    result = migrate("--batch-size", "-5", "--postgres-url", "postgresql://x/y")
+    assert result.returncode != 0
+    assert "must be a positive integer" in result.stderr
+
+
+def test_progress_on_a_terminal_is_one_updating_line(store: Path, target: str):
+    import pty
+
+    primary, secondary = pty.openpty()
+    env = {**os.environ, "AUTONOMY_POSTGRES_URL": ""}
+    proc = subprocess.Popen(
+        [
+            str(BIN),
+            "migrate",
+            "--sqlite-dir",
+            str(store),
+            "--postgres-url",
+            target,
+            "--batch-size",
+            BATCH,
+        ],
+        stdout=secondary,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    os.close(secondary)
+    chunks = []
+    while True:
+        try:
+            data = os.read(primary, 65536)
+        except OSError:
+            break
+        if not data:
+            break
+        chunks.append(data)
+    proc.wait(timeout=60)
+    os.close(primary)
+    out = b"".join(chunks).decode()
+    assert proc.returncode == 0, proc.stderr.read() if proc.stderr else ""
+    assert "\r\x1b[2Kevents_event: 325/325 rows" in out  # rewritten in place
+    assert "copying events_event" not in out  # no log lines on a terminal
+    assert "done: " in out

@@ -1,0 +1,192 @@
+"""Benchmark the node poll path, `GET /v1/releases/latest`, against this run's ceilings.
+
+    python bench/latest.py [--seconds 10] [--connections 32]
+
+Measured in one run, in interleaved rounds (median of each), every server a fresh subprocess
+on 127.0.0.1 (stopped by its pid):
+1. a bare ASGI hello-world app on daphne: the stack's ceiling;
+2. `GET /v1/health` on the real `autonomy-orchestrator serve`: the cheapest route;
+3. `GET /v1/releases/latest?channel=stable` (plain latest);
+4. `GET /v1/releases/latest?channel=stable&node_id=node-NNNNN` (rollout-aware, 1,000 node ids);
+5. `GET /v1/releases/latest?channel=empty` (404 answer);
+and the SQL itself through plain sqlite3 on the same store, for scale.
+Goal: the poll path as cheap as health (>= 90 % of its rate). Figures go to
+docs/performance.md. Not a CI test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sqlite3
+import statistics
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import (
+    get_request,
+    machine_summary,
+    run_load,
+    start_hello_daphne,
+    start_orchestrator,
+    verdict,
+)
+
+RELEASES = 50
+
+
+def publish(port: int, release_id: str, channel: str = "stable") -> None:
+    body = json.dumps(
+        {
+            "release_id": release_id,
+            "channel": channel,
+            "policy_ref": "arm-safety:v1.2.0",
+            "lock_fingerprint": "sha256:" + "ab" * 32,
+            "artifact_ref": f"oci://reg/app:{release_id}",
+            "metadata": {"notes": "bench"},
+        }
+    ).encode()
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}/v1/releases",
+        data=body,
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        assert resp.status in (200, 201), resp.status
+
+
+def check(port: int, path: str, status: int) -> None:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as resp:
+            got = resp.status
+    except urllib.error.HTTPError as exc:
+        got = exc.code
+    assert got == status, f"{path}: {got} != {status}"
+
+
+def node_poll_path(worker: int, seq: int) -> str:
+    node = (worker * 7919 + seq) % 1000
+    return f"/v1/releases/latest?channel=stable&node_id=node-{node:05d}"
+
+
+def sql_ceiling(db: Path, seconds: float) -> float:
+    conn = sqlite3.connect(db)
+    sql = 'SELECT * FROM "releases_release" WHERE "channel" = ? ORDER BY "sequence" DESC LIMIT 1'
+    done = 0
+    stop = time.perf_counter() + seconds
+    while time.perf_counter() < stop:
+        for _ in range(200):
+            conn.execute(sql, ("stable",)).fetchall()
+        done += 200
+    conn.close()
+    return done / seconds
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=10.0, help="measured seconds per run")
+    parser.add_argument("--warmup", type=float, default=2.0)
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--client-processes", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median)")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="bench-latest-"))
+    print(f"machine: {machine_summary()}; sqlite {sqlite3.sqlite_version}")
+    print(f"work dir: {work}")
+
+    def load(port: int, factory) -> tuple:  # type: ignore[no-untyped-def]
+        return run_load(
+            port,
+            factory,
+            connections=args.connections,
+            processes=args.client_processes,
+            seconds=args.seconds,
+            warmup=args.warmup,
+        )
+
+    def line(name: str, res, cpu: float) -> str:  # type: ignore[no-untyped-def]
+        span = args.seconds + args.warmup
+        return (
+            f"{name:<34} {res.rate:>8,.0f} req/s  ({res.errors} non-200, p50 {res.pct(50):.1f} ms, "
+            f"p99 {res.pct(99):.1f} ms, server CPU {cpu / span * 100:.0f}%, "
+            f"client CPU {res.client_cpu / span * 100:.0f}%)"
+        )
+
+    rates: dict[str, list[float]] = {}
+    try:
+        hello = start_hello_daphne(work)
+        data = work / "data"
+        srv = start_orchestrator(data, log=work / "serve.log")
+        try:
+            for i in range(RELEASES):
+                publish(srv.port, f"rel-{i:04d}")
+            publish(srv.port, "canary-0001", channel="canary")
+            check(srv.port, "/v1/releases/latest?channel=stable", 200)
+            check(srv.port, "/v1/releases/latest?channel=empty", 404)
+            runs = [
+                ("hello", "bare ASGI hello on daphne", hello, lambda w, s: get_request("/")),
+                ("health", "GET /v1/health", srv, lambda w, s: get_request("/v1/health")),
+                (
+                    "latest",
+                    "GET /v1/releases/latest",
+                    srv,
+                    lambda w, s: get_request("/v1/releases/latest?channel=stable"),
+                ),
+                (
+                    "latest_node",
+                    "GET .../latest?node_id=...",
+                    srv,
+                    lambda w, s: get_request(node_poll_path(w, s)),
+                ),
+                (
+                    "latest_404",
+                    "GET .../latest (empty channel, 404)",
+                    srv,
+                    lambda w, s: get_request("/v1/releases/latest?channel=empty"),
+                ),
+            ]
+            # Interleaved rounds: load from other work on the machine hits every route alike.
+            for round_no in range(1, args.rounds + 1):
+                print(f"round {round_no}/{args.rounds}", flush=True)
+                for key, name, server, factory in runs:
+                    before = server.cpu_seconds()
+                    res = load(server.port, factory)
+                    if key == "latest_404":  # every answer is a 404 here: count them as served
+                        res.ok, res.errors = res.requests, 0
+                    print("  " + line(name, res, server.cpu_seconds() - before), flush=True)
+                    rates.setdefault(key, []).append(res.rate)
+        finally:
+            srv.stop()
+            hello.stop()
+        copy = work / "copy.sqlite3"
+        shutil.copy(data / "orchestrator.sqlite3", copy)
+        sql = sql_ceiling(copy, min(args.seconds, 3.0))
+        print(f"{'SQL (plain sqlite3, same query)':<34} {sql:>8,.0f} queries/s")
+
+        results = {key: statistics.median(values) for key, values in rates.items()}
+        print(f"\nmedians over {args.rounds} rounds (req/s):")
+        for key, value in results.items():
+            print(f"{key:<12} {value:>8,.0f}")
+        for key in ("health", "latest", "latest_node", "latest_404"):
+            print(f"{key:<12} / hello   {results[key] / results['hello'] * 100:5.1f}%")
+        for key in ("latest", "latest_node"):
+            print(f"{key:<12} / health  {verdict(results[key] / results['health'], 0.90)}")
+    finally:
+        if args.keep:
+            print(f"kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

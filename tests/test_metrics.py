@@ -1,0 +1,115 @@
+"""Prometheus metrics: where `/metrics` is served, what it holds, and that promtool accepts it."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import urllib.error
+import urllib.request
+
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+
+from orchestrator_site import metrics
+from tests.liveserver import ServeProcess, free_port
+from tests.pki import get
+
+PHASES = ("published", "active", "paused", "halted", "completed", "cancelled", "rolled_back")
+
+
+def _sample(text: str, name: str, **labels: str) -> float | None:
+    for line in text.splitlines():
+        if not line.startswith(name + "{") and not line.startswith(name + " "):
+            continue
+        if all(f'{k}="{v}"' in line for k, v in labels.items()):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+@pytest.mark.e2e
+def test_metrics_404_everywhere_without_the_flag(tmp_path):
+    with ServeProcess(tmp_path / "data") as srv:
+        status, body = get(srv.url("/metrics"))
+        assert status == 404
+        assert b'"error"' in body
+
+
+@pytest.mark.e2e
+def test_metrics_on_both_listeners_bounded_labels_and_promtool(tmp_path):
+    metrics_port = free_port()
+    with ServeProcess(tmp_path / "data", "--metrics-addr", f"127.0.0.1:{metrics_port}") as srv:
+        side = f"http://127.0.0.1:{metrics_port}"
+        assert get(srv.url("/v1/health"))[0] == 200
+        assert get(srv.url("/v1/secret-node-17/raw"))[0] == 404
+        # The metrics listener serves only GET /metrics.
+        assert get(side + "/v1/health")[0] == 404
+        request = urllib.request.Request(side + "/metrics", data=b"x", method="POST")
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(request, timeout=10)
+        assert info.value.code == 405 and info.value.headers["Allow"] == "GET, HEAD"
+
+        status, main_body = get(srv.url("/metrics"))  # also on the main listener
+        assert status == 200
+        with urllib.request.urlopen(side + "/metrics", timeout=10) as resp:
+            assert resp.headers["Content-Type"].startswith("text/plain")
+            text = resp.read().decode()
+    assert main_body.startswith(b"# HELP")
+
+    assert _sample(text, "cp_http_requests_total", method="GET", route="/v1/health",
+                   code="200") >= 1  # fmt: skip
+    assert _sample(text, "cp_http_requests_total", route="unmatched", code="404") >= 1
+    assert _sample(text, "cp_http_request_duration_seconds_count", route="/v1/health") >= 1
+    for result in ("inserted", "deduped"):
+        assert _sample(text, "cp_events_ingested_total", result=result) is not None
+    for phase in PHASES:
+        assert _sample(text, "cp_rollout_plans_total", phase=phase) is not None, phase
+    assert "django_http_requests_before_middlewares_total" in text  # django-prometheus's
+    # Bounded cardinality: no raw paths or ids in any label.
+    assert "secret-node-17" not in text
+    routes = set(re.findall(r'route="([^"]*)"', text))
+    assert all(r == "unmatched" or r.startswith("/") for r in routes), routes
+
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        if os.environ.get("CI"):
+            pytest.fail("promtool (Debian package prometheus) is required in CI")
+        pytest.skip("promtool is not installed (apt-get install prometheus)")
+    check = subprocess.run(
+        [promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=30
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_record_ingest_counts_by_result():
+    before_inserted = metrics.EVENTS_INGESTED.labels(result="inserted")._value.get()
+    before_deduped = metrics.EVENTS_INGESTED.labels(result="deduped")._value.get()
+    metrics.record_ingest(inserted=3, deduped=2)
+    metrics.record_ingest(inserted=0, deduped=1)
+    assert metrics.EVENTS_INGESTED.labels(result="inserted")._value.get() == before_inserted + 3
+    assert metrics.EVENTS_INGESTED.labels(result="deduped")._value.get() == before_deduped + 3
+
+
+def test_rollout_phases_all_present_with_zero_defaults(monkeypatch):
+    import rollouts.selectors
+
+    monkeypatch.setattr(rollouts.selectors, "rollout_phase_counts", lambda: {"active": 4})
+    registry = CollectorRegistry()
+    registry.register(metrics.RolloutPhaseCollector())
+    text = generate_latest(registry).decode()
+    assert _sample(text, "cp_rollout_plans_total", phase="active") == 4
+    for phase in PHASES:
+        if phase != "active":
+            assert _sample(text, "cp_rollout_plans_total", phase=phase) == 0, phase
+
+
+def test_unknown_methods_share_one_label():
+    registry_before = {
+        m: metrics.HTTP_REQUESTS.labels(method=m, route="/x", code="200")._value.get()
+        for m in ("other",)
+    }
+    metrics._observe("FROBNICATE", "/x", 200, 0.01)
+    metrics._observe("BREW", "/x", 200, 0.01)
+    after = metrics.HTTP_REQUESTS.labels(method="other", route="/x", code="200")._value.get()
+    assert after == registry_before["other"] + 2

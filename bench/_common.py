@@ -48,14 +48,22 @@ def wait_http(url: str, timeout: float = 60.0, proc: subprocess.Popen[bytes] | N
 class Server:
     """A server subprocess on 127.0.0.1:<port>, stopped by its pid (SIGTERM, then SIGKILL)."""
 
-    def __init__(self, args: list[str], port: int, ready_path: str, env: dict[str, str],
-                 cwd: str | None = None, log: Path | None = None) -> None:
+    def __init__(
+        self,
+        args: list[str],
+        port: int,
+        ready_path: str,
+        env: dict[str, str],
+        cwd: str | None = None,
+        log: Path | None = None,
+    ) -> None:
         self.port = port
         self.log = log
         out = open(log, "wb") if log else subprocess.DEVNULL  # noqa: SIM115 - closed in stop()
         self._out = out
-        self.proc = subprocess.Popen(args, env={**os.environ, **env}, cwd=cwd, stdout=out,
-                                     stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            args, env={**os.environ, **env}, cwd=cwd, stdout=out, stderr=subprocess.STDOUT
+        )
         wait_http(f"http://127.0.0.1:{port}{ready_path}", proc=self.proc)
 
     def cpu_seconds(self) -> float:
@@ -77,22 +85,32 @@ class Server:
             self._out.close()  # type: ignore[union-attr]
 
 
-def start_orchestrator(data_dir: Path, *extra: str, env: dict[str, str] | None = None,
-                       log: Path | None = None) -> Server:
+def start_orchestrator(
+    data_dir: Path, *extra: str, env: dict[str, str] | None = None, log: Path | None = None
+) -> Server:
     port = free_port()
-    args = [str(BIN), "serve", "--listen", f"127.0.0.1:{port}", "--data-dir", str(data_dir),
-            "--log-level", "warn", *extra]
+    args = [
+        str(BIN),
+        "serve",
+        "--listen",
+        f"127.0.0.1:{port}",
+        "--data-dir",
+        str(data_dir),
+        "--log-level",
+        "warn",
+        *extra,
+    ]
     return Server(args, port, "/v1/health", env or {}, log=log)
 
 
-HELLO_APP = '''
+HELLO_APP = """
 async def app(scope, receive, send):
     if scope["type"] != "http":
         return
     await send({"type": "http.response.start", "status": 200,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", b"15")]})
     await send({"type": "http.response.body", "body": b'{"status":"ok"}'})
-'''
+"""
 
 
 def start_hello_daphne(workdir: Path) -> Server:
@@ -129,7 +147,7 @@ class LoadResult:
 
 
 class _Conn(asyncio.Protocol):
-    def __init__(self, worker: "_Worker") -> None:
+    def __init__(self, worker: _Worker) -> None:
         self.w = worker
         self.buf = b""
         self.transport: asyncio.Transport | None = None
@@ -193,8 +211,16 @@ class _Worker:
         self.latencies: list[float] = []
 
 
-def _worker_main(index: int, port: int, conns: int, factory: RequestFactory, warmup: float,
-                 seconds: float, start_at: float, out: "multiprocessing.Queue[tuple]") -> None:
+def _worker_main(
+    index: int,
+    port: int,
+    conns: int,
+    factory: RequestFactory,
+    warmup: float,
+    seconds: float,
+    start_at: float,
+    out: multiprocessing.Queue[tuple],
+) -> None:
     async def run() -> None:
         while time.time() < start_at:
             await asyncio.sleep(0.005)
@@ -212,17 +238,28 @@ def _worker_main(index: int, port: int, conns: int, factory: RequestFactory, war
     asyncio.run(run())
 
 
-def run_load(port: int, factory: RequestFactory, *, connections: int, processes: int,
-             seconds: float, warmup: float = 2.0) -> LoadResult:
+def run_load(
+    port: int,
+    factory: RequestFactory,
+    *,
+    connections: int,
+    processes: int,
+    seconds: float,
+    warmup: float = 2.0,
+) -> LoadResult:
     """Keep `connections` keep-alive connections busy for warmup + seconds; count the last part."""
     ctx = multiprocessing.get_context("fork")
     out: multiprocessing.Queue[tuple] = ctx.Queue()
-    per = [connections // processes + (1 if i < connections % processes else 0)
-           for i in range(processes)]
+    per = [
+        connections // processes + (1 if i < connections % processes else 0)
+        for i in range(processes)
+    ]
     start_at = time.time() + 0.5
-    procs = [ctx.Process(target=_worker_main,
-                         args=(i, port, n, factory, warmup, seconds, start_at, out))
-             for i, n in enumerate(per) if n]
+    procs = [
+        ctx.Process(target=_worker_main, args=(i, port, n, factory, warmup, seconds, start_at, out))
+        for i, n in enumerate(per)
+        if n
+    ]
     for p in procs:
         p.start()
     results = [out.get(timeout=warmup + seconds + 90) for _ in procs]
@@ -232,9 +269,12 @@ def run_load(port: int, factory: RequestFactory, *, connections: int, processes:
     for r in results:
         lat.extend(r[4])
     return LoadResult(
-        requests=sum(r[0] for r in results), ok=sum(r[1] for r in results),
-        errors=sum(r[2] for r in results), seconds=seconds,
-        client_cpu=sum(r[3] for r in results), latencies_ms=lat,
+        requests=sum(r[0] for r in results),
+        ok=sum(r[1] for r in results),
+        errors=sum(r[2] for r in results),
+        seconds=seconds,
+        client_cpu=sum(r[3] for r in results),
+        latencies_ms=lat,
     )
 
 
@@ -253,7 +293,9 @@ def post_request(path: str, body: bytes) -> bytes:
 
 
 def verdict(ratio: float, goal: float) -> str:
-    return f"{ratio * 100:.1f}% (goal >= {goal * 100:.0f}%: {'MET' if ratio >= goal else 'NOT MET'})"
+    return (
+        f"{ratio * 100:.1f}% (goal >= {goal * 100:.0f}%: {'MET' if ratio >= goal else 'NOT MET'})"
+    )
 
 
 def machine_summary() -> str:

@@ -30,7 +30,7 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import (  # noqa: E402 - bench/ is not a package
+from _common import (
     get_request,
     machine_summary,
     post_request,
@@ -87,8 +87,15 @@ BATCH_TEMPLATE = orjson.dumps(
     {"events": [make_event(n, MARK, (n * 37) % NODES) for n in range(BATCH)]}
 )
 ROW_TEMPLATE = [
-    (e["event_id"], e["event_type"], e["node_id"], e["timestamp"], e["lock_fingerprint"],
-     e["release_id"], orjson.dumps(e).decode())
+    (
+        e["event_id"],
+        e["event_type"],
+        e["node_id"],
+        e["timestamp"],
+        e["lock_fingerprint"],
+        e["release_id"],
+        orjson.dumps(e).decode(),
+    )
     for e in (make_event(n, MARK, (n * 37) % NODES) for n in range(BATCH))
 ]
 
@@ -101,8 +108,16 @@ def ingest_request(_worker: int, _seq: int) -> bytes:
 def batch_rows(received_at: str) -> list[tuple[object, ...]]:
     prefix = os.urandom(6).hex()
     return [
-        (r[0].replace(MARK, prefix), r[1], r[2], r[3], r[4], r[5], r[6].replace(MARK, prefix),
-         received_at)
+        (
+            r[0].replace(MARK, prefix),
+            r[1],
+            r[2],
+            r[3],
+            r[4],
+            r[5],
+            r[6].replace(MARK, prefix),
+            received_at,
+        )
         for r in ROW_TEMPLATE
     ]
 
@@ -142,14 +157,20 @@ def fill_store(db: Path, total: int) -> float:
     """Fill the migrated schema with `total` events fast (indexes rebuilt afterwards)."""
     started = time.perf_counter()
     conn = sqlite3.connect(db, isolation_level=None)
-    indexes = [row[0] for row in conn.execute(
-        "SELECT sql FROM sqlite_master WHERE type='index' AND tbl_name=? AND sql IS NOT NULL",
-        (TABLE,),
-    )]
-    names = [row[0] for row in conn.execute(
-        "SELECT name FROM sqlite_master WHERE type='index' AND tbl_name=? AND sql IS NOT NULL",
-        (TABLE,),
-    )]
+    indexes = [
+        row[0]
+        for row in conn.execute(
+            "SELECT sql FROM sqlite_master WHERE type='index' AND tbl_name=? AND sql IS NOT NULL",
+            (TABLE,),
+        )
+    ]
+    names = [
+        row[0]
+        for row in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type='index' AND tbl_name=? AND sql IS NOT NULL",
+            (TABLE,),
+        )
+    ]
     conn.execute("PRAGMA synchronous=OFF")
     for name in names:
         conn.execute(f'DROP INDEX "{name}"')
@@ -163,8 +184,18 @@ def fill_store(db: Path, total: int) -> float:
             r = template[i % BATCH]
             prefix = f"f{i // BATCH:011d}"
             node = f"node-{i % NODES:05d}"
-            rows.append((r[0].replace(MARK, prefix), r[1], node, r[3], r[4], r[5],
-                         r[6].replace(MARK, prefix).replace(r[2], node), received_at))
+            rows.append(
+                (
+                    r[0].replace(MARK, prefix),
+                    r[1],
+                    node,
+                    r[3],
+                    r[4],
+                    r[5],
+                    r[6].replace(MARK, prefix).replace(r[2], node),
+                    received_at,
+                )
+            )
         conn.executemany(INSERT, rows)
     conn.execute("COMMIT")
     for sql in indexes:
@@ -235,14 +266,25 @@ def main() -> int:
         ingest_dir = fresh("ingest")
         srv = start_orchestrator(ingest_dir, log=work / "ingest.log")
         try:
-            res, cpu = server_cpu(srv, lambda: run_load(
-                srv.port, ingest_request, connections=args.clients,
-                processes=args.client_processes, seconds=args.seconds, warmup=args.warmup))
+            res, cpu = server_cpu(
+                srv,
+                lambda: run_load(
+                    srv.port,
+                    ingest_request,
+                    connections=args.clients,
+                    processes=args.client_processes,
+                    seconds=args.seconds,
+                    warmup=args.warmup,
+                ),
+            )
         finally:
             srv.stop()
         http_evs = res.rate * BATCH
-        stored = sqlite3.connect(ingest_dir / DB_NAME).execute(
-            f'SELECT count(*) FROM "{TABLE}"').fetchone()[0]
+        stored = (
+            sqlite3.connect(ingest_dir / DB_NAME)
+            .execute(f'SELECT count(*) FROM "{TABLE}"')
+            .fetchone()[0]
+        )
         ceiling_dir = fresh("ceiling")
         ceil_evs = ceiling_ingest(ceiling_dir / DB_NAME, args.warmup, args.seconds)
         lines.append(
@@ -258,17 +300,32 @@ def main() -> int:
         # 2. health vs bare hello on daphne
         hello = start_hello_daphne(work)
         try:
-            hres, hcpu = server_cpu(hello, lambda: run_load(
-                hello.port, lambda w, s: get_request("/"), connections=args.get_connections,
-                processes=args.client_processes, seconds=args.seconds, warmup=args.warmup))
+            hres, hcpu = server_cpu(
+                hello,
+                lambda: run_load(
+                    hello.port,
+                    lambda w, s: get_request("/"),
+                    connections=args.get_connections,
+                    processes=args.client_processes,
+                    seconds=args.seconds,
+                    warmup=args.warmup,
+                ),
+            )
         finally:
             hello.stop()
         srv = start_orchestrator(fresh("health"))
         try:
-            sres, scpu = server_cpu(srv, lambda: run_load(
-                srv.port, lambda w, s: get_request("/v1/health"),
-                connections=args.get_connections, processes=args.client_processes,
-                seconds=args.seconds, warmup=args.warmup))
+            sres, scpu = server_cpu(
+                srv,
+                lambda: run_load(
+                    srv.port,
+                    lambda w, s: get_request("/v1/health"),
+                    connections=args.get_connections,
+                    processes=args.client_processes,
+                    seconds=args.seconds,
+                    warmup=args.warmup,
+                ),
+            )
         finally:
             srv.stop()
         total = args.seconds + args.warmup
@@ -292,9 +349,17 @@ def main() -> int:
         q_ceiling = ceiling_query(store_dir / DB_NAME, 1.0, args.seconds)
         srv = start_orchestrator(store_dir)
         try:
-            lres, lcpu = server_cpu(srv, lambda: run_load(
-                srv.port, list_request, connections=args.get_connections,
-                processes=args.client_processes, seconds=args.seconds, warmup=args.warmup))
+            lres, lcpu = server_cpu(
+                srv,
+                lambda: run_load(
+                    srv.port,
+                    list_request,
+                    connections=args.get_connections,
+                    processes=args.client_processes,
+                    seconds=args.seconds,
+                    warmup=args.warmup,
+                ),
+            )
         finally:
             srv.stop()
         lines.append(

@@ -137,11 +137,22 @@ def _list_page(query: Any) -> bytes:
 
 
 async def _list(scope: dict[str, Any], receive: Any, headers: dict[bytes, bytes]) -> Answer:
+    from events.selectors import event_list_sqlite
     from events.validation import parse_list_query
-    from orchestrator_site.dbthreads import run_read
+    from orchestrator_site.dbthreads import inline_sqlite, run_read
 
     query = parse_list_query(_query(scope))
-    return 200, await run_read(_list_page, query), []
+    conn = inline_sqlite()
+    if conn is None:
+        return 200, await run_read(_list_page, query), []
+    page = event_list_sqlite(
+        conn,
+        node_id=query.node_id,
+        event_type=query.event_type,
+        limit=query.limit,
+        before=query.before,
+    )
+    return 200, page.as_json(), []
 
 
 _release_answer: Any = None  # releases.fast.latest_release_answer once it exists; False = absent

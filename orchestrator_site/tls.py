@@ -349,6 +349,9 @@ class ServerTls:
             raise TlsError(
                 f"cannot set up TLS with --tls-cert-file/--tls-key-file: {exc}"
             ) from None
+        if self.cas:
+            # Same verification; the callback only logs why a client certificate was refused.
+            context.set_verify(context.get_verify_mode(), _log_refused_client)
         if snapshot is not None:
             store = context.get_cert_store()
             store.add_crl(snapshot.crl)
@@ -375,6 +378,52 @@ class ServerTls:
 
         directlyProvides(self, IOpenSSLServerConnectionCreator)
         return TLSMemoryBIOFactory(self, False, factory)
+
+
+# X509_V_ERR_* codes an operator meets with client certificates.
+_VERIFY_ERRORS = {
+    2: "issuer certificate not found",
+    3: "no CRL for the issuer",
+    7: "bad certificate signature",
+    8: "bad CRL signature",
+    9: "certificate not yet valid",
+    10: "certificate expired",
+    11: "CRL not yet valid",
+    12: "CRL expired (past its nextUpdate)",
+    18: "self-signed certificate",
+    19: "self-signed certificate in chain",
+    20: "not signed by --tls-ca-file",
+    21: "not signed by --tls-ca-file",
+    23: "certificate revoked",
+    26: "certificate not for TLS clients (extendedKeyUsage)",
+}
+
+
+def _log_refused_client(connection: Any, cert: Any, errno: int, depth: int, ok: int) -> bool:
+    """pyOpenSSL verify callback (reactor thread): keep OpenSSL's verdict, log a refusal."""
+    if ok:
+        return True
+    try:
+        protocol = connection.get_app_data()
+        if getattr(protocol, "_orchestrator_refusal_logged", False):
+            return False
+        protocol._orchestrator_refusal_logged = True
+        peer = protocol.transport.getPeer()
+        client = f"{peer.host}:{peer.port}"
+    except Exception:
+        client = "unknown"
+    subject = cert.to_cryptography().subject.rfc4514_string() if cert is not None else "?"
+    serial = format(cert.get_serial_number(), "x") if cert is not None else "?"
+    reason = _VERIFY_ERRORS.get(errno, f"verify error {errno}")
+    logger.warning(
+        "refused client certificate %s serial=%s from %s: %s",
+        subject,
+        serial,
+        client,
+        reason,
+        extra={"client": client, "client_identity": f"{subject} serial={serial}", "reason": reason},
+    )
+    return False
 
 
 def _peer_identity(transport: Any, server_cert_pem: str | None) -> dict[str, Any]:

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from orchestrator_site.tls import crl_der, parse_crl
-from tests.liveserver import ServeProcess, free_port
+from tests.liveserver import ServeProcess, free_port, run_serve_expect_exit
 from tests.pki import SERVER_NAME, get, refused
 
 pytestmark = pytest.mark.e2e
@@ -78,3 +78,22 @@ def test_replica_pulls_a_newer_crl_only_with_enough_agreeing_sources(tmp_path, p
         assert _der(crl_d) != wanted
     for srv in (publisher, replica, strict, ahead):
         assert srv.proc.returncode == 0, srv.logs()
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize(
+    ("env", "args", "needle"),
+    [
+        ({"AUTONOMY_TLS_CRL_SYNC_URL": "ftp://a/crl, https://b/v1/crl"}, [],
+         "'ftp://a/crl' is not an http:// or https:// URL"),
+        ({}, ["--tls-crl-sync-url", "https://a/v1/crl", "--tls-crl-sync-min-sources", "2"],
+         "more than the 1 --tls-crl-sync-url"),
+    ],
+)  # fmt: skip
+def test_bad_sync_settings_refuse_to_start(tmp_path, pki, env, args, needle):
+    shutil.copy(pki.crl_empty, tmp_path / "crl.pem")
+    result = run_serve_expect_exit(
+        tmp_path / "data", *_mtls(pki, tmp_path / "crl.pem", *args), env=env
+    )
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and needle in result.stderr, result.stderr

@@ -68,6 +68,7 @@ def test_mtls_accepts_our_ca_and_refuses_others(tmp_path, pki):
         assert get(url, pki.context("node-a"))[0] == 200
         assert refused(url, pki.context())  # no client certificate
         assert refused(url, pki.context("rogue"))  # same CN, signed by another CA
+        _wait_for(lambda: "not signed by --tls-ca-file" in srv.logs(), what="rogue refusal log")
         assert get(url, pki.context("node-a"))[0] == 200  # still serving
         _wait_for(lambda: srv.logs().count('"path":"/v1/health"') >= 3, what="access log")
     lines = [json.loads(x) for x in srv.stderr_path.read_text().splitlines() if x.strip()]
@@ -95,6 +96,14 @@ def test_revoked_cert_refused_after_crl_update_without_restart(tmp_path, pki):
         shutil.copy(pki.crl_revoking_a, crl)
         assert refused(url, pki.context("node-a"))
         assert get(url, pki.context("node-b"))[0] == 200
+        serial = format(pki.serial("node-a"), "x")
+        _wait_for(
+            lambda: (
+                f"CN=node-a,O=autonomy-orchestrator tests serial={serial}" in srv.logs()
+                and "certificate revoked" in srv.logs()
+            ),
+            what="the refusal in the log",
+        )
         with urllib.request.urlopen(
             srv.url("/v1/crl"), context=pki.context("node-b"), timeout=10
         ) as resp:

@@ -19,7 +19,12 @@ TIMEOUT = 10
 
 
 def test_publish_ack_and_fleet_over_http(tmp_path):
-    with ServeProcess(tmp_path / "data") as srv, requests.Session() as http:
+    with ServeProcess(tmp_path / "data") as srv:
+        publish_ack_and_fleet(srv)
+
+
+def publish_ack_and_fleet(srv: ServeProcess) -> None:
+    with requests.Session() as http:
 
         def post(path, body):
             return http.post(srv.url(path), json=body, timeout=TIMEOUT)
@@ -148,8 +153,9 @@ def pg_database_url():
 
 
 @pytest.mark.postgres
-def test_parallel_publishes_on_postgresql(tmp_path, pg_database_url):
+def test_releases_acks_fleet_and_parallel_publishes_on_postgresql(tmp_path, pg_database_url):
     with ServeProcess(tmp_path / "data", "--postgres-url", pg_database_url) as srv:
+        publish_ack_and_fleet(srv)
         assert _parallel_publishes(srv, 40) == list(range(1, 41))
 
 

@@ -35,6 +35,9 @@ logger = logging.getLogger("orchestrator.tls")
 # Warn about a CRL's nextUpdate this long before it passes (or a quarter of the CRL's validity
 # window when that is shorter), and repeat the warning at most this often.
 CRL_EXPIRY_WARNING = timedelta(hours=24)
+# TLS 1.2 suites: forward secrecy and AEAD only (Mozilla "intermediate"); TLS 1.3 suites are
+# OpenSSL's defaults, all of which qualify.
+TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM:DHE+CHACHA20:!aNULL"
 CRL_WARNING_REPEAT_SECONDS = 15 * 60
 
 
@@ -324,6 +327,7 @@ class ServerTls:
     def _build(self, snapshot: CrlSnapshot | None) -> Any:
         from OpenSSL import SSL, crypto
         from twisted.internet.ssl import (
+            AcceptableCiphers,
             Certificate,
             CertificateOptions,
             TLSVersion,
@@ -340,6 +344,7 @@ class ServerTls:
             certificate=self._cert,
             extraCertChain=self._extra,
             raiseMinimumTo=TLSVersion.TLSv1_2,
+            acceptableCiphers=AcceptableCiphers.fromOpenSSLCipherString(TLS12_CIPHERS),
             acceptableProtocols=[b"http/1.1"],
             **kwargs,
         )

@@ -45,6 +45,15 @@ def test_plain_tls_serves_https(tmp_path, pki):
         # No client certificate is asked for without --tls-ca-file.
         raw = ssl.create_default_context(cafile=str(pki.ca))
         assert get(srv.url("/v1/health"), raw)[0] == 200
+        # Modern defaults: TLS 1.2 works with a forward-secret AEAD suite, not with CBC.
+        tls12 = pki.context()
+        tls12.maximum_version = ssl.TLSVersion.TLSv1_2
+        tls12.set_ciphers("ECDHE-ECDSA-AES128-GCM-SHA256")
+        assert get(srv.url("/v1/health"), tls12)[0] == 200
+        cbc = pki.context()
+        cbc.maximum_version = ssl.TLSVersion.TLSv1_2
+        cbc.set_ciphers("ECDHE-ECDSA-AES128-SHA")
+        assert refused(srv.url("/v1/health"), cbc)
         # Plain HTTP on the HTTPS port gets no answer.
         with pytest.raises(OSError):
             get(f"http://127.0.0.1:{srv.port}/v1/health", timeout=3)

@@ -78,7 +78,9 @@ def _dump(event: dict[str, Any], index: int) -> str:
         try:
             return json.dumps(event, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
         except ValueError:  # a number such as 1e400 that only fits as infinity
-            raise _event_error(index, "events", "a number is out of range") from None
+            raise _event_error(
+                index, "events", "invalid field 'events': a number is out of range"
+            ) from None
 
 
 def _event_error(index: int, field: str, message: str) -> BodyError:
@@ -126,7 +128,9 @@ def validate_events(events: list[Any]) -> list[EventRow]:
     append = rows.append
     for index, event in enumerate(events):
         if not isinstance(event, dict):
-            raise _event_error(index, "events", "each event must be a JSON object")
+            raise _event_error(
+                index, "events", "invalid field 'events': each event must be a JSON object"
+            )
         values: list[Any] = []
         for field in REQUIRED_FIELDS:
             value = event.get(field)

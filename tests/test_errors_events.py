@@ -1,0 +1,127 @@
+"""Error answers of the events routes on the Django path (injected database errors, body limit),
+and against the real server: a write lock held by another connection, a corrupt store at start."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+
+import pytest
+import requests
+from django.db.backends.sqlite3.base import SQLiteCursorWrapper
+
+from events.models import Event
+from orchestrator_site import dberrors
+from tests.liveserver import ServeProcess, run_serve_expect_exit
+
+GOOD = {"event_id": "e", "event_type": "t", "node_id": "n", "timestamp": "2026-04-07T10:00:00Z"}
+
+
+def post(api, body):
+    return api.post("/v1/events", data=json.dumps(body), content_type="application/json")
+
+
+def _raise_on_executemany(monkeypatch, message: str) -> None:
+    def executemany(self, query, param_list):
+        raise sqlite3.OperationalError(message)
+
+    monkeypatch.setattr(SQLiteCursorWrapper, "executemany", executemany)
+
+
+@pytest.mark.django_db
+def test_disk_full_during_ingest_is_507_and_nothing_is_stored(api, monkeypatch):
+    _raise_on_executemany(monkeypatch, "database or disk is full")
+    response = post(api, {"events": [GOOD]})
+    assert response.status_code == 507
+    assert response["Content-Type"] == "application/json"
+    assert "full" in response.json()["error"]
+    monkeypatch.undo()
+    assert Event.objects.count() == 0
+
+
+@pytest.mark.django_db
+def test_locked_database_is_503_with_retry_after(api, monkeypatch):
+    _raise_on_executemany(monkeypatch, "database is locked")
+    response = post(api, {"events": [GOOD]})
+    assert response.status_code == 503
+    assert response["Retry-After"] == "1"
+    assert response.json()["error"]
+
+
+@pytest.mark.django_db
+def test_corruption_during_ingest_ends_the_process(api, monkeypatch):
+    died: list[BaseException] = []
+
+    def die(exc: BaseException) -> None:
+        died.append(exc)
+        raise SystemExit(70)
+
+    monkeypatch.setattr(dberrors, "die_corrupt", die)
+    _raise_on_executemany(monkeypatch, "database disk image is malformed")
+    with pytest.raises(SystemExit):
+        post(api, {"events": [GOOD]})
+    assert "malformed" in str(died[0])
+
+
+@pytest.mark.django_db
+def test_body_over_the_limit_is_413_on_the_django_path(api, settings):
+    settings.MAX_REQUEST_BODY_BYTES = 200
+    response = post(api, {"events": [GOOD, {**GOOD, "event_id": "f", "pad": "x" * 300}]})
+    assert response.status_code == 413
+    assert response.json() == {
+        "error": "request body is larger than the limit of 200 bytes",
+        "limit": 200,
+    }
+    assert Event.objects.count() == 0
+
+
+def _wait_for(predicate, timeout: float = 10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError("condition not reached before the deadline")
+
+
+@pytest.mark.e2e
+def test_write_lock_held_by_another_connection_gives_503_then_recovers(tmp_path):
+    env = {"AUTONOMY_SQLITE_BUSY_TIMEOUT": "0.3"}
+    with ServeProcess(tmp_path / "data", env=env) as srv, requests.Session() as http:
+        url = srv.url("/v1/events")
+        assert http.post(url, json={"events": [GOOD]}, timeout=10).status_code == 200
+        blocker = sqlite3.connect(tmp_path / "data" / "orchestrator.sqlite3", isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")
+        try:
+            started = time.monotonic()
+            busy = http.post(url, json={"events": [{**GOOD, "event_id": "f"}]}, timeout=10)
+            assert busy.status_code == 503, busy.text
+            assert busy.headers["Retry-After"] == "1"
+            assert busy.headers["Content-Type"] == "application/json"
+            assert "busy" in busy.json()["error"]
+            assert time.monotonic() - started < 5  # the busy timeout, not forever
+            # readers are not blocked by the writer (WAL)
+            listed = http.get(url, timeout=10)
+            assert listed.status_code == 200
+            assert [e["event_id"] for e in listed.json()["events"]] == ["e"]
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+        retry = http.post(url, json={"events": [{**GOOD, "event_id": "f"}]}, timeout=10)
+        assert retry.status_code == 200
+        assert retry.json() == {"received": 1, "inserted": 1, "deduped": 0}
+
+
+@pytest.mark.e2e
+def test_corrupt_store_at_start_is_one_line_and_a_non_zero_exit(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir(mode=0o700)
+    (data / "orchestrator.sqlite3").write_bytes(b"this is not a database file " * 400)
+    result = run_serve_expect_exit(data)
+    assert result.returncode != 0
+    lines = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
+    assert len(lines) == 1, lines
+    assert "corrupt" in lines[0]
+    assert "Traceback" not in result.stderr

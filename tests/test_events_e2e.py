@@ -1,0 +1,131 @@
+"""End to end against the real `autonomy-orchestrator serve`: ingest and query over HTTP (the fast
+path), concurrent clients, the browsable API, restart on the same data dir."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+
+from tests.liveserver import ServeProcess
+
+pytestmark = pytest.mark.e2e
+
+TIMEOUT = 10
+
+
+def ev(event_id: str, node: str = "node-a", **extra: object) -> dict[str, object]:
+    return {
+        "event_id": event_id,
+        "event_type": "app.heartbeat",
+        "node_id": node,
+        "timestamp": "2026-04-07T10:00:00+02:00",
+        **extra,
+    }
+
+
+def test_ingest_query_restart_and_find_the_data(tmp_path):
+    data = tmp_path / "data"
+    odd = ev("e-1", extra={"k": [1, 2.5, None]}, big=2**70, text="ünï")
+    with ServeProcess(data) as srv, requests.Session() as http:
+        url = srv.url("/v1/events")
+        first = http.post(
+            url, json={"events": [odd, ev("e-2", "node-b"), ev("e-1")]}, timeout=TIMEOUT
+        )
+        assert first.status_code == 200
+        assert first.headers["Content-Type"] == "application/json"
+        assert first.json() == {"received": 3, "inserted": 2, "deduped": 1}
+        again = http.post(url, json={"events": [ev("e-2"), ev("e-3")]}, timeout=TIMEOUT)
+        assert again.json() == {"received": 2, "inserted": 1, "deduped": 1}
+
+        bad = http.post(
+            url, json={"events": [ev("e-9"), {**ev("e-8"), "timestamp": "x"}]}, timeout=TIMEOUT
+        )
+        assert bad.status_code == 400
+        assert (bad.json()["index"], bad.json()["field"]) == (1, "timestamp")
+
+        listed = http.get(url, timeout=TIMEOUT).json()
+        assert [e["event_id"] for e in listed["events"]] == ["e-3", "e-2", "e-1"]
+        assert listed["events"][2] == odd
+        only_a = http.get(url, params={"node_id": "node-a", "limit": 1}, timeout=TIMEOUT).json()
+        assert [e["event_id"] for e in only_a["events"]] == ["e-3"]
+        older = http.get(
+            url, params={"node_id": "node-a", "before": only_a["next_before"]}, timeout=TIMEOUT
+        ).json()
+        assert [e["event_id"] for e in older["events"]] == ["e-1"]
+        assert http.get(url, params={"limit": "0"}, timeout=TIMEOUT).status_code == 400
+
+        # a browser gets the browsable API from Django, with the same data
+        html = http.get(url, headers={"Accept": "text/html"}, timeout=TIMEOUT)
+        assert html.status_code == 200
+        assert html.headers["Content-Type"].startswith("text/html")
+        assert "e-3" in html.text
+        wrong = http.delete(url, timeout=TIMEOUT)
+        assert wrong.status_code == 405
+        assert "POST" in wrong.headers["Allow"]
+        assert http.get(srv.url("/v1/nope"), timeout=TIMEOUT).json()["error"]
+        # the fast path's requests reach the access log like Django's
+        assert srv.stop() == 0
+        assert "POST /v1/events 200" in srv.logs()
+        assert "GET /v1/events 400" in srv.logs()
+
+    with ServeProcess(data) as srv:
+        listed = requests.get(srv.url("/v1/events"), timeout=TIMEOUT).json()
+        assert [e["event_id"] for e in listed["events"]] == ["e-3", "e-2", "e-1"]
+        assert listed["events"][2] == odd
+        dup = requests.post(srv.url("/v1/events"), json={"events": [ev("e-1")]}, timeout=TIMEOUT)
+        assert dup.json() == {"received": 1, "inserted": 0, "deduped": 1}
+
+
+def test_concurrent_clients_lose_nothing_and_count_every_duplicate_once(tmp_path):
+    with ServeProcess(tmp_path / "data") as srv:
+        url = srv.url("/v1/events")
+
+        def send(client: int) -> dict[str, int]:
+            # every client sends 5 batches; ids overlap between neighbouring clients
+            totals = {"received": 0, "inserted": 0, "deduped": 0}
+            with requests.Session() as http:
+                for b in range(5):
+                    ids = [f"c{(client + k % 2) % 8}-b{b}-{k // 2}" for k in range(100)]
+                    body = {"events": [ev(i, f"node-{client}") for i in ids]}
+                    response = http.post(url, json=body, timeout=TIMEOUT)
+                    assert response.status_code == 200, response.text
+                    for key, value in response.json().items():
+                        totals[key] += value
+            return totals
+
+        with ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(send, range(8)))
+        inserted = sum(r["inserted"] for r in results)
+        deduped = sum(r["deduped"] for r in results)
+        assert sum(r["received"] for r in results) == 8 * 5 * 100
+        distinct = {f"c{c}-b{b}-{k}" for c in range(8) for b in range(5) for k in range(50)}
+        assert inserted == len(distinct)
+        assert deduped == 8 * 5 * 100 - len(distinct)
+        everything = requests.get(url, params={"limit": 1000}, timeout=TIMEOUT).json()
+        seen = []
+        page = everything
+        while True:
+            seen += [e["event_id"] for e in page["events"]]
+            if page["next_before"] is None:
+                break
+            page = requests.get(
+                url, params={"limit": 1000, "before": page["next_before"]}, timeout=TIMEOUT
+            ).json()
+        assert sorted(seen) == sorted(distinct)
+
+
+def test_body_limit_on_both_paths(tmp_path):
+    env = {"AUTONOMY_MAX_BODY_BYTES": "2000"}
+    with ServeProcess(tmp_path / "data", env=env) as srv:
+        big = {"events": [ev(f"e-{i}", pad="x" * 100) for i in range(30)]}
+        fast = requests.post(srv.url("/v1/events"), json=big, timeout=TIMEOUT)
+        django = requests.post(
+            srv.url("/v1/events"), json=big, headers={"Accept": "text/html"}, timeout=TIMEOUT
+        )
+        for response in (fast, django):
+            assert response.status_code == 413
+            assert response.headers["Content-Type"] == "application/json"
+            assert response.json()["limit"] == 2000
+        assert requests.get(srv.url("/v1/events"), timeout=TIMEOUT).json()["count"] == 0

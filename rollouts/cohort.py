@@ -18,6 +18,8 @@ import threading
 from dataclasses import dataclass
 from datetime import datetime
 
+from django.db import connection
+
 from rollouts.models import Phase, RolloutPlan, StagePhase, StageStatus
 from rollouts.validation import GateSpec, stages_of
 
@@ -105,8 +107,9 @@ class PlanSnapshot:
         return any(node_id in s.nodes for s in self.stages[: position + 1])
 
 
-# Keyed by (pk, version, updated_at): updated_at guards against a reused pk (test databases).
-_cache: dict[tuple[int, int, datetime], PlanSnapshot] = {}
+# Keyed by (pk, version). Only committed states are cached (never inside a transaction), and a
+# committed plan's pk is never reused, so a key always means the same state.
+_cache: dict[tuple[int, int], PlanSnapshot] = {}
 _cache_lock = threading.Lock()
 _CACHE_MAX = 512
 
@@ -145,12 +148,16 @@ def build_snapshot(plan: RolloutPlan) -> PlanSnapshot:
 
 def snapshot_of(plan: RolloutPlan) -> PlanSnapshot:
     """The plan's snapshot at its current version (cached)."""
-    key = (plan.pk, plan.version, plan.updated_at)
+    key = (plan.pk, plan.version)
     snap = _cache.get(key)
     if snap is None:
         snap = build_snapshot(plan)
-        # The stages are read after the plan row: if they moved on meanwhile, do not cache.
-        if RolloutPlan.objects.filter(pk=plan.pk, version=plan.version).exists():
+        # Not inside a transaction (it may roll back and the pk be reused, as in tests), and not
+        # when the stages, read after the plan row, may have moved on meanwhile.
+        if (
+            not connection.in_atomic_block
+            and RolloutPlan.objects.filter(pk=plan.pk, version=plan.version).exists()
+        ):
             with _cache_lock:
                 if len(_cache) >= _CACHE_MAX:
                     _cache.clear()
@@ -158,8 +165,8 @@ def snapshot_of(plan: RolloutPlan) -> PlanSnapshot:
     return snap
 
 
-def snapshot_by_pk(pk: int, version: int, updated_at: datetime) -> PlanSnapshot | None:
-    snap = _cache.get((pk, version, updated_at))
+def snapshot_by_pk(pk: int, version: int) -> PlanSnapshot | None:
+    snap = _cache.get((pk, version))
     if snap is not None:
         return snap
     plan = RolloutPlan.objects.filter(pk=pk).first()

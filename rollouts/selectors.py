@@ -6,6 +6,7 @@ import threading
 from datetime import timedelta
 from typing import Any
 
+from django.db import connection
 from django.db.models import Count
 
 from orchestrator_site.errors import ApiError
@@ -16,50 +17,61 @@ from rollouts.cohort import snapshot_by_pk, snapshot_of
 from rollouts.gates import StageReport, evaluate_stage, unmet_reason
 from rollouts.models import RUNNING_PHASES, Phase, RolloutPlan, RolloutTransition
 
-_previous: dict[int, Release | None] = {}
+_previous: dict[tuple[int, str], Release | None] = {}
 _previous_lock = threading.Lock()
 
 
 def _previous_release(latest: Release) -> Release | None:
-    """The channel's release just below `latest` (cached: sequences never change)."""
-    if latest.pk in _previous:
-        return _previous[latest.pk]
+    """The channel's release just below `latest` (cached: sequences never change; not inside a
+    transaction, which may roll back - as every test does)."""
+    key = (latest.pk, latest.release_id)
+    if key in _previous:
+        return _previous[key]
     previous = (
         Release.objects.filter(channel=latest.channel, sequence__lt=latest.sequence)
         .order_by("-sequence")
         .first()
     )
+    if connection.in_atomic_block:
+        return previous
     with _previous_lock:
         if len(_previous) > 4096:
             _previous.clear()
-        _previous[latest.pk] = previous
+        _previous[key] = previous
     return previous
+
+
+_PLAN_HEAD_SQL = (
+    f"SELECT id, version FROM {RolloutPlan._meta.db_table} "
+    "WHERE release_id = %s ORDER BY id DESC LIMIT 1"
+)
+_ACTIVE_ACK_SQL = (
+    f"SELECT 1 FROM {NodeAck._meta.db_table} "
+    "WHERE release_id = %s AND node_id = %s AND status = %s LIMIT 1"
+)
 
 
 def desired_release_for_node(*, latest: Release, node_id: str) -> Release | None:
     """The release `node_id` should run when `latest` is its channel's latest release
     (rollout-aware, API.md §4 "Which release a node gets"). None: no release for this node.
 
-    One indexed query when `latest` has no plan; otherwise the plan's cached snapshot, and at
-    most one more query (the node's ack) and one for the previous release (cached).
+    The poll hot path: one indexed query when `latest` has no plan; otherwise the plan's cached
+    snapshot (keyed by its version), at most one more indexed query (the node's `active` ack) and
+    the previous release (cached). Plain SQL: the ORM's query building costs more than SQLite.
     """
-    head = (
-        RolloutPlan.objects.filter(release_id=latest.pk)
-        .order_by("-id")
-        .values_list("id", "version", "updated_at")
-        .first()
-    )
-    if head is None:
-        return latest
-    # The newest plan governs: a new plan for a release can only exist once the older ones are
-    # terminal.
-    snap = snapshot_by_pk(*head)
-    if snap is None or snap.in_rollout(node_id):
-        return latest
-    if NodeAck.objects.filter(
-        release_id=latest.pk, node_id=node_id, status=NodeAck.Status.ACTIVE
-    ).exists():
-        return latest
+    with connection.cursor() as cursor:
+        cursor.execute(_PLAN_HEAD_SQL, [latest.pk])
+        head = cursor.fetchone()
+        if head is None:
+            return latest
+        # The newest plan governs: a new plan for a release can only be published once the
+        # older ones are terminal.
+        snap = snapshot_by_pk(int(head[0]), int(head[1]))
+        if snap is None or snap.in_rollout(node_id):
+            return latest
+        cursor.execute(_ACTIVE_ACK_SQL, [latest.pk, node_id, NodeAck.Status.ACTIVE.value])
+        if cursor.fetchone() is not None:
+            return latest
     return _previous_release(latest)
 
 

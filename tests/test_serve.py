@@ -60,6 +60,7 @@ def test_port_in_use_is_a_one_line_error(tmp_path):
         port = busy.getsockname()[1]
         result = run_serve_expect_exit(tmp_path / "data", "--listen", f"127.0.0.1:{port}")
     _assert_one_line_refusal(result, f"127.0.0.1:{port}", "already in use")
+    assert not (tmp_path / "data").exists()
 
 
 def test_unwritable_data_dir_is_a_one_line_error(tmp_path):

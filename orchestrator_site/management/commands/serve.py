@@ -147,12 +147,7 @@ class Command(BaseCommand):
         server_tls = self._tls(options)
         sync_config = self._crl_sync(options, server_tls)
 
-        using_postgres = bool(settings.POSTGRES_URL)
-        data_dir = Path(options["data_dir"]).expanduser()
-        if not using_postgres:
-            prepare_data_dir(data_dir)
-            settings.SECRET_KEY = load_or_create_secret(data_dir)
-
+        # Bind first: a port in use is reported before the data dir is touched.
         main = Listener("main", bind_socket(listen), listen.family)
         listeners = [main]
         if server_tls is not None:
@@ -167,6 +162,12 @@ class Command(BaseCommand):
                     application=metrics.metrics_only,
                 )
             )
+
+        using_postgres = bool(settings.POSTGRES_URL)
+        data_dir = Path(options["data_dir"]).expanduser()
+        if not using_postgres:
+            prepare_data_dir(data_dir)
+            settings.SECRET_KEY = load_or_create_secret(data_dir)
 
         self._migrate(using_postgres)
 

@@ -1,8 +1,9 @@
 """Prometheus metrics: the `cp_*` families, the scrape endpoint, and the hooks that feed them.
 
 For other modules:
-* `record_ingest(inserted=N, deduped=M)` after each `POST /v1/events` batch
-  (`cp_events_ingested_total{result="inserted"|"deduped"}`).
+* `cp_events_ingested_total{result="inserted"|"deduped"}`: `install()` registers
+  `record_ingest(inserted=N, deduped=M)` with `events.services.add_ingest_hook`; code without
+  that hook can call `record_ingest` directly after each committed batch.
 * `cp_http_requests_total` / `cp_http_request_duration_seconds` are fed by
   `observability.observe_request` through a request hook; nothing else to call.
 * `cp_rollout_plans_total{phase}` is read at scrape time from
@@ -70,6 +71,10 @@ def record_ingest(*, inserted: int, deduped: int) -> None:
         EVENTS_INGESTED.labels(result="deduped").inc(deduped)
 
 
+def _on_ingest(inserted: int, deduped: int) -> None:
+    record_ingest(inserted=inserted, deduped=deduped)
+
+
 def _observe(method: str, route: str, status: int, duration: float) -> None:
     label = method if method in _METHODS else "other"
     HTTP_REQUESTS.labels(method=label, route=route, code=str(status)).inc()
@@ -112,6 +117,12 @@ def install() -> None:
     _installed = True
     observability.add_request_hook(_observe)
     REGISTRY.register(_ROLLOUT_COLLECTOR)
+    try:
+        from events.services import add_ingest_hook
+    except ImportError:  # events ingestion calls record_ingest() itself then
+        logger.debug("events.services.add_ingest_hook not available", exc_info=True)
+    else:
+        add_ingest_hook(_on_ingest)
     # django-prometheus's families (its middleware creates them on first use; make them exist
     # from the first scrape).
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -43,6 +44,14 @@ def test_metrics_on_both_listeners_bounded_labels_and_promtool(tmp_path):
         side = f"http://127.0.0.1:{metrics_port}"
         assert get(srv.url("/v1/health"))[0] == 200
         assert get(srv.url("/v1/secret-node-17/raw"))[0] == 404
+        event = {"event_id": "e-1", "event_type": "boot", "node_id": "node-secret-9",
+                 "timestamp": "2026-11-27T07:00:00Z"}  # fmt: skip
+        ingest = urllib.request.Request(
+            srv.url("/v1/events"), data=json.dumps({"events": [event, event]}).encode(),
+            headers={"Content-Type": "application/json"}, method="POST",
+        )  # fmt: skip
+        with urllib.request.urlopen(ingest, timeout=10) as resp:
+            assert json.loads(resp.read()) == {"received": 2, "inserted": 1, "deduped": 1}
         # The metrics listener serves only GET /metrics.
         assert get(side + "/v1/health")[0] == 404
         request = urllib.request.Request(side + "/metrics", data=b"x", method="POST")
@@ -61,14 +70,15 @@ def test_metrics_on_both_listeners_bounded_labels_and_promtool(tmp_path):
                    code="200") >= 1  # fmt: skip
     assert _sample(text, "cp_http_requests_total", route="unmatched", code="404") >= 1
     assert _sample(text, "cp_http_request_duration_seconds_count", route="/v1/health") >= 1
-    for result in ("inserted", "deduped"):
-        assert _sample(text, "cp_events_ingested_total", result=result) is not None
+    assert _sample(text, "cp_events_ingested_total", result="inserted") == 1
+    assert _sample(text, "cp_events_ingested_total", result="deduped") == 1
+    assert _sample(text, "cp_http_requests_total", route="/v1/events", code="200") == 1
     for phase in PHASES:
         assert _sample(text, "cp_rollout_plans_total", phase=phase) is not None, phase
     # django-prometheus's families count requests that went through Django.
     assert _sample(text, "django_http_responses_total_by_status_total", status="404") >= 1
     # Bounded cardinality: no raw paths or ids in any label.
-    assert "secret-node-17" not in text
+    assert "secret-node-17" not in text and "node-secret-9" not in text
     routes = set(re.findall(r'route="([^"]*)"', text))
     assert all(r == "unmatched" or r.startswith("/") for r in routes), routes
 

@@ -22,11 +22,14 @@ from drf_spectacular.utils import (
     OpenApiParameter,
     OpenApiResponse,
     extend_schema,
+    extend_schema_field,
     extend_schema_view,
 )
 from rest_framework import serializers
 
 from releases.models import NodeAck
+from rollouts.models import Phase, StagePhase
+from rollouts.statemachine import RECOVER_STRATEGIES
 
 # --------------------------------------------------------------------------------------------
 # The error body, shared by every error answer
@@ -54,6 +57,7 @@ _ERROR_DESCRIPTIONS: dict[int, str] = {
     405: "Method not allowed on this route (see the `Allow` header).",
     409: "Illegal state transition, or a conflicting duplicate.",
     413: "The request body is larger than the server's limit (`limit`, in bytes).",
+    415: "The request body is not `application/json`.",
     503: "The database is busy beyond its busy timeout: retry after `Retry-After` seconds.",
     507: "The disk holding the database is full; nothing was stored.",
 }
@@ -234,10 +238,19 @@ ACK_STATUSES = NodeAck.Status.values
 NODE_STATUSES = ["up", "stale", "unknown"]
 
 
-def _path_id(name: str, description: str) -> OpenApiParameter:
+def _path_id(name: str, description: str, *, not_: str | None = None) -> OpenApiParameter:
+    """A path segment: no `/`; `not_` is the literal route that shadows this parameter."""
+    schema: dict[str, Any] = {
+        "type": "string",
+        "minLength": 1,
+        "maxLength": MAX_ID_CHARS,
+        "pattern": "^[^/]+$",
+    }
+    if not_ is not None:
+        schema["not"] = {"enum": [not_]}
     return OpenApiParameter(
         name,
-        {"type": "string", "minLength": 1, "maxLength": MAX_ID_CHARS},
+        schema,
         OpenApiParameter.PATH,
         required=True,
         description=description,
@@ -439,7 +452,7 @@ class ReleaseDetailViewSchema(OpenApiViewExtension):
                 operation_id="releases_get",
                 summary="One release",
                 tags=["releases"],
-                parameters=[_path_id("release_id", "The release.")],
+                parameters=[_path_id("release_id", "The release.", not_="latest")],
                 responses={200: ReleaseSerializer, **errors(e404="No such release.")},
             ),
         )
@@ -543,10 +556,582 @@ class FleetViewSchema(OpenApiViewExtension):
 
 
 # --------------------------------------------------------------------------------------------
+# Rollouts (rollouts/api/views.py)
+
+PLAN_PHASES = Phase.values
+STAGE_PHASES = StagePhase.values
+RECOVER_STRATEGY_VALUES = list(RECOVER_STRATEGIES)
+ID_PATTERN = "^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
+
+
+def _ratio(description: str) -> dict[str, Any]:
+    return {"type": "number", "minimum": 0, "maximum": 1, "description": description}
+
+
+def _gate(kind: str, description: str, required: list[str], **properties: Any) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "title": kind,
+        "description": description,
+        "properties": {"kind": {"type": "string", "enum": [kind]}, **properties},
+        "required": ["kind", *required],
+        "additionalProperties": False,
+    }
+
+
+# Gate parameters are checked strictly (a misspelt parameter would weaken a safety check), so
+# each kind is a closed object.
+GATE_SCHEMA: dict[str, Any] = {
+    "oneOf": [
+        _gate(
+            "time_soak",
+            "Passes once the stage has been open this many seconds.",
+            ["seconds"],
+            seconds={"type": "number", "minimum": 0},
+        ),
+        _gate("manual", "Passes once approved (`.../gates/approve`).", []),
+        _gate(
+            "ack_success",
+            "At least `min_acks` stage acks, and `active` acks / stage acks >= `min_ratio`.",
+            ["min_ratio"],
+            min_ratio=_ratio("Required share of `active` acks."),
+            min_acks={"type": "integer", "minimum": 0, "default": 1},
+        ),
+        _gate(
+            "ack_failure",
+            "Halts the plan when `failed`+`rejected` acks / stage acks > `max_ratio`.",
+            ["max_ratio"],
+            max_ratio=_ratio("Tolerated share of failed or rejected acks."),
+        ),
+        _gate(
+            "event_threshold",
+            "Halts the plan when more than `max_ratio` of the stage's nodes on the new release "
+            "sent an `event_type` event since the stage opened (once `min_nodes` are on it).",
+            ["event_type", "max_ratio"],
+            event_type={"type": "string", "minLength": 1, "maxLength": 256},
+            max_ratio=_ratio("Tolerated share of nodes sending the event."),
+            min_nodes={"type": "integer", "minimum": 1, "default": 1},
+        ),
+    ]
+}
+
+
+@extend_schema_field({"type": "array", "items": GATE_SCHEMA, "nullable": True})
+class GatesField(serializers.JSONField):
+    """A stage's gates (documentation only)."""
+
+
+@extend_schema_field(
+    {"type": "string", "pattern": ID_PATTERN, "description": "1-128 of `A-Za-z0-9._:-`."}
+)
+class IdField(serializers.CharField):
+    """A plan or stage id (documentation only)."""
+
+
+class StageSpecSerializer(serializers.Serializer):
+    """One stage of a plan spec. Keys beyond these are kept in the stored spec."""
+
+    stage_id = IdField(help_text="Unique within the plan.")
+    percent = serializers.FloatField(
+        min_value=0,
+        max_value=100,
+        help_text="Cumulative share of the channel's nodes, 0 < percent <= 100, non-decreasing "
+        "from stage to stage.",
+    )
+    nodes = serializers.ListField(
+        child=serializers.CharField(min_length=1, max_length=MAX_ID_CHARS),
+        required=False,
+        allow_null=True,
+        help_text="Explicit members, always included.",
+    )
+    gates = GatesField(required=False, help_text="No gates: the stage is promoted only by hand.")
+
+
+class PlanSpecSerializer(serializers.Serializer):
+    """A rollout plan spec, stored byte for byte as received and signed by the server."""
+
+    plan_id = IdField(
+        required=False,
+        help_text='Optional: the server makes `plan-<12 hex>` when absent; not "stuck".',
+    )
+    release_id = serializers.CharField(
+        min_length=1, max_length=MAX_ID_CHARS, help_text="Must exist (else 400)."
+    )
+    channel = serializers.CharField(
+        required=False, min_length=1, help_text="Default: the release's channel (must match)."
+    )
+    description = serializers.CharField(
+        required=False, allow_null=True, allow_blank=True, max_length=4096
+    )
+    stages = StageSpecSerializer(many=True, help_text="1 to 50 stages.")
+    created_by = serializers.CharField(
+        required=False, allow_null=True, allow_blank=True, max_length=256
+    )
+
+
+class SignatureSerializer(serializers.Serializer):
+    alg = serializers.ChoiceField(choices=["Ed25519"])
+    key_id = serializers.CharField(
+        help_text="First 16 hex characters of the sha256 of the raw public key."
+    )
+    value = serializers.CharField(help_text="Base64 signature over the `digest` string.")
+
+
+@extend_schema_field({"type": "string", "pattern": "^sha256:[0-9a-f]{64}$"})
+class DigestField(serializers.CharField):
+    """`sha256:<hex of the stored spec bytes>`."""
+
+
+class PlanSummarySerializer(serializers.Serializer):
+    plan_id = serializers.CharField()
+    release_id = serializers.CharField()
+    channel = serializers.CharField()
+    description = serializers.CharField(allow_blank=True)
+    created_by = serializers.CharField(allow_blank=True)
+    phase = serializers.ChoiceField(choices=PLAN_PHASES)
+    current_stage_id = serializers.CharField()
+    digest = DigestField()
+    created_at = serializers.DateTimeField()
+    updated_at = serializers.DateTimeField()
+
+
+class StageStatusSerializer(serializers.Serializer):
+    stage_id = serializers.CharField()
+    phase = serializers.ChoiceField(choices=STAGE_PHASES)
+    percent = serializers.FloatField()
+    opened_at = serializers.DateTimeField(allow_null=True)
+    promoted_at = serializers.DateTimeField(allow_null=True)
+    manual_approved = serializers.BooleanField()
+    halt_reason = serializers.CharField(allow_null=True)
+
+
+class HistoryEntrySerializer(serializers.Serializer):
+    action = serializers.CharField(help_text="`publish`, `pause`, `promote`, `retry`, ...")
+    from_phase = serializers.CharField(allow_null=True)
+    to_phase = serializers.CharField()
+    stage_id = serializers.CharField(allow_null=True)
+    operator = serializers.CharField()
+    reason = serializers.CharField(allow_blank=True)
+    at = serializers.DateTimeField()
+
+
+class PlanStatusSerializer(serializers.Serializer):
+    plan_id = serializers.CharField()
+    phase = serializers.ChoiceField(choices=PLAN_PHASES)
+    current_stage_id = serializers.CharField()
+    stages = StageStatusSerializer(many=True)
+    updated_at = serializers.DateTimeField(help_text="Changes on every transition.")
+    history = HistoryEntrySerializer(many=True, help_text="Oldest first.")
+
+
+class PlanDetailSerializer(PlanSummarySerializer):
+    spec = serializers.DictField(help_text="The spec exactly as received.")
+    signature = SignatureSerializer()
+    status = PlanStatusSerializer()
+
+
+class PlanListSerializer(serializers.Serializer):
+    plans = PlanSummarySerializer(many=True, help_text="Newest first.")
+    count = serializers.IntegerField(min_value=0)
+    limit = serializers.IntegerField(min_value=1)
+    offset = serializers.IntegerField(min_value=0)
+
+
+class DryRunStageSerializer(serializers.Serializer):
+    stage_id = serializers.CharField()
+    percent = serializers.FloatField()
+    nodes = serializers.IntegerField(
+        min_value=0, help_text="Known nodes on the new release once this stage is open."
+    )
+    sample = serializers.ListField(child=serializers.CharField(), help_text="Up to 10 node ids.")
+
+
+class DryRunSerializer(serializers.Serializer):
+    dry_run = serializers.BooleanField()
+    valid = serializers.BooleanField()
+    plan_id = serializers.CharField()
+    plan_id_generated = serializers.BooleanField()
+    release_id = serializers.CharField()
+    channel = serializers.CharField()
+    digest = DigestField()
+    known_nodes = serializers.IntegerField(min_value=0)
+    stages = DryRunStageSerializer(many=True)
+
+
+class SignedSpecSerializer(serializers.Serializer):
+    plan_id = serializers.CharField()
+    spec = serializers.DictField(help_text="The spec exactly as received (same bytes).")
+    digest = DigestField()
+    signature = SignatureSerializer()
+
+
+class ActionBodySerializer(serializers.Serializer):
+    reason = serializers.CharField(required=False, allow_null=True, allow_blank=True)
+    operator = serializers.CharField(
+        required=False,
+        allow_null=True,
+        allow_blank=True,
+        help_text="Used when the `X-Autonomy-Operator` header is absent.",
+    )
+
+
+class RecoverBodySerializer(ActionBodySerializer):
+    strategy = serializers.ChoiceField(choices=RECOVER_STRATEGY_VALUES)
+
+
+class StuckPlanSerializer(serializers.Serializer):
+    plan_id = serializers.CharField()
+    phase = serializers.ChoiceField(choices=PLAN_PHASES)
+    current_stage_id = serializers.CharField()
+    stuck_since = serializers.DateTimeField(help_text="The plan's last transition.")
+    stuck_reason = serializers.CharField(help_text="Which gates are unmet.")
+
+
+class StuckSerializer(serializers.Serializer):
+    threshold_seconds = serializers.IntegerField(min_value=0)
+    stuck_plans = StuckPlanSerializer(many=True)
+
+
+class GateResultSerializer(serializers.Serializer):
+    kind = serializers.CharField()
+    passed = serializers.BooleanField()
+    detail = serializers.CharField()
+
+
+class StageGatesSerializer(serializers.Serializer):
+    plan_id = serializers.CharField()
+    stage_id = serializers.CharField()
+    stage_phase = serializers.ChoiceField(choices=STAGE_PHASES)
+    gates = GateResultSerializer(many=True)
+    manual_approved = serializers.BooleanField()
+    all_passed = serializers.BooleanField(
+        help_text="Every gate passes (false for a stage without gates)."
+    )
+
+
+class ApprovalSerializer(serializers.Serializer):
+    approved = serializers.BooleanField()
+    promoted = serializers.BooleanField()
+    message = serializers.CharField()
+
+
+OPERATOR_HEADER = OpenApiParameter(
+    "X-Autonomy-Operator",
+    str,
+    OpenApiParameter.HEADER,
+    description="Who acts; recorded in the plan's history.",
+)
+PLAN_ID = _path_id("plan_id", "The rollout plan.", not_="stuck")
+STAGE_ID = _path_id("stage_id", "A stage of the plan.")
+
+PLAN_EXAMPLE = {
+    "plan_id": "plan-2026-11-web",
+    "release_id": "rel-004",
+    "description": "web 4.0 to stable",
+    "stages": [
+        {
+            "stage_id": "canary",
+            "percent": 5,
+            "nodes": ["node-a"],
+            "gates": [{"kind": "manual"}, {"kind": "ack_success", "min_ratio": 0.95}],
+        },
+        {"stage_id": "all", "percent": 100, "gates": [{"kind": "time_soak", "seconds": 1800}]},
+    ],
+    "created_by": "alice",
+}
+
+_ACTION_TEXT = {
+    "pause": "Pause a published or active rollout.",
+    "resume": "Resume a paused or halted rollout (a halted stage re-opens, its soak restarts).",
+    "promote": "Promote the current stage by hand (the last one completes the plan).",
+    "halt": "Halt a rollout: the current stage is marked `halted`.",
+    "cancel": "Cancel a rollout (terminal).",
+}
+
+
+class RolloutListViewSchema(OpenApiViewExtension):
+    target_class = "rollouts.api.views.RolloutListView"
+
+    def view_replacement(self) -> type:
+        return _replace(
+            self.target_class,
+            get=extend_schema(
+                operation_id="rollouts_list",
+                summary="Rollout plans, newest first",
+                tags=["rollouts"],
+                parameters=[
+                    LIMIT_PARAMETER,
+                    OFFSET_PARAMETER,
+                    OpenApiParameter(
+                        "phase", str, enum=PLAN_PHASES, description="Only this phase."
+                    ),
+                ],
+                responses={200: PlanListSerializer, **errors(400)},
+            ),
+            post=extend_schema(
+                operation_id="rollouts_publish",
+                summary="Publish a rollout plan",
+                description=(
+                    "The spec is stored byte for byte and signed (see `.../spec`); stage 1 "
+                    "opens at once. With `?dry_run=true` the same body is validated and the "
+                    "answer says, per stage, how many known nodes would run the release "
+                    "(cumulative) with a sample of their ids; nothing is stored."
+                ),
+                tags=["rollouts"],
+                parameters=[
+                    OpenApiParameter(
+                        "dry_run",
+                        bool,
+                        description="Validate and preview the cohorts; store nothing.",
+                        default=False,
+                    ),
+                    OPERATOR_HEADER,
+                ],
+                request=PlanSpecSerializer,
+                responses={
+                    201: OpenApiResponse(PlanDetailSerializer, description="Published."),
+                    200: OpenApiResponse(DryRunSerializer, description="`dry_run=true`."),
+                    **errors(
+                        e400="Invalid spec (the field is named by its JSON path, e.g. "
+                        "`stages[1].gates[0].max_ratio`), or an unknown `release_id`.",
+                        e409="A plan with this `plan_id` exists, or the release already has a "
+                        "rollout in progress.",
+                    ),
+                },
+                examples=[OpenApiExample("two stages", value=PLAN_EXAMPLE, request_only=True)],
+            ),
+        )
+
+
+class RolloutDetailViewSchema(OpenApiViewExtension):
+    target_class = "rollouts.api.views.RolloutDetailView"
+
+    def view_replacement(self) -> type:
+        return _replace(
+            self.target_class,
+            get=extend_schema(
+                operation_id="rollouts_get",
+                summary="A plan with its spec and status",
+                tags=["rollouts"],
+                parameters=[PLAN_ID],
+                responses={200: PlanDetailSerializer, **errors(e404="No such plan.")},
+            ),
+        )
+
+
+class RolloutSpecViewSchema(OpenApiViewExtension):
+    target_class = "rollouts.api.views.RolloutSpecView"
+
+    def view_replacement(self) -> type:
+        return _replace(
+            self.target_class,
+            get=extend_schema(
+                operation_id="rollouts_spec",
+                summary="The immutable signed spec",
+                description=(
+                    "`spec` holds the stored bytes verbatim; `digest` is their sha256, "
+                    "`signature.value` the Ed25519 signature over the digest string (public key: "
+                    "`GET /v1/signing-key`). With `?raw=true` the answer is the stored bytes "
+                    "alone, digest and signature in `X-Autonomy-*` headers."
+                ),
+                tags=["rollouts"],
+                parameters=[
+                    PLAN_ID,
+                    OpenApiParameter(
+                        "raw", bool, default=False, description="Answer the stored bytes alone."
+                    ),
+                ],
+                responses={
+                    200: OpenApiResponse(
+                        {
+                            "anyOf": [
+                                {"$ref": "#/components/schemas/SignedSpec"},
+                                {"type": "object", "description": "`raw=true`: the spec."},
+                            ]
+                        },
+                        description="The signed envelope (or, with `raw=true`, the spec).",
+                    ),
+                    **errors(e404="No such plan."),
+                },
+            ),
+        )
+
+
+class RolloutStatusViewSchema(OpenApiViewExtension):
+    target_class = "rollouts.api.views.RolloutStatusView"
+
+    def view_replacement(self) -> type:
+        return _replace(
+            self.target_class,
+            get=extend_schema(
+                operation_id="rollouts_status",
+                summary="The mutable status and history",
+                tags=["rollouts"],
+                parameters=[PLAN_ID],
+                responses={200: PlanStatusSerializer, **errors(e404="No such plan.")},
+            ),
+        )
+
+
+class RolloutActionViewSchema(OpenApiViewExtension):
+    target_class = "rollouts.api.views.RolloutActionView"
+
+    def view_replacement(self) -> type:
+        action = self.target_callback.initkwargs.get("transition", "")
+        return _replace(
+            self.target_class,
+            post=extend_schema(
+                operation_id=f"rollouts_{action}",
+                summary=_ACTION_TEXT.get(action, action),
+                description=(
+                    "Recorded in the plan's history with the operator and the reason. "
+                    "An action the plan's phase does not allow is a 409 naming the phase."
+                ),
+                tags=["rollout actions"],
+                parameters=[PLAN_ID, OPERATOR_HEADER],
+                request=ActionBodySerializer,
+                responses={
+                    200: PlanStatusSerializer,
+                    **errors(
+                        400,
+                        e404="No such plan.",
+                        e409="Not allowed in the plan's current phase (`phase`).",
+                    ),
+                },
+            ),
+        )
+
+
+class RolloutRecoverViewSchema(OpenApiViewExtension):
+    target_class = "rollouts.api.views.RolloutRecoverView"
+
+    def view_replacement(self) -> type:
+        return _replace(
+            self.target_class,
+            post=extend_schema(
+                operation_id="rollouts_recover",
+                summary="Recover a rollout: retry, rollback or skip_failed",
+                description=(
+                    "`retry`: back to `active`; `rollback`: `rolled_back` (terminal); "
+                    "`skip_failed`: the current stage is skipped and the next opens."
+                ),
+                tags=["rollout actions"],
+                parameters=[PLAN_ID, OPERATOR_HEADER],
+                request=RecoverBodySerializer,
+                responses={
+                    200: PlanStatusSerializer,
+                    **errors(
+                        400,
+                        e404="No such plan.",
+                        e409="Not allowed in the plan's current phase (`phase`).",
+                    ),
+                },
+                examples=[
+                    OpenApiExample("retry", value={"strategy": "retry"}, request_only=True),
+                ],
+            ),
+        )
+
+
+class StageGatesViewSchema(OpenApiViewExtension):
+    target_class = "rollouts.api.views.StageGatesView"
+
+    def view_replacement(self) -> type:
+        return _replace(
+            self.target_class,
+            get=extend_schema(
+                operation_id="rollouts_stage_gates",
+                summary="Gate evaluation of one stage",
+                tags=["rollouts"],
+                parameters=[PLAN_ID, STAGE_ID],
+                responses={200: StageGatesSerializer, **errors(e404="No such plan or stage.")},
+            ),
+        )
+
+
+class StageGatesApproveViewSchema(OpenApiViewExtension):
+    target_class = "rollouts.api.views.StageGatesApproveView"
+
+    def view_replacement(self) -> type:
+        return _replace(
+            self.target_class,
+            post=extend_schema(
+                operation_id="rollouts_stage_gates_approve",
+                summary="Approve a stage's manual gate",
+                description="Marks the manual gate passed, re-evaluates the stage, and promotes "
+                "it when every gate passes.",
+                tags=["rollout actions"],
+                parameters=[PLAN_ID, STAGE_ID, OPERATOR_HEADER],
+                request=ActionBodySerializer,
+                responses={
+                    200: ApprovalSerializer,
+                    **errors(
+                        400,
+                        e404="No such plan or stage.",
+                        e409="The plan or stage is not open, or the stage has no manual gate.",
+                    ),
+                },
+            ),
+        )
+
+
+class StuckViewSchema(OpenApiViewExtension):
+    target_class = "rollouts.api.views.StuckView"
+
+    def view_replacement(self) -> type:
+        return _replace(
+            self.target_class,
+            get=extend_schema(
+                operation_id="rollouts_stuck",
+                summary="Running plans without progress",
+                description="Plans in `published`/`active` whose last transition is older than "
+                "`threshold_seconds`. Paused and terminal plans never appear.",
+                tags=["rollouts"],
+                parameters=[
+                    _int_parameter(
+                        "threshold_seconds",
+                        "Seconds without a transition.",
+                        minimum=0,
+                        default=3600,
+                    )
+                ],
+                responses={200: StuckSerializer, **errors(400)},
+            ),
+        )
+
+
+class SigningKeyViewSchema(OpenApiViewExtension):
+    target_class = "rollouts.api.views.SigningKeyView"
+
+    def view_replacement(self) -> type:
+        return _replace(
+            self.target_class,
+            get=extend_schema(
+                operation_id="signing_key",
+                summary="The public key that signs plan specs (PEM)",
+                description="The same PEM as `autonomy-orchestrator signing-key`, for nodes to "
+                "pin. `X-Autonomy-Key-Id` carries the key id.",
+                tags=["rollouts"],
+                responses={
+                    (200, "application/x-pem-file"): OpenApiResponse(
+                        {"type": "string"}, description="PEM public key."
+                    ),
+                    **errors(e503="The signing key cannot be read."),
+                },
+            ),
+        )
+
+
+# --------------------------------------------------------------------------------------------
 # Postprocessing: what every operation shares
 
 # Operations that never touch the database (no 503/507).
-_NO_DATABASE = {("/v1/health", "get")}
+_NO_DATABASE = {
+    ("/v1/health", "get"),
+    ("/v1/crl", "get"),
+    ("/metrics", "get"),
+    ("/v1/signing-key", "get"),
+}
 _WRITE_METHODS = {"post", "put", "patch", "delete"}
 # Documentation serializers whose objects carry extra keys beyond the declared ones.
 _OPEN_OBJECTS = {"Event", "EventRequest", "Error"}
@@ -563,15 +1148,75 @@ def _error_response(status: int) -> dict[str, Any]:
     }
 
 
+# Routes answered outside DRF (a plain Django view, an ASGI wrapper): drf-spectacular cannot
+# discover them, so they are described here. Both answer non-JSON bodies on success.
+PLAIN_ROUTES: dict[str, dict[str, Any]] = {
+    "/v1/crl": {
+        "get": {
+            "operationId": "crl",
+            "summary": "The current certificate revocation list",
+            "description": (
+                "The CRL this server enforces (`serve --tls-crl-file`), as the file holds it "
+                "(PEM). Other control planes pull it with `--tls-crl-sync-url`. 404 when no "
+                "CRL is configured."
+            ),
+            "tags": ["tls"],
+            "responses": {
+                "200": {
+                    "description": "The CRL.",
+                    "content": {"application/pkix-crl": {"schema": {"type": "string"}}},
+                },
+                "404": {"$error": "No CRL is configured on this server."},
+            },
+        }
+    },
+    "/metrics": {
+        "get": {
+            "operationId": "metrics",
+            "summary": "Prometheus metrics",
+            "description": (
+                "Prometheus text exposition (`cp_*` families plus django-prometheus'). Served "
+                "only when `serve --metrics-addr` is set (on that listener and on this one); "
+                "otherwise 404."
+            ),
+            "tags": ["operations"],
+            "responses": {
+                "200": {
+                    "description": "The metrics.",
+                    "content": {"text/plain": {"schema": {"type": "string"}}},
+                },
+                "404": {"$error": "Metrics are disabled (no `--metrics-addr`)."},
+            },
+        }
+    },
+}
+
+
+def _plain_routes() -> dict[str, dict[str, Any]]:
+    routes: dict[str, dict[str, Any]] = {}
+    for path, item in PLAIN_ROUTES.items():
+        routes[path] = {}
+        for method, operation in item.items():
+            responses = {}
+            for status, response in operation["responses"].items():
+                if "$error" in response:
+                    response = {**_error_response(int(status)), "description": response["$error"]}
+                responses[status] = response
+            routes[path][method] = {**operation, "responses": responses}
+    return routes
+
+
 def postprocess_schema(
     result: dict[str, Any], generator: Any, request: Any, public: bool
 ) -> dict[str, Any]:
     """Add the shared error answers to every operation and tidy the document.
 
-    - 400 wherever a body or query parameter can be invalid; 413 and 507 on every write;
-      503 (with `Retry-After`) on every operation that touches the database.
+    - 400 wherever a body or query parameter can be invalid; 415 wherever there is a body;
+      413 and 507 on every write; 503 (with `Retry-After`) on every operation that touches
+      the database.
     - The `{}` security requirement (no authentication) is dropped: the API has none.
     """
+    result.setdefault("paths", {}).update(_plain_routes())
     schemas = result.setdefault("components", {}).setdefault("schemas", {})
     for name in _OPEN_OBJECTS:
         if name in schemas:
@@ -585,6 +1230,8 @@ def postprocess_schema(
             has_query = any(p.get("in") == "query" for p in operation.get("parameters", []))
             if (has_query or "requestBody" in operation) and "400" not in responses:
                 responses["400"] = _error_response(400)
+            if "requestBody" in operation:
+                responses.setdefault("415", _error_response(415))
             if method in _WRITE_METHODS:
                 responses.setdefault("413", _error_response(413))
                 responses.setdefault("507", _error_response(507))

@@ -152,6 +152,8 @@ SPECTACULAR_SETTINGS = {
     "ENUM_NAME_OVERRIDES": {
         "AckStatusEnum": "orchestrator_site.openapi.ACK_STATUSES",
         "HealthStatusEnum": ["ok"],
+        "PlanPhaseEnum": "orchestrator_site.openapi.PLAN_PHASES",
+        "StagePhaseEnum": "orchestrator_site.openapi.STAGE_PHASES",
     },
 }
 

@@ -194,7 +194,10 @@ class CrlStore:
                 )
                 return self._snapshot
             try:
-                snapshot = self._verify(self.path.read_bytes())
+                data = self.path.read_bytes()
+                if data == self._snapshot.raw:
+                    return self._snapshot  # touched or rewritten with the same CRL
+                snapshot = self._verify(data)
             except (TlsError, OSError) as exc:
                 logger.error(
                     "cannot reload CRL file %s: %s; still enforcing the last good CRL",

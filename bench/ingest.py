@@ -21,6 +21,7 @@ import argparse
 import os
 import shutil
 import sqlite3
+import statistics
 import sys
 import tempfile
 import time
@@ -234,148 +235,149 @@ def server_cpu(server, fn):  # type: ignore[no-untyped-def]
     return result, server.cpu_seconds() - before
 
 
+def _load(srv, factory, connections: int, args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    return server_cpu(
+        srv,
+        lambda: run_load(
+            srv.port,
+            factory,
+            connections=connections,
+            processes=args.client_processes,
+            seconds=args.seconds,
+            warmup=args.warmup,
+        ),
+    )
+
+
+def _detail(res, cpu: float, total: float) -> str:  # type: ignore[no-untyped-def]
+    return (
+        f"p50 {res.pct(50):.1f} ms, p99 {res.pct(99):.1f} ms, server CPU {cpu / total * 100:.0f}%,"
+        f" client CPU {res.client_cpu / total * 100:.0f}%, {res.errors} errors"
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seconds", type=float, default=10.0, help="measured seconds per run")
+    parser.add_argument("--seconds", type=float, default=8.0, help="measured seconds per run")
     parser.add_argument("--warmup", type=float, default=2.0)
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds; median ratio")
     parser.add_argument("--clients", type=int, default=8, help="concurrent ingest connections")
     parser.add_argument("--get-connections", type=int, default=32)
     parser.add_argument("--client-processes", type=int, default=2)
     parser.add_argument("--store-events", type=int, default=1_000_000)
+    parser.add_argument("--only", choices=["ingest", "health", "list"], action="append")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     args = parser.parse_args()
+    only = set(args.only or ["ingest", "health", "list"])
+    total = args.seconds + args.warmup
 
     work = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
     print(f"machine: {machine_summary()}; sqlite {sqlite3.sqlite_version}")
     print(f"work dir: {work}")
-    lines: list[str] = []
+    print(f"load average before the run: {os.getloadavg()[0]:.2f} (other processes share the CPUs)")
+    summary: list[str] = []
+
+    def say(line: str) -> None:
+        print(line, flush=True)
+
+    def conclude(name: str, ratios: list[float], goal: float) -> None:
+        rounds = ", ".join(f"{r * 100:.0f}%" for r in ratios)
+        line = f"{name:7} median ratio {verdict(statistics.median(ratios), goal)}; rounds: {rounds}"
+        say(line)
+        summary.append(line)
+
     try:
         # A migrated, empty store to copy: the server creates the schema.
         template_dir = work / "template"
-        srv = start_orchestrator(template_dir)
-        srv.stop()
+        start_orchestrator(template_dir).stop()
         template_db = template_dir / DB_NAME
+        made = [0]
 
-        def fresh(name: str) -> Path:
-            d = work / name
+        def fresh() -> Path:
+            made[0] += 1
+            d = work / f"store-{made[0]}"
             d.mkdir(mode=0o700)
             shutil.copy(template_db, d / DB_NAME)
             return d
 
-        # 1. ingest
-        ingest_dir = fresh("ingest")
-        srv = start_orchestrator(ingest_dir, log=work / "ingest.log")
-        try:
-            res, cpu = server_cpu(
-                srv,
-                lambda: run_load(
-                    srv.port,
-                    ingest_request,
-                    connections=args.clients,
-                    processes=args.client_processes,
-                    seconds=args.seconds,
-                    warmup=args.warmup,
-                ),
-            )
-        finally:
-            srv.stop()
-        http_evs = res.rate * BATCH
-        stored = (
-            sqlite3.connect(ingest_dir / DB_NAME)
-            .execute(f'SELECT count(*) FROM "{TABLE}"')
-            .fetchone()[0]
-        )
-        ceiling_dir = fresh("ceiling")
-        ceil_evs = ceiling_ingest(ceiling_dir / DB_NAME, args.warmup, args.seconds)
-        lines.append(
-            f"ingest  HTTP {http_evs:,.0f} events/s ({res.rate:,.1f} req/s, {res.errors} errors, "
-            f"p50 {res.pct(50):.1f} ms, p99 {res.pct(99):.1f} ms, server CPU "
-            f"{cpu / (args.seconds + args.warmup) * 100:.0f}%, client CPU "
-            f"{res.client_cpu / (args.seconds + args.warmup) * 100:.0f}%, {stored:,} rows stored)"
-        )
-        lines.append(f"ingest  ceiling sqlite3 executemany {ceil_evs:,.0f} events/s")
-        lines.append(f"ingest  ratio {verdict(http_evs / ceil_evs, 0.60)}")
-        print(*lines[-3:], sep="\n", flush=True)
+        if "ingest" in only:
+            ratios = []
+            for n in range(args.rounds):
+                data = fresh()
+                srv = start_orchestrator(data)
+                try:
+                    res, cpu = _load(srv, ingest_request, args.clients, args)
+                finally:
+                    srv.stop()
+                stored = (
+                    sqlite3.connect(data / DB_NAME)
+                    .execute(f'SELECT count(*) FROM "{TABLE}"')
+                    .fetchone()[0]
+                )
+                shutil.rmtree(data)
+                data = fresh()
+                ceiling = ceiling_ingest(data / DB_NAME, args.warmup, args.seconds)
+                shutil.rmtree(data)
+                ratios.append(res.rate * BATCH / ceiling)
+                say(
+                    f"ingest  round {n + 1}: HTTP {res.rate * BATCH:,.0f} events/s "
+                    f"({res.rate:,.1f} req/s; {_detail(res, cpu, total)}; {stored:,} rows stored)"
+                    f" | ceiling sqlite3 executemany {ceiling:,.0f} events/s"
+                )
+            conclude("ingest", ratios, 0.60)
 
-        # 2. health vs bare hello on daphne
-        hello = start_hello_daphne(work)
-        try:
-            hres, hcpu = server_cpu(
-                hello,
-                lambda: run_load(
-                    hello.port,
-                    lambda w, s: get_request("/"),
-                    connections=args.get_connections,
-                    processes=args.client_processes,
-                    seconds=args.seconds,
-                    warmup=args.warmup,
-                ),
-            )
-        finally:
-            hello.stop()
-        srv = start_orchestrator(fresh("health"))
-        try:
-            sres, scpu = server_cpu(
-                srv,
-                lambda: run_load(
-                    srv.port,
-                    lambda w, s: get_request("/v1/health"),
-                    connections=args.get_connections,
-                    processes=args.client_processes,
-                    seconds=args.seconds,
-                    warmup=args.warmup,
-                ),
-            )
-        finally:
-            srv.stop()
-        total = args.seconds + args.warmup
-        lines.append(
-            f"health  GET /v1/health {sres.rate:,.0f} req/s (p50 {sres.pct(50):.1f} ms, p99 "
-            f"{sres.pct(99):.1f} ms, server CPU {scpu / total * 100:.0f}%, client CPU "
-            f"{sres.client_cpu / total * 100:.0f}%, {sres.errors} errors)"
-        )
-        lines.append(
-            f"health  bare ASGI hello on daphne {hres.rate:,.0f} req/s (p50 {hres.pct(50):.1f} ms,"
-            f" server CPU {hcpu / total * 100:.0f}%, client CPU "
-            f"{hres.client_cpu / total * 100:.0f}%)"
-        )
-        lines.append(f"health  ratio {verdict(sres.rate / hres.rate, 0.25)}")
-        print(*lines[-3:], sep="\n", flush=True)
+        if "health" in only:
+            ratios = []
+            for n in range(args.rounds):
+                hello = start_hello_daphne(work)
+                try:
+                    hres, hcpu = _load(
+                        hello, lambda w, s: get_request("/"), args.get_connections, args
+                    )
+                finally:
+                    hello.stop()
+                data = fresh()
+                srv = start_orchestrator(data)
+                try:
+                    sres, scpu = _load(
+                        srv, lambda w, s: get_request("/v1/health"), args.get_connections, args
+                    )
+                finally:
+                    srv.stop()
+                shutil.rmtree(data)
+                ratios.append(sres.rate / hres.rate)
+                say(
+                    f"health  round {n + 1}: GET /v1/health {sres.rate:,.0f} req/s "
+                    f"({_detail(sres, scpu, total)}) | bare ASGI hello on daphne "
+                    f"{hres.rate:,.0f} req/s ({_detail(hres, hcpu, total)})"
+                )
+            conclude("health", ratios, 0.25)
 
-        # 3. list over a big store
-        store_dir = fresh("store")
-        took = fill_store(store_dir / DB_NAME, args.store_events)
-        print(f"(filled {args.store_events:,} events in {took:.0f} s)", flush=True)
-        q_ceiling = ceiling_query(store_dir / DB_NAME, 1.0, args.seconds)
-        srv = start_orchestrator(store_dir)
-        try:
-            lres, lcpu = server_cpu(
-                srv,
-                lambda: run_load(
-                    srv.port,
-                    list_request,
-                    connections=args.get_connections,
-                    processes=args.client_processes,
-                    seconds=args.seconds,
-                    warmup=args.warmup,
-                ),
-            )
-        finally:
-            srv.stop()
-        lines.append(
-            f"list    GET /v1/events?node_id=..&limit=100 over {args.store_events:,} events: "
-            f"{lres.rate:,.0f} req/s (p50 {lres.pct(50):.1f} ms, p99 {lres.pct(99):.1f} ms, "
-            f"server CPU {lcpu / total * 100:.0f}%, client CPU "
-            f"{lres.client_cpu / total * 100:.0f}%, {lres.errors} errors)"
-        )
-        lines.append(f"list    same query, plain sqlite3 (one thread) {q_ceiling:,.0f} queries/s")
-        lines.append(f"list    ratio {verdict(lres.rate / q_ceiling, 0.30)}")
-        print(*lines[-3:], sep="\n", flush=True)
+        if "list" in only:
+            store = fresh()
+            took = fill_store(store / DB_NAME, args.store_events)
+            say(f"list    filled {args.store_events:,} events in {took:.0f} s")
+            ratios = []
+            for n in range(args.rounds):
+                q_ceiling = ceiling_query(store / DB_NAME, 1.0, args.seconds)
+                srv = start_orchestrator(store)
+                try:
+                    lres, lcpu = _load(srv, list_request, args.get_connections, args)
+                finally:
+                    srv.stop()
+                ratios.append(lres.rate / q_ceiling)
+                say(
+                    f"list    round {n + 1}: GET /v1/events?node_id=..&limit=100 "
+                    f"{lres.rate:,.0f} req/s ({_detail(lres, lcpu, total)}) | same query, plain "
+                    f"sqlite3, one thread {q_ceiling:,.0f} queries/s"
+                )
+            conclude("list", ratios, 0.30)
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
     print("\nsummary")
-    print(*lines, sep="\n")
+    print(*summary, sep="\n")
+    print(f"load average after the run: {os.getloadavg()[0]:.2f}")
     return 0
 
 

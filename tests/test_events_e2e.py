@@ -129,3 +129,33 @@ def test_body_limit_on_both_paths(tmp_path):
             assert response.headers["Content-Type"] == "application/json"
             assert response.json()["limit"] == 2000
         assert requests.get(srv.url("/v1/events"), timeout=TIMEOUT).json()["count"] == 0
+
+
+@pytest.mark.postgres
+def test_ingest_and_list_on_postgresql(tmp_path):
+    from tests.pg import require_postgres, temp_database
+
+    require_postgres()
+    with temp_database() as url:
+        args = ("--postgres-url", url)
+        with ServeProcess(tmp_path / "data", *args) as srv, requests.Session() as http:
+            events_url = srv.url("/v1/events")
+            body = {"events": [ev("p-1", big=2**70), ev("p-2"), ev("p-1"), ev("p-3", "node-b")]}
+            first = http.post(events_url, json=body, timeout=TIMEOUT)
+            assert first.status_code == 200, first.text
+            assert first.json() == {"received": 4, "inserted": 3, "deduped": 1}
+            again = http.post(events_url, json={"events": [ev("p-2"), ev("p-4")]}, timeout=TIMEOUT)
+            assert again.json() == {"received": 2, "inserted": 1, "deduped": 1}
+            page = http.get(
+                events_url, params={"node_id": "node-a", "limit": 2}, timeout=TIMEOUT
+            ).json()
+            assert [e["event_id"] for e in page["events"]] == ["p-4", "p-2"]
+            rest = http.get(
+                events_url,
+                params={"node_id": "node-a", "before": page["next_before"]},
+                timeout=TIMEOUT,
+            ).json()
+            assert rest["events"] == [ev("p-1", big=2**70)]
+        with ServeProcess(tmp_path / "data2", *args) as srv:
+            listed = requests.get(srv.url("/v1/events"), timeout=TIMEOUT).json()
+            assert listed["count"] == 4

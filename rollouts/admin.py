@@ -1,18 +1,198 @@
-"""Read-only Django admin for rollouts. Changes go through `rollouts.services` (the rollouts
-admin UI calls those; no admin save path writes plan state directly)."""
+"""Rollout plans in the Django admin: the operators' view of staged rollouts, and their controls.
+
+The plan list shows phase, release, current stage and progress; a plan's page shows its stages
+(the current stage's gates evaluated live), its history and its signed spec. Operators steer a
+plan from its page (one button per legal action, with an optional reason) or from the list
+(admin actions on the selected plans). Every change goes through `rollouts.services`, exactly
+like the API: the operator recorded in the history is the admin user's username, and a refusal
+(the API's 409) shows as an error message. Nothing is edited through a form: plans are published
+with `POST /v1/rollouts` and their state only moves through the transition table.
+
+Acting needs the `rollouts.change_rolloutplan` permission (superusers have it); staff with only
+`view_rolloutplan` can look but not act.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
-from django.contrib import admin
-from django.http import HttpRequest
+import orjson
+from django import forms
+from django.contrib import admin, messages
+from django.contrib.admin.helpers import ActionForm
+from django.contrib.admin.utils import quote, unquote
+from django.core.exceptions import PermissionDenied
+from django.db.models import Count, Max, Q, QuerySet
+from django.http import (
+    Http404,
+    HttpRequest,
+    HttpResponse,
+    HttpResponseNotAllowed,
+    HttpResponseRedirect,
+)
+from django.urls import URLPattern, path, reverse
+from django.utils.html import format_html
 
-from rollouts.models import RolloutPlan, RolloutTransition, StageStatus
+from orchestrator_site.errors import ApiError
+from rollouts import selectors, services
+from rollouts.cohort import LIVE_STAGE_PHASES, NO_NEW_NODES, snapshot_of
+from rollouts.models import TERMINAL_PHASES, RolloutPlan, StagePhase
+from rollouts.statemachine import target_phase
+
+CONTROL_PERMISSION = "rollouts.change_rolloutplan"
+REASON_MAX_LENGTH = 1000
+
+# Plan phase -> colour of its badge (list and page).
+PHASE_COLOURS = {
+    "published": "#2f6fb0",
+    "active": "#2e7d32",
+    "paused": "#b26a00",
+    "halted": "#c62828",
+    "completed": "#455a64",
+    "cancelled": "#757575",
+    "rolled_back": "#6a1b9a",
+}
+DONE_STAGE_PHASES = (StagePhase.PROMOTED, StagePhase.SKIPPED)
 
 
-class _ReadOnly:
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+@dataclass(frozen=True)
+class Control:
+    """One operator action: its name in URLs, its button label and the service call."""
+
+    name: str
+    label: str
+    call: Callable[..., Any]
+    confirm: str = ""  # asked in the browser before a final action
+    recover: bool = False  # shown apart, under "Recover"
+
+
+def _recover(strategy: str) -> Callable[..., RolloutPlan]:
+    return lambda **kw: services.rollout_recover(strategy=strategy, **kw)
+
+
+# The plan actions of API.md §4, in button order; the keys are the transition table's actions.
+PLAN_CONTROLS: dict[str, Control] = {
+    "pause": Control("pause", "Pause", services.rollout_pause),
+    "resume": Control("resume", "Resume", services.rollout_resume),
+    "promote": Control("promote", "Promote current stage", services.rollout_promote),
+    "halt": Control("halt", "Halt", services.rollout_halt),
+    "cancel": Control(
+        "cancel", "Cancel", services.rollout_cancel, "Cancel this rollout? This cannot be undone."
+    ),
+}
+RECOVER_CONTROLS: dict[str, Control] = {
+    "retry": Control("retry", "Recover: retry", _recover("retry"), recover=True),
+    "rollback": Control(
+        "rollback",
+        "Recover: roll back",
+        _recover("rollback"),
+        "Roll this rollout back? This cannot be undone.",
+        recover=True,
+    ),
+    "skip_failed": Control(
+        "skip_failed", "Recover: skip current stage", _recover("skip_failed"), recover=True
+    ),
+}
+CONTROLS = {**PLAN_CONTROLS, **RECOVER_CONTROLS}
+
+
+def phase_badge(phase: str) -> str:
+    return format_html(
+        '<span class="rollout-phase" data-phase="{}" style="color:#fff;background:{};'
+        'padding:1px 7px;border-radius:8px;font-weight:600;white-space:nowrap">{}</span>',
+        phase,
+        PHASE_COLOURS.get(phase, "#555"),
+        phase,
+    )
+
+
+def progress_text(*, done: int, total: int, percent: float) -> str:
+    return f"{done}/{total} stages, {percent:g}%"
+
+
+class RolloutActionForm(ActionForm):
+    """The list's action bar, with the optional reason recorded in each plan's history."""
+
+    reason = forms.CharField(
+        required=False,
+        max_length=REASON_MAX_LENGTH,
+        label="Reason (optional):",
+        widget=forms.TextInput(attrs={"size": 40}),
+    )
+
+
+def _bulk_action(control: Control) -> Callable[..., None]:
+    def run(modeladmin: RolloutPlanAdmin, request: HttpRequest, queryset: QuerySet) -> None:
+        modeladmin.run_bulk(request, queryset, control)
+
+    run.__name__ = f"{control.name}_selected"
+    return admin.action(
+        description=f"{control.label} the selected rollout plans", permissions=["control"]
+    )(run)
+
+
+@admin.register(RolloutPlan)
+class RolloutPlanAdmin(admin.ModelAdmin):
+    list_display = (
+        "plan_id",
+        "release_link",
+        "channel",
+        "phase_display",
+        "current_stage",
+        "progress",
+        "updated_at",
+    )
+    list_filter = ("phase", "channel")
+    search_fields = ("plan_id", "release__release_id")
+    list_select_related = ("release",)
+    ordering = ("-id",)
+    action_form = RolloutActionForm
+    actions = [_bulk_action(control) for control in PLAN_CONTROLS.values()]
+    fieldsets = (
+        (
+            None,
+            {
+                "fields": (
+                    "plan_id",
+                    "release_link",
+                    "channel",
+                    "phase_display",
+                    "current_stage_id",
+                    "progress",
+                    "description",
+                    "created_by",
+                    "created_at",
+                    "updated_at",
+                    "version",
+                )
+            },
+        ),
+        ("Signature", {"fields": ("digest", "key_id", "signature")}),
+        ("Spec (as published, immutable)", {"fields": ("spec_pretty",)}),
+    )
+    readonly_fields = (
+        "plan_id",
+        "release_link",
+        "channel",
+        "phase_display",
+        "current_stage_id",
+        "progress",
+        "description",
+        "created_by",
+        "created_at",
+        "updated_at",
+        "version",
+        "digest",
+        "key_id",
+        "signature",
+        "spec_pretty",
+    )
+
+    # --- permissions: nothing is added, edited through a form or deleted -----------------------
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
         return False
 
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
@@ -21,50 +201,231 @@ class _ReadOnly:
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
 
+    def has_control_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        """May this user pause, resume, promote, halt, cancel, recover and approve gates."""
+        user = request.user
+        return bool(user.is_active and user.is_staff and user.has_perm(CONTROL_PERMISSION))
 
-class StageStatusInline(_ReadOnly, admin.TabularInline):
-    model = StageStatus
-    extra = 0
-    fields = (
-        "position",
-        "stage_id",
-        "phase",
-        "percent",
-        "opened_at",
-        "promoted_at",
-        "manual_approved",
-        "manual_approved_by",
-        "halt_reason",
-    )
-    readonly_fields = fields
+    # --- the list ------------------------------------------------------------------------------
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet:
+        # Progress for every row in the list's one query: stage counts and the furthest live
+        # stage's percent (the share of nodes in the rollout now).
+        return (
+            super()
+            .get_queryset(request)
+            .defer("spec")
+            .annotate(
+                stages_total=Count("stages"),
+                stages_done=Count("stages", filter=Q(stages__phase__in=DONE_STAGE_PHASES)),
+                live_percent=Max("stages__percent", filter=Q(stages__phase__in=LIVE_STAGE_PHASES)),
+            )
+        )
+
+    @admin.display(description="release", ordering="release__release_id")
+    def release_link(self, plan: RolloutPlan) -> str:
+        url = reverse("admin:releases_release_change", args=[quote(plan.release_id)])
+        return format_html('<a href="{}">{}</a>', url, plan.release.release_id)
+
+    @admin.display(description="phase", ordering="phase")
+    def phase_display(self, plan: RolloutPlan) -> str:
+        return phase_badge(plan.phase)
+
+    @admin.display(description="current stage", ordering="current_stage_id")
+    def current_stage(self, plan: RolloutPlan) -> str:
+        return plan.current_stage_id
+
+    @admin.display(description="progress")
+    def progress(self, plan: RolloutPlan) -> str:
+        percent = 0.0 if plan.phase in NO_NEW_NODES else (plan.live_percent or 0.0)
+        return progress_text(done=plan.stages_done, total=plan.stages_total, percent=percent)
+
+    @admin.display(description="spec")
+    def spec_pretty(self, plan: RolloutPlan) -> str:
+        raw = bytes(plan.spec)
+        try:
+            text = orjson.dumps(orjson.loads(raw), option=orjson.OPT_INDENT_2).decode()
+        except orjson.JSONDecodeError:  # stored as received; publishing validated it
+            text = raw.decode(errors="replace")
+        return format_html(
+            '<pre style="max-height:30em;overflow:auto;margin:0">{}</pre>'
+            "<p>{} bytes, exactly as published; the digest and signature cover these bytes.</p>",
+            text,
+            len(raw),
+        )
+
+    def run_bulk(self, request: HttpRequest, queryset: QuerySet, control: Control) -> None:
+        """An action on the selected plans: each one through the service, refusals listed."""
+        reason = _reason(request)
+        operator = request.user.get_username()
+        done: list[str] = []
+        for plan_id in queryset.order_by("id").values_list("plan_id", flat=True):
+            try:
+                control.call(plan_id=plan_id, operator=operator, reason=reason)
+            except ApiError as exc:
+                self.message_user(request, f"{plan_id}: {exc.message}.", messages.ERROR)
+            else:
+                done.append(plan_id)
+        if done:
+            self.message_user(
+                request,
+                f"{control.label}: done for {len(done)} rollout plan"
+                f"{'' if len(done) == 1 else 's'} ({', '.join(done)}).",
+                messages.SUCCESS,
+            )
+
+    # --- the plan page -------------------------------------------------------------------------
+
+    def get_urls(self) -> list[URLPattern]:
+        info = self.opts.app_label, self.opts.model_name
+        custom = [
+            path(
+                "<path:object_id>/control/<str:action>/",
+                self.admin_site.admin_view(self.control_view),
+                name="{}_{}_control".format(*info),
+            ),
+            path(
+                "<path:object_id>/approve/",
+                self.admin_site.admin_view(self.approve_view),
+                name="{}_{}_approve".format(*info),
+            ),
+        ]
+        return custom + super().get_urls()
+
+    def change_view(
+        self,
+        request: HttpRequest,
+        object_id: str,
+        form_url: str = "",
+        extra_context: dict[str, Any] | None = None,
+    ) -> HttpResponse:
+        plan = self.get_object(request, unquote(object_id))
+        context = dict(extra_context or {})
+        if plan is not None:
+            context["rollout"] = self._page_context(request, plan)
+        return super().change_view(request, object_id, form_url, context)
+
+    def _page_context(self, request: HttpRequest, plan: RolloutPlan) -> dict[str, Any]:
+        snap = snapshot_of(plan)
+        terminal = plan.phase in TERMINAL_PHASES
+        current = snap.current
+        report = None if terminal else selectors.stage_gates(plan=plan, stage_id=current.stage_id)
+        evaluated = dict(enumerate(report.gates)) if report is not None else {}
+        stages = []
+        for stage in snap.stages:
+            is_current = stage.stage_id == current.stage_id
+            gates = []
+            for index, gate in enumerate(stage.gates):
+                result = evaluated.get(index) if is_current else None
+                gates.append(
+                    {
+                        "kind": gate.kind,
+                        "params": ", ".join(f"{k}={v}" for k, v in gate.params.items()),
+                        "passed": None if result is None else result.passed,
+                        "detail": result.detail if result is not None else "",
+                    }
+                )
+            stages.append(
+                {
+                    "stage": stage,
+                    "current": is_current,
+                    "gates": gates,
+                    "nodes": sorted(stage.nodes),
+                    "has_manual": any(gate.kind == "manual" for gate in stage.gates),
+                }
+            )
+        can_control = self.has_control_permission(request, plan)
+        controls = [
+            control
+            for control in CONTROLS.values()
+            if can_control and target_phase(control.name, plan.phase) is not None
+        ]
+        approvable = (
+            can_control
+            and not terminal
+            and any(gate.kind == "manual" for gate in current.gates)
+            and not current.manual_approved
+            and current.phase in (StagePhase.OPEN, StagePhase.PENDING)
+        )
+        done = sum(1 for stage in snap.stages if stage.phase in DONE_STAGE_PHASES)
+        return {
+            "plan": plan,
+            "phase_badge": phase_badge(plan.phase),
+            "progress": progress_text(
+                done=done, total=len(snap.stages), percent=snap.rollout_percent()
+            ),
+            "current": current,
+            "report": report,
+            "stages": stages,
+            "history": list(plan.history.order_by("id")),
+            "can_control": can_control,
+            "controls": [control for control in controls if not control.recover],
+            "recover_controls": [control for control in controls if control.recover],
+            "approvable": approvable,
+            "reason_max_length": REASON_MAX_LENGTH,
+        }
+
+    def _plan_or_404(self, request: HttpRequest, object_id: str) -> RolloutPlan:
+        plan = self.get_object(request, unquote(object_id))
+        if plan is None:
+            raise Http404(f"no rollout plan with id {object_id!r}")
+        return plan
+
+    def _checked_post(self, request: HttpRequest, object_id: str) -> RolloutPlan:
+        if not self.has_control_permission(request):
+            raise PermissionDenied
+        return self._plan_or_404(request, object_id)
+
+    def _back(self, plan: RolloutPlan) -> HttpResponseRedirect:
+        return HttpResponseRedirect(
+            reverse("admin:rollouts_rolloutplan_change", args=[quote(plan.pk)])
+        )
+
+    def control_view(self, request: HttpRequest, object_id: str, action: str) -> HttpResponse:
+        """POST a plan action (pause, resume, promote, halt, cancel, retry, rollback,
+        skip_failed) with an optional `reason`; back to the plan page with a message."""
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        control = CONTROLS.get(action)
+        if control is None:
+            raise Http404(f"no rollout action {action!r}")
+        plan = self._checked_post(request, object_id)
+        reason = _reason(request)
+        before = plan.phase
+        try:
+            after = control.call(
+                plan_id=plan.plan_id, operator=request.user.get_username(), reason=reason
+            )
+        except ApiError as exc:
+            self.message_user(request, f"{control.label} refused: {exc.message}.", messages.ERROR)
+            return self._back(plan)
+        self.message_user(
+            request,
+            f"{control.label}: {plan.plan_id} went from {before} to {after.phase} "
+            f"(current stage {after.current_stage_id}).",
+            messages.SUCCESS,
+        )
+        return self._back(plan)
+
+    def approve_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """POST `stage_id` (and an optional `reason`): approve that stage's manual gate."""
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        plan = self._checked_post(request, object_id)
+        stage_id = (request.POST.get("stage_id") or "").strip() or plan.current_stage_id
+        try:
+            approval = services.rollout_gate_approve(
+                plan_id=plan.plan_id,
+                stage_id=stage_id,
+                operator=request.user.get_username(),
+                reason=_reason(request),
+            )
+        except ApiError as exc:
+            self.message_user(request, f"Approval refused: {exc.message}.", messages.ERROR)
+            return self._back(plan)
+        self.message_user(request, f"Stage {stage_id}: {approval.message}.", messages.SUCCESS)
+        return self._back(plan)
 
 
-class RolloutTransitionInline(_ReadOnly, admin.TabularInline):
-    model = RolloutTransition
-    extra = 0
-    fields = ("at", "action", "from_phase", "to_phase", "stage_id", "operator", "reason")
-    readonly_fields = fields
-
-
-@admin.register(RolloutPlan)
-class RolloutPlanAdmin(_ReadOnly, admin.ModelAdmin):
-    list_display = ("plan_id", "release", "channel", "phase", "current_stage_id", "updated_at")
-    list_filter = ("phase", "channel")
-    search_fields = ("plan_id", "release__release_id")
-    exclude = ("spec",)
-    readonly_fields = (
-        "plan_id",
-        "release",
-        "channel",
-        "description",
-        "created_by",
-        "digest",
-        "signature",
-        "key_id",
-        "phase",
-        "current_stage_id",
-        "version",
-        "created_at",
-        "updated_at",
-    )
-    inlines = (StageStatusInline, RolloutTransitionInline)
+def _reason(request: HttpRequest) -> str | None:
+    return (request.POST.get("reason") or "").strip()[:REASON_MAX_LENGTH] or None

@@ -10,8 +10,9 @@ The admin UI and the API call these functions (keyword-only):
 
     rollout_publish(raw_spec=…, operator=…)            rollout_publish_dry_run(raw_spec=…)
     rollout_pause / rollout_resume / rollout_promote / rollout_halt / rollout_cancel
-        (plan_id=…, operator=…, reason=…)
-    rollout_recover(plan_id=…, strategy="retry"|"rollback"|"skip_failed", operator=…, reason=…)
+        (plan_id=…, operator=…, reason=…, stage_id=None)
+    rollout_recover(plan_id=…, strategy="retry"|"rollback"|"skip_failed", operator=…, reason=…,
+                    stage_id=None)
     rollout_gate_approve(plan_id=…, stage_id=…, operator=…, reason=…)
 """
 
@@ -296,13 +297,17 @@ def rollout_transition(
     action: str,
     operator: str | None = None,
     reason: str | None = None,
+    stage_id: str | None = None,
     expected_version: int | None = None,
 ) -> RolloutPlan:
     """Apply `action` (a key of the transition table) to the plan; 404/409 as the contract says.
 
     Stage-relative actions (`promote`, `skip_failed`) and calls with `expected_version` are
-    never retried after losing a race: two racing promotes advance one stage, and the loser gets
-    409. Others re-read and re-check the table (two racing pauses: one 200, one 409).
+    never retried after losing a race: of two promotes that read the same plan, one advances
+    and the other gets 409. Others re-read and re-check the table (two racing pauses: one 200,
+    one 409). `stage_id`, when given, is the stage the caller means to act on: the action is
+    refused (409) once the plan has moved on, so promotes of one stage advance it once even when
+    they do not overlap in time (the admin UI and scripts should send it).
     """
     if action not in TRANSITIONS:
         raise ValueError(f"unknown rollout action {action!r}")
@@ -317,6 +322,14 @@ def rollout_transition(
             raise ApiError(
                 409, f"cannot {verb(action)} a rollout that is {plan.phase}", phase=plan.phase
             )
+        if stage_id is not None and stage_id != plan.current_stage_id:
+            raise ApiError(
+                409,
+                f"cannot {verb(action)} stage {stage_id}: the rollout is at stage "
+                f"{plan.current_stage_id} ({plan.phase})",
+                phase=plan.phase,
+                current_stage_id=plan.current_stage_id,
+            )
         if _apply(plan, action, target, operator, reason):
             if action in ("resume", "retry"):
                 _poke()
@@ -327,37 +340,72 @@ def rollout_transition(
 
 
 def rollout_pause(
-    *, plan_id: str, operator: str | None = None, reason: str | None = None
+    *,
+    plan_id: str,
+    operator: str | None = None,
+    reason: str | None = None,
+    stage_id: str | None = None,
 ) -> RolloutPlan:
-    return rollout_transition(plan_id=plan_id, action="pause", operator=operator, reason=reason)
+    return rollout_transition(
+        plan_id=plan_id, action="pause", operator=operator, reason=reason, stage_id=stage_id
+    )
 
 
 def rollout_resume(
-    *, plan_id: str, operator: str | None = None, reason: str | None = None
+    *,
+    plan_id: str,
+    operator: str | None = None,
+    reason: str | None = None,
+    stage_id: str | None = None,
 ) -> RolloutPlan:
-    return rollout_transition(plan_id=plan_id, action="resume", operator=operator, reason=reason)
+    return rollout_transition(
+        plan_id=plan_id, action="resume", operator=operator, reason=reason, stage_id=stage_id
+    )
 
 
 def rollout_promote(
-    *, plan_id: str, operator: str | None = None, reason: str | None = None
+    *,
+    plan_id: str,
+    operator: str | None = None,
+    reason: str | None = None,
+    stage_id: str | None = None,
 ) -> RolloutPlan:
-    return rollout_transition(plan_id=plan_id, action="promote", operator=operator, reason=reason)
+    return rollout_transition(
+        plan_id=plan_id, action="promote", operator=operator, reason=reason, stage_id=stage_id
+    )
 
 
 def rollout_halt(
-    *, plan_id: str, operator: str | None = None, reason: str | None = None
+    *,
+    plan_id: str,
+    operator: str | None = None,
+    reason: str | None = None,
+    stage_id: str | None = None,
 ) -> RolloutPlan:
-    return rollout_transition(plan_id=plan_id, action="halt", operator=operator, reason=reason)
+    return rollout_transition(
+        plan_id=plan_id, action="halt", operator=operator, reason=reason, stage_id=stage_id
+    )
 
 
 def rollout_cancel(
-    *, plan_id: str, operator: str | None = None, reason: str | None = None
+    *,
+    plan_id: str,
+    operator: str | None = None,
+    reason: str | None = None,
+    stage_id: str | None = None,
 ) -> RolloutPlan:
-    return rollout_transition(plan_id=plan_id, action="cancel", operator=operator, reason=reason)
+    return rollout_transition(
+        plan_id=plan_id, action="cancel", operator=operator, reason=reason, stage_id=stage_id
+    )
 
 
 def rollout_recover(
-    *, plan_id: str, strategy: str, operator: str | None = None, reason: str | None = None
+    *,
+    plan_id: str,
+    strategy: str,
+    operator: str | None = None,
+    reason: str | None = None,
+    stage_id: str | None = None,
 ) -> RolloutPlan:
     if strategy not in RECOVER_STRATEGIES:
         raise ApiError(
@@ -365,7 +413,9 @@ def rollout_recover(
             f"invalid field 'strategy': must be one of {', '.join(RECOVER_STRATEGIES)}",
             field="strategy",
         )
-    return rollout_transition(plan_id=plan_id, action=strategy, operator=operator, reason=reason)
+    return rollout_transition(
+        plan_id=plan_id, action=strategy, operator=operator, reason=reason, stage_id=stage_id
+    )
 
 
 # --- gates ------------------------------------------------------------------------------------

@@ -554,6 +554,20 @@ def test_a_stale_promote_does_not_advance_a_second_stage():
     assert plan.history.filter(action="promote").count() == 1
 
 
+def test_stage_id_in_the_body_refuses_a_plan_that_moved_on(api):
+    RolloutPlanFactory(plan_id="p1")
+    assert do(api, "p1", "promote", stage_id="canary").status_code == 200
+    again = do(api, "p1", "promote", stage_id="canary")
+    assert again.status_code == 409
+    assert again.json() == {
+        "error": "cannot promote stage canary: the rollout is at stage half (active)",
+        "phase": "active",
+        "current_stage_id": "half",
+    }
+    assert do(api, "p1", "skip_failed", stage_id="half").status_code == 200
+    assert api.get("/v1/rollouts/p1/status").json()["current_stage_id"] == "all"
+
+
 def test_phase_counts_for_metrics():
     from rollouts.selectors import rollout_phase_counts
 

@@ -256,7 +256,9 @@ def test_racing_promotes_advance_exactly_one_stage(client):
     def promote(_):
         session = requests.Session()
         barrier.wait(timeout=10)
-        return session.post(client.srv.url("/v1/rollouts/plan-race/promote"), timeout=10)
+        return session.post(
+            client.srv.url("/v1/rollouts/plan-race/promote"), json={"stage_id": "s1"}, timeout=10
+        )
 
     with ThreadPoolExecutor(racers) as pool:
         responses = list(pool.map(promote, range(racers)))
@@ -273,3 +275,30 @@ def test_racing_promotes_advance_exactly_one_stage(client):
         "pending",
     ]
     assert [h["action"] for h in status["history"]] == ["publish", "promote"]
+
+
+@pytest.fixture
+def pg_client(tmp_path):
+    from tests.pg import require_postgres, temp_database
+
+    require_postgres()
+    with (
+        temp_database("test_rollouts") as url,
+        ServeProcess(tmp_path / "data", "--postgres-url", url) as srv,
+    ):
+        yield Client(srv)
+
+
+@pytest.mark.postgres
+def test_racing_promotes_advance_exactly_one_stage_on_postgres(pg_client):
+    test_racing_promotes_advance_exactly_one_stage(pg_client)
+
+
+@pytest.mark.postgres
+def test_three_stage_rollout_completes_on_postgres(pg_client):
+    test_three_stage_rollout_completes_through_acks_and_approvals(pg_client)
+
+
+@pytest.mark.postgres
+def test_event_threshold_halts_the_rollout_on_postgres(pg_client):
+    test_event_threshold_halts_the_rollout(pg_client)

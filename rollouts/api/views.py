@@ -145,7 +145,8 @@ class RolloutStatusView(APIView):
 
 
 class RolloutActionView(APIView):
-    """POST …/{pause,resume,promote,halt,cancel}: body `{"reason"}`, operator from the
+    """POST …/{pause,resume,promote,halt,cancel}: body `{"reason", "stage_id"}` (both optional;
+    `stage_id` = the stage meant, 409 once the plan has moved on), operator from the
     X-Autonomy-Operator header (or `"operator"`); 200 with the status, 409 naming the phase."""
 
     transition = ""
@@ -154,7 +155,11 @@ class RolloutActionView(APIView):
         body = _action_body(request)
         operator, reason = _actor(request, body)
         plan = services.rollout_transition(
-            plan_id=plan_id, action=self.transition, operator=operator, reason=reason
+            plan_id=plan_id,
+            action=self.transition,
+            operator=operator,
+            reason=reason,
+            stage_id=_optional_text(body, "stage_id"),
         )
         return Response(selectors.plan_status(plan))
 
@@ -170,7 +175,11 @@ class RolloutRecoverView(APIView):
         if not isinstance(strategy, str):
             raise _bad("strategy", "must be one of retry, rollback, skip_failed")
         plan = services.rollout_recover(
-            plan_id=plan_id, strategy=strategy, operator=operator, reason=reason
+            plan_id=plan_id,
+            strategy=strategy,
+            operator=operator,
+            reason=reason,
+            stage_id=_optional_text(body, "stage_id"),
         )
         return Response(selectors.plan_status(plan))
 

@@ -122,6 +122,7 @@ def main() -> int:
         )
 
     rates: dict[str, list[float]] = {}
+    per_cpu: dict[str, list[float]] = {}
     try:
         hello = start_hello_daphne(work)
         data = work / "data"
@@ -162,8 +163,14 @@ def main() -> int:
                     res = load(server.port, factory)
                     if key == "latest_404":  # every answer is a 404 here: count them as served
                         res.ok, res.errors = res.requests, 0
-                    print("  " + line(name, res, server.cpu_seconds() - before), flush=True)
+                    cpu = server.cpu_seconds() - before
+                    print("  " + line(name, res, cpu), flush=True)
                     rates.setdefault(key, []).append(res.rate)
+                    # requests per second of server CPU: steadier than req/s when other work
+                    # on the machine takes CPU from the server
+                    per_cpu.setdefault(key, []).append(
+                        res.rate / (cpu / (args.seconds + args.warmup)) if cpu else 0.0
+                    )
         finally:
             srv.stop()
             hello.stop()
@@ -173,13 +180,23 @@ def main() -> int:
         print(f"{'SQL (plain sqlite3, same query)':<34} {sql:>8,.0f} queries/s")
 
         results = {key: statistics.median(values) for key, values in rates.items()}
-        print(f"\nmedians over {args.rounds} rounds (req/s):")
+        efficiency = {key: statistics.median(values) for key, values in per_cpu.items()}
+        print(f"\nmedians over {args.rounds} rounds:")
+        print(f"{'route':<12} {'req/s':>8} {'req per server CPU-second':>26}")
         for key, value in results.items():
-            print(f"{key:<12} {value:>8,.0f}")
+            print(f"{key:<12} {value:>8,.0f} {efficiency[key]:>26,.0f}")
+        print(f"\n{'ratio':<22} {'req/s':>7} {'per CPU-second':>15}")
         for key in ("health", "latest", "latest_node", "latest_404"):
-            print(f"{key:<12} / hello   {results[key] / results['hello'] * 100:5.1f}%")
+            print(
+                f"{key + ' / hello':<22} {results[key] / results['hello'] * 100:6.1f}% "
+                f"{efficiency[key] / efficiency['hello'] * 100:14.1f}%"
+            )
         for key in ("latest", "latest_node"):
-            print(f"{key:<12} / health  {verdict(results[key] / results['health'], 0.90)}")
+            print(f"{key} / health (req/s): {verdict(results[key] / results['health'], 0.90)}")
+            print(
+                f"{key} / health (per CPU-second): "
+                f"{verdict(efficiency[key] / efficiency['health'], 0.90)}"
+            )
     finally:
         if args.keep:
             print(f"kept {work}")

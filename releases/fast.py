@@ -11,7 +11,7 @@ import orjson
 
 from orchestrator_site.errors import ApiError, error_body
 from releases.params import parse_channel, parse_optional_node_id
-from releases.selectors import release_latest_answer
+from releases.selectors import latest_cache, no_release_body, release_latest_answer
 
 
 def latest_release_answer(query: dict[str, str]) -> tuple[int, bytes]:
@@ -23,3 +23,28 @@ def latest_release_answer(query: dict[str, str]) -> tuple[int, bytes]:
     except ApiError as exc:
         return exc.status_code, orjson.dumps(error_body(exc.message, **exc.extra))
     return release_latest_answer(channel=channel, node_id=node_id)
+
+
+def cached_latest_answer(query: dict[str, str]) -> tuple[int, bytes] | None:
+    """The same answer as `latest_release_answer` when it needs no database, else None.
+
+    Safe to call on the event loop (it never touches a database connection): invalid
+    `channel`/`node_id` -> the 400 answer; a plain poll (no `node_id`) whose channel is in the
+    SQLite in-process cache -> its 200/404 answer. Anything else (`node_id` given: the rollout
+    rules read the database; cache miss; PostgreSQL) -> None: call `latest_release_answer` on a
+    database thread. Lets the fast path skip the thread hop for most polls.
+    """
+    try:
+        channel = parse_channel(query)
+        node_id = parse_optional_node_id(query)
+    except ApiError as exc:
+        return exc.status_code, orjson.dumps(error_body(exc.message, **exc.extra))
+    if node_id is not None:
+        return None
+    entry = latest_cache.get(channel)
+    if entry is None:
+        return None
+    release, body = entry
+    if release is None:
+        return 404, no_release_body(channel)
+    return 200, body  # type: ignore[return-value]

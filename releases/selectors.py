@@ -208,6 +208,10 @@ def release_latest(*, channel: str) -> tuple[Release | None, bytes | None]:
     return entry
 
 
+def no_release_body(channel: str) -> bytes:
+    return orjson.dumps({"error": f"channel '{channel}' has no release", "channel": channel})
+
+
 def release_latest_answer(*, channel: str, node_id: str | None) -> tuple[int, bytes]:
     """`GET /v1/releases/latest`: (200, release JSON) or (404, error JSON).
 
@@ -216,9 +220,7 @@ def release_latest_answer(*, channel: str, node_id: str | None) -> tuple[int, by
     """
     latest, body = release_latest(channel=channel)
     if latest is None:
-        return 404, orjson.dumps(
-            {"error": f"channel '{channel}' has no release", "channel": channel}
-        )
+        return 404, no_release_body(channel)
     if node_id is None:
         return 200, body  # type: ignore[return-value]
     from rollouts.selectors import desired_release_for_node

@@ -7,7 +7,7 @@ import orjson
 import pytest
 
 from releases import services
-from releases.fast import latest_release_answer
+from releases.fast import cached_latest_answer, latest_release_answer
 from releases.selectors import latest_cache
 from tests.factories import ReleaseFactory
 
@@ -59,3 +59,22 @@ def test_a_read_that_raced_with_a_publish_is_not_cached():
     latest_cache.put("stable", generation, (None, b"stale"))
     assert latest_cache.get("stable") is None
     assert release_id(latest_release_answer({})) == "old"
+
+
+def test_cached_answer_for_the_event_loop_never_queries(django_assert_num_queries):
+    services.release_publish(release_id="r1")
+    with django_assert_num_queries(0):
+        assert cached_latest_answer({}) is None  # not cached yet: use a database thread
+        assert cached_latest_answer({"channel": ""})[0] == 400
+    assert latest_release_answer({})[0] == 200  # fills the cache
+    assert latest_release_answer({"channel": "none"})[0] == 404
+    with django_assert_num_queries(0):
+        assert cached_latest_answer({}) == latest_release_answer({})
+        assert cached_latest_answer({"channel": "none"}) == latest_release_answer(
+            {"channel": "none"}
+        )
+        assert cached_latest_answer({"node_id": "n1"}) is None  # rollout rules read the DB
+    services.release_publish(release_id="r2")
+    assert cached_latest_answer({}) is None
+    assert release_id(latest_release_answer({})) == "r2"
+    assert release_id(cached_latest_answer({})) == "r2"

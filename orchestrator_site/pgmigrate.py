@@ -185,6 +185,29 @@ def open_source(sqlite_file: Path) -> None:
         raise MigrateError(f"cannot read the SQLite store {sqlite_file}: {exc}") from exc
     if "django_migrations" not in names:
         raise MigrateError(f"{sqlite_file} is not an autonomy-orchestrator store (no schema)")
+    check_source_schema(sqlite_file)
+
+
+def check_source_schema(sqlite_file: Path) -> None:
+    """The source must have exactly this version's schema: the copy maps columns one to one."""
+    from django.db.migrations.executor import MigrationExecutor
+
+    executor = MigrationExecutor(connections[SOURCE])
+    applied = set(executor.loader.applied_migrations)
+    known = set(executor.loader.graph.nodes)
+    if applied - known:
+        newer = ", ".join(f"{app}.{name}" for app, name in sorted(applied - known)[:3])
+        raise MigrateError(
+            f"the SQLite store {sqlite_file} was written by a newer autonomy-orchestrator "
+            f"(unknown migrations: {newer}); run `migrate` from that version"
+        )
+    missing = executor.migration_plan(executor.loader.graph.leaf_nodes())
+    if missing:
+        raise MigrateError(
+            f"the SQLite store {sqlite_file} has an older schema ({len(missing)} migrations not "
+            "applied); start `serve` on it once with this version (it applies them), stop it, "
+            "then run `migrate` again"
+        )
 
 
 def open_target(postgres_url: str) -> None:
@@ -461,6 +484,67 @@ def preflight(specs: list[TableSpec], batch_size: int) -> None:
 ProgressFn = Callable[[TableResult, int], None]
 
 
+# --- secondary indexes of big tables are built after their rows are in -----------------------
+
+# Building an index once over all rows is several times cheaper than updating it row by row.
+# A table this big that is empty when the run starts gets its secondary indexes (those not
+# backing a primary key or unique constraint) dropped and rebuilt after its rows. The definitions
+# are recorded in DEFERRED_INDEXES first, in the same transaction, so a run interrupted in between
+# rebuilds them when it starts again (restore_deferred_indexes, before anything else).
+DEFER_INDEXES_FROM_ROWS = 50_000
+DEFERRED_INDEXES = "autonomy_migrate_deferred_index"
+
+
+def _secondary_indexes(cur: Any, table: str) -> list[tuple[str, str]]:
+    cur.execute(
+        "SELECT i.indexname, i.indexdef FROM pg_indexes i "
+        "WHERE i.schemaname = current_schema() AND i.tablename = %s AND NOT EXISTS ("
+        "  SELECT 1 FROM pg_constraint c"
+        "  WHERE c.conindid = format('%%I.%%I', i.schemaname, i.indexname)::regclass)",
+        [table],
+    )
+    return [(name, definition) for name, definition in cur.fetchall()]
+
+
+def _drop_secondary_indexes(spec: TableSpec) -> None:
+    conn = connections[TARGET]
+    with transaction.atomic(using=TARGET), conn.cursor() as cur:
+        cur.execute(
+            f"CREATE TABLE IF NOT EXISTS {DEFERRED_INDEXES} "
+            "(name text PRIMARY KEY, tablename text NOT NULL, definition text NOT NULL)"
+        )
+        for name, definition in _secondary_indexes(cur, spec.table):
+            cur.execute(
+                f"INSERT INTO {DEFERRED_INDEXES} VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
+                [name, spec.table, definition],
+            )
+            cur.execute(f"DROP INDEX {_q(conn, name)}")
+
+
+def restore_deferred_indexes(table: str | None = None) -> int:
+    """Rebuild the recorded secondary indexes (all, or one table's); returns how many."""
+    conn = connections[TARGET]
+    with conn.cursor() as cur:
+        cur.execute("SELECT to_regclass(%s)", [DEFERRED_INDEXES])
+        if cur.fetchone()[0] is None:
+            return 0
+    with transaction.atomic(using=TARGET), conn.cursor() as cur:
+        where, params = ("WHERE tablename = %s", [table]) if table else ("", [])
+        cur.execute(f"SELECT name, definition FROM {DEFERRED_INDEXES} {where}", params)
+        found = cur.fetchall()
+        for _name, definition in found:
+            cur.execute(
+                definition.replace("CREATE INDEX ", "CREATE INDEX IF NOT EXISTS ", 1).replace(
+                    "CREATE UNIQUE INDEX ", "CREATE UNIQUE INDEX IF NOT EXISTS ", 1
+                )
+            )
+        cur.execute(f"DELETE FROM {DEFERRED_INDEXES} {where}", params)
+        cur.execute(f"SELECT COUNT(*) FROM {DEFERRED_INDEXES}")
+        if cur.fetchone()[0] == 0:
+            cur.execute(f"DROP TABLE {DEFERRED_INDEXES}")
+    return len(found)
+
+
 def copy_table(
     spec: TableSpec, batch_size: int, source_rows: int, progress: ProgressFn | None = None
 ) -> TableResult:
@@ -468,6 +552,9 @@ def copy_table(
     # Rows can only clash with rows this run did not write: check batches only when the target
     # table held rows before the run (a re-run, or a resumed interrupted run).
     check = bool(count_rows(TARGET, spec.table))
+    defer = not check and source_rows >= DEFER_INDEXES_FROM_ROWS
+    if defer:
+        _drop_secondary_indexes(spec)
     started = time.monotonic()
     done = 0
     _create_stage(spec)
@@ -482,6 +569,8 @@ def copy_table(
                 progress(result, done)
     finally:
         _drop_stage(spec)
+    if defer:
+        restore_deferred_indexes(spec.table)
     result.seconds = time.monotonic() - started
     return result
 

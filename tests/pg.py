@@ -65,6 +65,12 @@ def create_database(prefix: str = "test_mig") -> tuple[str, str]:
             sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
         )
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        # Not UTC on purpose: a timestamp copied without its zone would shift and show.
+        conn.execute(
+            sql.SQL("ALTER DATABASE {} SET timezone TO 'America/New_York'").format(
+                sql.Identifier(name)
+            )
+        )
     return name, url_for(name)
 
 
@@ -292,3 +298,9 @@ def rows_of(
 
 def file_digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def index_names(url: str, table: str) -> set[str]:
+    with psycopg.connect(url) as conn:
+        rows = conn.execute("SELECT indexname FROM pg_indexes WHERE tablename = %s", [table])
+        return {r[0] for r in rows.fetchall()}

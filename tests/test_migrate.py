@@ -154,6 +154,29 @@ def test_interrupted_run_then_rerun_completes(template_store: Path, tmp_path: Pa
     assert pg.count(target, "events_event") == 60_005
     assert f"{partial} already present" in result.stdout
     assert pg.count(target, "orchestrator_site_hacutoverat") == 1
+    # the big table's indexes, dropped for the fast first copy, were rebuilt by the re-run
+    assert "schema: rebuilt " in result.stdout
+    assert_event_indexes(target)
+
+
+def assert_event_indexes(url: str) -> None:
+    from events.models import Event
+
+    names = pg.index_names(url, "events_event")
+    assert {ix.name for ix in Event._meta.indexes} <= names
+    assert any(n.endswith("_like") for n in names)  # event_id's pattern index
+    assert "autonomy_migrate_deferred_index" not in pg.table_names(url)
+
+
+def test_big_table_gets_its_indexes_back(template_store: Path, tmp_path: Path, target: str):
+    data = tmp_path / "data"
+    data.mkdir()
+    shutil.copy(template_store, data / "orchestrator.sqlite3")
+    pg.fill_store(data / "orchestrator.sqlite3", rows=3, events=50_000)
+    result = migrate("--sqlite-dir", str(data), "--postgres-url", target, "--batch-size", "5000")
+    assert result.returncode == 0, result.stderr
+    assert pg.count(target, "events_event") == 50_003
+    assert_event_indexes(target)
 
 
 def test_dry_run_writes_nothing(store: Path, target: str):
@@ -297,3 +320,17 @@ def test_progress_on_a_terminal_is_one_updating_line(store: Path, target: str):
     assert "\r\x1b[2Kevents_event: 325/325 rows" in out  # rewritten in place
     assert "copying events_event" not in out  # no log lines on a terminal
     assert "done: " in out
+
+
+def test_store_with_an_older_schema_is_refused(template_store: Path, tmp_path: Path, target: str):
+    import sqlite3
+
+    data = tmp_path / "data"
+    data.mkdir()
+    shutil.copy(template_store, data / "orchestrator.sqlite3")
+    with sqlite3.connect(data / "orchestrator.sqlite3") as conn:
+        conn.execute("DELETE FROM django_migrations WHERE app = 'rollouts'")
+    result = migrate("--sqlite-dir", str(data), "--postgres-url", target)
+    assert result.returncode != 0
+    assert "has an older schema" in result.stderr and "start `serve` on it once" in result.stderr
+    assert pg.table_names(target) == []

@@ -183,6 +183,9 @@ class Command(BaseCommand):
     def _migrate(self, source: Path, url: str, batch_size: int) -> None:
         started = time.monotonic()
         self.stdout.write(f"migrating {source} -> {pgmigrate.redact_url(url)}")
+        restored = pgmigrate.restore_deferred_indexes()
+        if restored:
+            self.stdout.write(f"schema: rebuilt {restored} indexes an interrupted run had dropped")
         self.stdout.write("schema: applying migrations to the target")
         pgmigrate.migrate_schema()
         specs = pgmigrate.plan()

@@ -7,6 +7,7 @@ module only ever reads the environment.
 
 from __future__ import annotations
 
+import os
 import secrets
 from pathlib import Path
 
@@ -100,6 +101,21 @@ else:
             },
         }
     }
+
+# The API test suite on PostgreSQL (.ci/run's second pytest run, docs/postgres.md): tests use a
+# database of their own per process on AUTONOMY_TEST_POSTGRES_URL's server.
+if env.str("AUTONOMY_TEST_DATABASE", default="") == "postgres":
+    _test_pg = env.db_url_config(
+        env.str(
+            "AUTONOMY_TEST_POSTGRES_URL", default="postgresql://postgres@127.0.0.1:5432/postgres"
+        )
+    )
+    _test_pg.update(ENGINE="django.db.backends.postgresql", CONN_MAX_AGE=0)
+    _test_pg["TEST"] = {"NAME": f"test_orch_{os.getpid()}"}
+    DATABASES = {"default": _test_pg}
+
+# Routes nothing; keeps Django's `migrate` off the read-only source alias of `migrate`.
+DATABASE_ROUTERS = ["orchestrator_site.db_routers.MigrateRouter"]
 
 ATOMIC_REQUESTS = False
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"

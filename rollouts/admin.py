@@ -158,9 +158,6 @@ class RolloutPlanAdmin(admin.ModelAdmin):
                     "plan_id",
                     "release_link",
                     "channel",
-                    "phase_display",
-                    "current_stage_id",
-                    "progress",
                     "description",
                     "created_by",
                     "created_at",
@@ -172,13 +169,11 @@ class RolloutPlanAdmin(admin.ModelAdmin):
         ("Signature", {"fields": ("digest", "key_id", "signature")}),
         ("Spec (as published, immutable)", {"fields": ("spec_pretty",)}),
     )
+    # Phase, current stage and progress head the page (the template's status panel).
     readonly_fields = (
         "plan_id",
         "release_link",
         "channel",
-        "phase_display",
-        "current_stage_id",
-        "progress",
         "description",
         "created_by",
         "created_at",

@@ -85,14 +85,26 @@ def evaluate_plan(
     return Outcome(action, stage.stage_id, reason)
 
 
-def evaluate_open_stages(*, now: datetime | None = None) -> list[tuple[str, Outcome]]:
-    """One pass over every running plan; returns the plans that were promoted or halted."""
+def evaluate_open_stages(
+    *, now: datetime | None = None, keep_going: bool = False
+) -> list[tuple[str, Outcome]]:
+    """One pass over every running plan; returns the plans that were promoted or halted.
+
+    `keep_going` (the background thread): a plan whose evaluation fails is logged and skipped,
+    so one bad plan cannot stall the others.
+    """
     changed = []
     plan_ids = list(
         RolloutPlan.objects.filter(phase__in=RUNNING_PHASES).values_list("plan_id", flat=True)
     )
     for plan_id in plan_ids:
-        outcome = evaluate_plan(plan_id=plan_id, now=now)
+        try:
+            outcome = evaluate_plan(plan_id=plan_id, now=now)
+        except Exception:
+            if not keep_going:
+                raise
+            logger.exception("rollout %s: evaluation failed; retrying on the next pass", plan_id)
+            continue
         if outcome.action:
             changed.append((plan_id, outcome))
     return changed
@@ -111,7 +123,7 @@ def _run(stop: threading.Event) -> None:
         try:
             # Keep promoting while stages pass (a stage whose gates already pass opens next).
             for _ in range(50):
-                if not evaluate_open_stages():
+                if not evaluate_open_stages(keep_going=True):
                     break
         except Exception:  # keep the thread alive; the next pass retries
             logger.exception("rollout evaluation failed; retrying in %ss", INTERVAL_SECONDS)

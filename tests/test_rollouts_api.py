@@ -260,6 +260,16 @@ def test_dry_run_previews_cohorts_and_stores_nothing(api):
     )
 
 
+def test_a_misspelt_dry_run_flag_publishes_nothing(api):
+    ReleaseFactory(release_id="rel-1")
+    response = post_json(
+        api, "/v1/rollouts?dry_run=ture", {"release_id": "rel-1", "stages": THREE_STAGES}
+    )
+    assert response.status_code == 400
+    assert response.json()["field"] == "dry_run"
+    assert RolloutPlan.objects.count() == 0
+
+
 def test_dry_run_reports_the_same_errors(api):
     response = post_json(
         api, "/v1/rollouts?dry_run=true", {"release_id": "nope", "stages": THREE_STAGES}
@@ -298,6 +308,13 @@ def test_list_rejects_bad_parameters(api, query, field):
     response = api.get(f"/v1/rollouts?{query}")
     assert response.status_code == 400
     assert response.json()["field"] == field
+
+
+def test_list_query_count_does_not_grow_with_plans(api, django_assert_max_num_queries):
+    for i in range(30):
+        RolloutPlanFactory(plan_id=f"p{i}")
+    with django_assert_max_num_queries(2):
+        assert api.get("/v1/rollouts").json()["count"] == 30
 
 
 def test_list_clamps_limit(api):

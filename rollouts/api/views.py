@@ -65,8 +65,15 @@ def _int_param(request: Request, name: str, default: int, *, minimum: int) -> in
     return value
 
 
-def _truthy(value: str | None) -> bool:
-    return (value or "").strip().lower() in ("1", "true", "yes", "on")
+def _flag(request: Request, name: str) -> bool:
+    """A boolean query parameter; anything but true/false/1/0/yes/no is a 400 (a misspelt
+    `dry_run=ture` must not publish)."""
+    raw = (request.query_params.get(name) or "").strip().lower()
+    if raw in ("", "0", "false", "no", "off"):
+        return False
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    raise _bad(name, f"must be true or false, not {raw!r}")
 
 
 def plan_detail(plan: Any) -> dict[str, Any]:
@@ -100,7 +107,7 @@ class RolloutListView(APIView):
 
     def post(self, request: Request) -> Response:
         raw = request.body
-        if _truthy(request.query_params.get("dry_run")):
+        if _flag(request, "dry_run"):
             return Response(services.rollout_publish_dry_run(raw_spec=raw))
         operator = (request.META.get(OPERATOR_HEADER) or "").strip() or None
         plan = services.rollout_publish(raw_spec=raw, operator=operator)
@@ -119,7 +126,7 @@ class RolloutSpecView(APIView):
     def get(self, request: Request, plan_id: str) -> HttpResponse:
         plan = services.plan_get(plan_id)
         raw = bytes(plan.spec)
-        if _truthy(request.query_params.get("raw")):
+        if _flag(request, "raw"):
             response = HttpResponse(raw, content_type="application/json")
             response["X-Autonomy-Digest"] = plan.digest
             response["X-Autonomy-Signature"] = plan.signature

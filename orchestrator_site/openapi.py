@@ -96,8 +96,8 @@ LIMIT_PARAMETER = limit_parameter()
 
 def _replace(target: type, **methods: Any) -> type:
     """A subclass of `target` carrying the given per-method `extend_schema` annotations."""
-    decorated = extend_schema_view(**methods)(type(target.__name__, (target,), {}))
-    decorated.__doc__ = target.__doc__
+    namespace = {"__doc__": target.__doc__}
+    decorated = extend_schema_view(**methods)(type(target.__name__, (target,), namespace))
     decorated.__module__ = target.__module__
     return decorated
 
@@ -177,6 +177,11 @@ class EventsViewSchema(OpenApiViewExtension):
             get=extend_schema(
                 operation_id="events_list",
                 summary="Stored events, newest first",
+                description=(
+                    'Each event exactly as it was received (same keys and values). "Newest '
+                    'first" is last inserted first, not by `timestamp`. Page further back '
+                    "with `before=<next_before>`."
+                ),
                 tags=["events"],
                 parameters=[
                     OpenApiParameter("node_id", str, description="Only this node's events."),
@@ -223,6 +228,7 @@ class HealthViewSchema(OpenApiViewExtension):
             self.target_class,
             get=extend_schema(
                 operation_id="health",
+                description="Answers as long as the process serves requests; touches no database.",
                 summary="Liveness",
                 tags=["health"],
                 responses={200: HealthSerializer},
@@ -373,6 +379,7 @@ class ReleaseListViewSchema(OpenApiViewExtension):
             self.target_class,
             get=extend_schema(
                 operation_id="releases_list",
+                description="Newest (last published) first; optionally one channel.",
                 summary="Published releases, newest first",
                 tags=["releases"],
                 parameters=[
@@ -450,6 +457,7 @@ class ReleaseDetailViewSchema(OpenApiViewExtension):
             self.target_class,
             get=extend_schema(
                 operation_id="releases_get",
+                description="The stored release, as `POST /v1/releases` answered it.",
                 summary="One release",
                 tags=["releases"],
                 parameters=[_path_id("release_id", "The release.", not_="latest")],
@@ -466,6 +474,7 @@ class ReleaseAcksViewSchema(OpenApiViewExtension):
             self.target_class,
             get=extend_schema(
                 operation_id="releases_acks",
+                description="Every node's ack for this release, ordered by `node_id`.",
                 summary="All node acks for a release",
                 tags=["acks"],
                 parameters=[_path_id("release_id", "The release.")],
@@ -628,15 +637,18 @@ class IdField(serializers.CharField):
     """A plan or stage id (documentation only)."""
 
 
+@extend_schema_field({"type": "number", "minimum": 0, "exclusiveMinimum": True, "maximum": 100})
+class PercentField(serializers.FloatField):
+    """0 < percent <= 100 (documentation only)."""
+
+
 class StageSpecSerializer(serializers.Serializer):
     """One stage of a plan spec. Keys beyond these are kept in the stored spec."""
 
     stage_id = IdField(help_text="Unique within the plan.")
-    percent = serializers.FloatField(
-        min_value=0,
-        max_value=100,
+    percent = PercentField(
         help_text="Cumulative share of the channel's nodes, 0 < percent <= 100, non-decreasing "
-        "from stage to stage.",
+        "from stage to stage."
     )
     nodes = serializers.ListField(
         child=serializers.CharField(min_length=1, max_length=MAX_ID_CHARS),
@@ -857,6 +869,7 @@ class RolloutListViewSchema(OpenApiViewExtension):
             self.target_class,
             get=extend_schema(
                 operation_id="rollouts_list",
+                description="Plan summaries (no spec, no status), newest first.",
                 summary="Rollout plans, newest first",
                 tags=["rollouts"],
                 parameters=[
@@ -911,6 +924,7 @@ class RolloutDetailViewSchema(OpenApiViewExtension):
             self.target_class,
             get=extend_schema(
                 operation_id="rollouts_get",
+                description="The summary plus the spec as received, its signature and the status.",
                 summary="A plan with its spec and status",
                 tags=["rollouts"],
                 parameters=[PLAN_ID],
@@ -965,6 +979,7 @@ class RolloutStatusViewSchema(OpenApiViewExtension):
             self.target_class,
             get=extend_schema(
                 operation_id="rollouts_status",
+                description="Phase, current stage, every stage's phase and the history of actions.",
                 summary="The mutable status and history",
                 tags=["rollouts"],
                 parameters=[PLAN_ID],
@@ -1041,6 +1056,7 @@ class StageGatesViewSchema(OpenApiViewExtension):
             self.target_class,
             get=extend_schema(
                 operation_id="rollouts_stage_gates",
+                description="Each gate of the stage evaluated now: `passed`, and a `detail`.",
                 summary="Gate evaluation of one stage",
                 tags=["rollouts"],
                 parameters=[PLAN_ID, STAGE_ID],
@@ -1148,6 +1164,21 @@ def _error_response(status: int) -> dict[str, Any]:
     }
 
 
+API_DESCRIPTION = """\
+Fleet control plane: telemetry events, releases and node acks, staged rollouts.
+
+- JSON in and out (`application/json`), except `/metrics` (Prometheus text), `/v1/crl`
+  (`application/pkix-crl`) and `/v1/signing-key` (PEM). Exact paths, no trailing slash.
+- Timestamps are RFC 3339 (`2026-04-07T10:00:00Z`); the server writes UTC with `Z`.
+- Every error answer is `{"error": "<one readable sentence>", ...detail keys}`; a 400 about
+  one field names it in `field`. Strings containing NUL characters are refused (400).
+- 404 for an unknown route or object, 405 (with `Allow`) for a wrong method, 413 for a body
+  over the size limit, 503 with `Retry-After` when the database is busy, 507 when its disk is
+  full. No authentication at this layer: deploy behind mTLS (`serve --tls-ca-file`).
+
+Guide with worked examples: docs/api.md. Browsable page: `/v1/docs`.
+"""
+
 # Routes answered outside DRF (a plain Django view, an ASGI wrapper): drf-spectacular cannot
 # discover them, so they are described here. Both answer non-JSON bodies on success.
 PLAIN_ROUTES: dict[str, dict[str, Any]] = {
@@ -1216,6 +1247,7 @@ def postprocess_schema(
       the database.
     - The `{}` security requirement (no authentication) is dropped: the API has none.
     """
+    result.setdefault("info", {})["description"] = API_DESCRIPTION
     result.setdefault("paths", {}).update(_plain_routes())
     schemas = result.setdefault("components", {}).setdefault("schemas", {})
     for name in _OPEN_OBJECTS:

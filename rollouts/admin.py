@@ -36,8 +36,9 @@ from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html
 
 from orchestrator_site.errors import ApiError
-from rollouts import selectors, services
+from rollouts import clock, services
 from rollouts.cohort import LIVE_STAGE_PHASES, NO_NEW_NODES, snapshot_of
+from rollouts.gates import evaluate_stage
 from rollouts.models import TERMINAL_PHASES, RolloutPlan, StagePhase
 from rollouts.statemachine import target_phase
 
@@ -287,24 +288,24 @@ class RolloutPlanAdmin(admin.ModelAdmin):
         ]
         return custom + super().get_urls()
 
-    def change_view(
+    def render_change_form(
         self,
         request: HttpRequest,
-        object_id: str,
+        context: dict[str, Any],
+        add: bool = False,
+        change: bool = False,
         form_url: str = "",
-        extra_context: dict[str, Any] | None = None,
+        obj: RolloutPlan | None = None,
     ) -> HttpResponse:
-        plan = self.get_object(request, unquote(object_id))
-        context = dict(extra_context or {})
-        if plan is not None:
-            context["rollout"] = self._page_context(request, plan)
-        return super().change_view(request, object_id, form_url, context)
+        if obj is not None:
+            context["rollout"] = self._page_context(request, obj)
+        return super().render_change_form(request, context, add, change, form_url, obj)
 
     def _page_context(self, request: HttpRequest, plan: RolloutPlan) -> dict[str, Any]:
         snap = snapshot_of(plan)
         terminal = plan.phase in TERMINAL_PHASES
         current = snap.current
-        report = None if terminal else selectors.stage_gates(plan=plan, stage_id=current.stage_id)
+        report = None if terminal else evaluate_stage(snap, current, now=clock.now())
         evaluated = dict(enumerate(report.gates)) if report is not None else {}
         stages = []
         for stage in snap.stages:

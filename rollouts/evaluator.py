@@ -27,7 +27,7 @@ from rollouts.models import RUNNING_PHASES, RolloutPlan, StagePhase
 logger = logging.getLogger("orchestrator.rollouts")
 
 INTERVAL_SECONDS = 2.0  # the contract asks for "at least every few seconds" (<= 5 s)
-MIN_SPACING_SECONDS = 0.05  # a burst of pokes costs one evaluation, not one per poke
+MIN_SPACING_SECONDS = 0.25  # a burst of pokes (busy ingest) costs one evaluation per 250 ms
 
 _wakeup = threading.Event()
 _started = False

@@ -606,3 +606,12 @@ def test_phase_counts_for_metrics():
         "cancelled",
         "rolled_back",
     }
+
+
+def test_browsable_api_for_a_browser(api):
+    RolloutPlanFactory(plan_id="p1")
+    for path in ("/v1/rollouts", "/v1/rollouts/p1", "/v1/rollouts/p1/status"):
+        response = api.get(path, HTTP_ACCEPT="text/html")
+        assert response.status_code == 200, path
+        assert response["Content-Type"].startswith("text/html")
+        assert b"p1" in response.content

@@ -46,6 +46,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # django-prometheus's request families (served on /metrics with --metrics-addr).
+    "django_prometheus.middleware.PrometheusBeforeMiddleware",
     "orchestrator_site.middleware.ObservabilityMiddleware",
     "orchestrator_site.middleware.ApiErrorMiddleware",
     "django.middleware.security.SecurityMiddleware",
@@ -53,6 +55,7 @@ MIDDLEWARE = [
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
+    "django_prometheus.middleware.PrometheusAfterMiddleware",
 ]
 
 ROOT_URLCONF = "orchestrator_site.urls"

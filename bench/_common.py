@@ -134,6 +134,7 @@ class LoadResult:
     seconds: float
     client_cpu: float  # CPU seconds used by the load generator processes
     latencies_ms: list[float]
+    server_cpu: float = 0.0  # CPU seconds the server used in the measured window (cpu_probe)
 
     @property
     def rate(self) -> float:
@@ -246,6 +247,7 @@ def run_load(
     processes: int,
     seconds: float,
     warmup: float = 2.0,
+    cpu_probe: Callable[[], float] | None = None,
 ) -> LoadResult:
     """Keep `connections` keep-alive connections busy for warmup + seconds; count the last part."""
     ctx = multiprocessing.get_context("fork")
@@ -262,6 +264,12 @@ def run_load(
     ]
     for p in procs:
         p.start()
+    server_cpu = 0.0
+    if cpu_probe is not None:
+        time.sleep(max(0.0, start_at + warmup - time.time()))
+        cpu_start = cpu_probe()
+        time.sleep(max(0.0, start_at + warmup + seconds - time.time()))
+        server_cpu = cpu_probe() - cpu_start
     results = [out.get(timeout=warmup + seconds + 90) for _ in procs]
     for p in procs:
         p.join(timeout=10)
@@ -275,6 +283,7 @@ def run_load(
         seconds=seconds,
         client_cpu=sum(r[3] for r in results),
         latencies_ms=lat,
+        server_cpu=server_cpu,
     )
 
 

@@ -131,14 +131,16 @@ def connect_like_server(path: Path) -> sqlite3.Connection:
     return conn
 
 
-def ceiling_ingest(db: Path, warmup: float, seconds: float) -> float:
-    """Plain sqlite3 executemany, one BEGIN IMMEDIATE per 100 rows; events/s over `seconds`."""
+def ceiling_ingest(db: Path, warmup: float, seconds: float) -> tuple[float, float]:
+    """Plain sqlite3 executemany, one BEGIN IMMEDIATE per 100 rows: (events/s, CPU seconds) over
+    the measured `seconds`."""
     conn = connect_like_server(db)
     received_at = "2026-11-27 07:00:00.000000"
     start = time.perf_counter()
     measure_from = start + warmup
     stop_at = measure_from + seconds
     counted = 0
+    cpu_start: float | None = None
     while True:
         rows = batch_rows(received_at)
         conn.execute("BEGIN IMMEDIATE")
@@ -149,9 +151,11 @@ def ceiling_ingest(db: Path, warmup: float, seconds: float) -> float:
         if now >= stop_at:
             break
         if now >= measure_from:
+            if cpu_start is None:
+                cpu_start = time.process_time()
             counted += inserted
     conn.close()
-    return counted / seconds
+    return counted / seconds, time.process_time() - (cpu_start or 0.0)
 
 
 def fill_store(db: Path, total: int) -> float:
@@ -207,8 +211,10 @@ def fill_store(db: Path, total: int) -> float:
     return time.perf_counter() - started
 
 
-def ceiling_query(db: Path, warmup: float, seconds: float) -> float:
+def ceiling_query(db: Path, warmup: float, seconds: float) -> tuple[float, float]:
+    """The list query through plain sqlite3, one thread: (queries/s, CPU seconds)."""
     conn = connect_like_server(db)
+    cpu_start: float | None = None
     start = time.perf_counter()
     measure_from = start + warmup
     stop_at = measure_from + seconds
@@ -220,9 +226,11 @@ def ceiling_query(db: Path, warmup: float, seconds: float) -> float:
         if now >= stop_at:
             break
         if now >= measure_from:
+            if cpu_start is None:
+                cpu_start = time.process_time()
             counted += 1
     conn.close()
-    return counted / seconds
+    return counted / seconds, time.process_time() - (cpu_start or 0.0)
 
 
 def list_request(_worker: int, seq: int) -> bytes:
@@ -236,23 +244,22 @@ def server_cpu(server, fn):  # type: ignore[no-untyped-def]
 
 
 def _load(srv, factory, connections: int, args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    return server_cpu(
-        srv,
-        lambda: run_load(
-            srv.port,
-            factory,
-            connections=connections,
-            processes=args.client_processes,
-            seconds=args.seconds,
-            warmup=args.warmup,
-        ),
+    return run_load(
+        srv.port,
+        factory,
+        connections=connections,
+        processes=args.client_processes,
+        seconds=args.seconds,
+        warmup=args.warmup,
+        cpu_probe=srv.cpu_seconds,
     )
 
 
-def _detail(res, cpu: float, total: float) -> str:  # type: ignore[no-untyped-def]
+def _detail(res, seconds: float) -> str:  # type: ignore[no-untyped-def]
     return (
-        f"p50 {res.pct(50):.1f} ms, p99 {res.pct(99):.1f} ms, server CPU {cpu / total * 100:.0f}%,"
-        f" client CPU {res.client_cpu / total * 100:.0f}%, {res.errors} errors"
+        f"p50 {res.pct(50):.1f} ms, p99 {res.pct(99):.1f} ms, server CPU "
+        f"{res.server_cpu / seconds * 100:.0f}%, client CPU "
+        f"{res.client_cpu / seconds * 100:.0f}%, {res.errors} errors"
     )
 
 
@@ -269,7 +276,6 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     args = parser.parse_args()
     only = set(args.only or ["ingest", "health", "list"])
-    total = args.seconds + args.warmup
 
     work = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
     print(f"machine: {machine_summary()}; sqlite {sqlite3.sqlite_version}")
@@ -280,9 +286,12 @@ def main() -> int:
     def say(line: str) -> None:
         print(line, flush=True)
 
-    def conclude(name: str, ratios: list[float], goal: float) -> None:
+    def conclude(name: str, ratios: list[float], goal: float, per_cpu: list[float]) -> None:
         rounds = ", ".join(f"{r * 100:.0f}%" for r in ratios)
-        line = f"{name:7} median ratio {verdict(statistics.median(ratios), goal)}; rounds: {rounds}"
+        line = (
+            f"{name:7} median ratio {verdict(statistics.median(ratios), goal)}; rounds: {rounds}; "
+            f"per CPU-second: {statistics.median(per_cpu) * 100:.0f}%"
+        )
         say(line)
         summary.append(line)
 
@@ -301,12 +310,12 @@ def main() -> int:
             return d
 
         if "ingest" in only:
-            ratios = []
+            ratios, per_cpu = [], []
             for n in range(args.rounds):
                 data = fresh()
                 srv = start_orchestrator(data)
                 try:
-                    res, cpu = _load(srv, ingest_request, args.clients, args)
+                    res = _load(srv, ingest_request, args.clients, args)
                 finally:
                     srv.stop()
                 stored = (
@@ -316,62 +325,67 @@ def main() -> int:
                 )
                 shutil.rmtree(data)
                 data = fresh()
-                ceiling = ceiling_ingest(data / DB_NAME, args.warmup, args.seconds)
+                ceiling, ceiling_cpu = ceiling_ingest(data / DB_NAME, args.warmup, args.seconds)
                 shutil.rmtree(data)
                 ratios.append(res.rate * BATCH / ceiling)
+                per_cpu.append(
+                    (res.ok * BATCH / res.server_cpu) / (ceiling * args.seconds / ceiling_cpu)
+                )
                 say(
                     f"ingest  round {n + 1}: HTTP {res.rate * BATCH:,.0f} events/s "
-                    f"({res.rate:,.1f} req/s; {_detail(res, cpu, total)}; {stored:,} rows stored)"
+                    f"({res.rate:,.1f} req/s; {_detail(res, args.seconds)}; {stored:,} rows stored)"
                     f" | ceiling sqlite3 executemany {ceiling:,.0f} events/s"
+                    f" (CPU {ceiling_cpu / args.seconds * 100:.0f}%)"
                 )
-            conclude("ingest", ratios, 0.60)
+            conclude("ingest", ratios, 0.60, per_cpu)
 
         if "health" in only:
-            ratios = []
+            ratios, per_cpu = [], []
             for n in range(args.rounds):
                 hello = start_hello_daphne(work)
                 try:
-                    hres, hcpu = _load(
-                        hello, lambda w, s: get_request("/"), args.get_connections, args
-                    )
+                    hres = _load(hello, lambda w, s: get_request("/"), args.get_connections, args)
                 finally:
                     hello.stop()
                 data = fresh()
                 srv = start_orchestrator(data)
                 try:
-                    sres, scpu = _load(
+                    sres = _load(
                         srv, lambda w, s: get_request("/v1/health"), args.get_connections, args
                     )
                 finally:
                     srv.stop()
                 shutil.rmtree(data)
                 ratios.append(sres.rate / hres.rate)
+                per_cpu.append((sres.ok / sres.server_cpu) / (hres.ok / hres.server_cpu))
                 say(
                     f"health  round {n + 1}: GET /v1/health {sres.rate:,.0f} req/s "
-                    f"({_detail(sres, scpu, total)}) | bare ASGI hello on daphne "
-                    f"{hres.rate:,.0f} req/s ({_detail(hres, hcpu, total)})"
+                    f"({_detail(sres, args.seconds)}) | bare ASGI hello on daphne "
+                    f"{hres.rate:,.0f} req/s ({_detail(hres, args.seconds)})"
                 )
-            conclude("health", ratios, 0.25)
+            conclude("health", ratios, 0.25, per_cpu)
 
         if "list" in only:
             store = fresh()
             took = fill_store(store / DB_NAME, args.store_events)
             say(f"list    filled {args.store_events:,} events in {took:.0f} s")
-            ratios = []
+            ratios, per_cpu = [], []
             for n in range(args.rounds):
-                q_ceiling = ceiling_query(store / DB_NAME, 1.0, args.seconds)
+                q_ceiling, q_cpu = ceiling_query(store / DB_NAME, 1.0, args.seconds)
                 srv = start_orchestrator(store)
                 try:
-                    lres, lcpu = _load(srv, list_request, args.get_connections, args)
+                    lres = _load(srv, list_request, args.get_connections, args)
                 finally:
                     srv.stop()
                 ratios.append(lres.rate / q_ceiling)
+                per_cpu.append((lres.ok / lres.server_cpu) / (q_ceiling * args.seconds / q_cpu))
                 say(
                     f"list    round {n + 1}: GET /v1/events?node_id=..&limit=100 "
-                    f"{lres.rate:,.0f} req/s ({_detail(lres, lcpu, total)}) | same query, plain "
-                    f"sqlite3, one thread {q_ceiling:,.0f} queries/s"
+                    f"{lres.rate:,.0f} req/s ({_detail(lres, args.seconds)}) | same query, plain "
+                    f"sqlite3, one thread {q_ceiling:,.0f} queries/s "
+                    f"(CPU {q_cpu / args.seconds * 100:.0f}%)"
                 )
-            conclude("list", ratios, 0.30)
+            conclude("list", ratios, 0.30, per_cpu)
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)

@@ -364,3 +364,28 @@ def test_plans_cannot_be_added_edited_or_deleted_through_forms(ops):
     assert ops.post(page(plan), {"phase": "completed"}).status_code == 403
     assert ops.post(f"{LIST}{plan.pk}/delete/", {"post": "yes"}).status_code == 403
     assert fresh(plan).phase == "published"
+
+
+def test_plan_page_escapes_what_operators_typed(ops):
+    plan = RolloutPlanFactory(description="<b>big</b> rollout")
+    ops.post(control(plan, "pause"), {"reason": "<script>alert(1)</script>"})
+    html = ops.get(page(plan)).content.decode()
+    assert "<script>alert(1)</script>" not in html and "<b>big</b>" not in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+
+
+def test_plan_page_query_count_does_not_grow_with_stages_or_history(
+    ops, django_assert_max_num_queries
+):
+    gates = [{"kind": "ack_success", "min_ratio": 0.5, "min_acks": 1}, {"kind": "manual"}]
+    plan = RolloutPlanFactory(
+        stages=[{"stage_id": f"s{i}", "percent": i + 1, "gates": gates} for i in range(50)]
+    )
+    for _ in range(20):
+        services.rollout_pause(plan_id=plan.plan_id)
+        services.rollout_resume(plan_id=plan.plan_id)
+    with django_assert_max_num_queries(10):
+        response = ops.get(page(plan))
+    html = response.content.decode()
+    assert html.count("data-stage-id=") == 50
+    assert html.count('data-action="resume"') == 20

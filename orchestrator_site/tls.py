@@ -464,10 +464,12 @@ def make_scope_hook(server_tls: ServerTls) -> Any:
     """A server.SCOPE_HOOKS entry filling scope["extensions"]["tls"] on TLS connections."""
     pem = server_tls.server_cert_pem
 
+    from twisted.protocols.tls import TLSMemoryBIOProtocol
+
     def hook(protocol: Any, scope: dict[str, Any]) -> None:
         transport = getattr(protocol, "transport", None)
-        if transport is None or not hasattr(transport, "getPeerCertificate"):
-            return
+        if not isinstance(transport, TLSMemoryBIOProtocol):
+            return  # plain HTTP (e.g. the metrics listener): no TLS extension
         cached = getattr(transport, "_orchestrator_tls", None)
         if cached is None:
             cached = _peer_identity(transport, pem)

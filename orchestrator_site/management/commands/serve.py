@@ -254,6 +254,8 @@ class Command(BaseCommand):
             interval = parse_duration(str(options["tls_crl_sync_interval"]))
         except ValueError as exc:
             raise ServeError(f"--tls-crl-sync-interval {exc}") from None
+        if 0 < interval < 1:
+            raise ServeError("--tls-crl-sync-interval must be 0 (once at start) or at least 1s")
         if not urls:
             return None
         if server_tls is None or server_tls.crl_store is None:

@@ -8,9 +8,13 @@ The admin shows them and lets nobody edit them.
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlencode
 
 from django.contrib import admin
+from django.db.models import Count
 from django.http import HttpRequest
+from django.urls import reverse
+from django.utils.html import format_html
 
 from releases.models import NodeAck, Release
 
@@ -23,20 +27,6 @@ class ReadOnlyAdmin(admin.ModelAdmin):
         return False
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-
-class NodeAckInline(admin.TabularInline):
-    model = NodeAck
-    fields = ("node_id", "status", "lock_fingerprint", "message", "acked_at", "updated_at")
-    readonly_fields = fields
-    extra = 0
-    can_delete = False
-    show_change_link = True
-    max_num = 0
-    ordering = ("node_id",)
-
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
 
 
@@ -55,7 +45,21 @@ class ReleaseAdmin(ReadOnlyAdmin):
     search_fields = ("release_id", "policy_ref", "artifact_ref")
     ordering = ("-id",)
     date_hierarchy = "created_at"
-    inlines = (NodeAckInline,)
+    readonly_fields = ("acks_by_status",)
+
+    @admin.display(description="Acks")
+    def acks_by_status(self, obj: Release) -> str:
+        """Counts per status, linking to the release's acks (a release may have thousands)."""
+        counts = dict(obj.acks.values_list("status").annotate(n=Count("id")).order_by("status"))
+        if not counts:
+            return "none yet"
+        url = (
+            reverse("admin:releases_nodeack_changelist")
+            + "?"
+            + urlencode({"release__release_id": obj.release_id})
+        )
+        summary = ", ".join(f"{status}: {n}" for status, n in sorted(counts.items()))
+        return format_html('<a href="{}">{} acks</a> ({})', url, sum(counts.values()), summary)
 
 
 @admin.register(NodeAck)
@@ -71,5 +75,10 @@ class NodeAckAdmin(ReadOnlyAdmin):
     list_filter = ("status", "release__channel")
     search_fields = ("node_id", "release__release_id")
     list_select_related = ("release",)
+
+    def lookup_allowed(self, lookup: str, value: str, request: HttpRequest) -> bool:
+        # the link from a release's page: its acks
+        return lookup == "release__release_id" or super().lookup_allowed(lookup, value, request)
+
     ordering = ("-updated_at", "-id")
     date_hierarchy = "updated_at"

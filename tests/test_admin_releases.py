@@ -53,7 +53,10 @@ def test_releases_and_acks_are_read_only(staff):
     detail = staff.get(f"/admin/releases/release/{release.pk}/change/")
     assert detail.status_code == 200
     assert "rel-1" in detail.content.decode()
-    assert ack.node_id in detail.content.decode()  # acks shown inline
+    html = detail.content.decode()
+    assert "1 acks</a> (active: 1)" in html  # counts, linking to the release's acks
+    acks = staff.get("/admin/releases/nodeack/?release__release_id=rel-1").content.decode()
+    assert ack.node_id in acks
     changed = staff.post(
         f"/admin/releases/release/{release.pk}/change/", {"release_id": "hacked", "channel": "x"}
     )

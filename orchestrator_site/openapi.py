@@ -131,10 +131,20 @@ class EventSerializer(serializers.Serializer):
     )
 
 
+class StoredEventSerializer(EventSerializer):
+    """A stored event, exactly as it was received (every key, unknown ones too)."""
+
+    timestamp = serializers.CharField(help_text="As the node sent it (RFC 3339 with an offset).")
+
+
+MAX_BATCH_EVENTS = 10_000
+
+
 class EventBatchSerializer(serializers.Serializer):
     events = EventSerializer(
         many=True,
-        help_text="One invalid event rejects the whole batch (400 naming `index` and `field`).",
+        help_text=f"At most {MAX_BATCH_EVENTS} events. One invalid event rejects the whole "
+        "batch (400 naming `index` and `field`); nothing is stored.",
     )
 
 
@@ -147,7 +157,7 @@ class IngestResultSerializer(serializers.Serializer):
 
 
 class EventPageSerializer(serializers.Serializer):
-    events = EventSerializer(many=True, help_text="Newest (last inserted) first.")
+    events = StoredEventSerializer(many=True, help_text="Newest (last inserted) first.")
     count = serializers.IntegerField(min_value=0, help_text="Events in this response.")
     next_before = serializers.CharField(
         allow_null=True,
@@ -1150,7 +1160,7 @@ _NO_DATABASE = {
 }
 _WRITE_METHODS = {"post", "put", "patch", "delete"}
 # Documentation serializers whose objects carry extra keys beyond the declared ones.
-_OPEN_OBJECTS = {"Event", "EventRequest", "Error"}
+_OPEN_OBJECTS = {"StoredEvent", "EventRequest", "Error"}
 
 
 def _error_ref() -> dict[str, Any]:

@@ -91,7 +91,7 @@ def _gate(raw: Any, where: str) -> GateSpec:
     kind = raw.get("kind")
     if kind is None:
         raise _bad(f"{where}.kind", "is required")
-    if kind not in GATE_KINDS:
+    if not isinstance(kind, str) or kind not in GATE_KINDS:
         known = ", ".join(GATE_KINDS)
         raise _bad(f"{where}.kind", f"unknown gate kind {kind!r} (known: {known})")
     required, optional = GATE_KINDS[kind]

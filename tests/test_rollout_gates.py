@@ -324,8 +324,9 @@ def test_stuck_lists_running_plans_without_progress_and_names_unmet_gates(api, f
     assert [p["plan_id"] for p in again] == ["nogates"]
 
 
-def test_stuck_rejects_a_bad_threshold(api):
-    response = api.get("/v1/rollouts/stuck?threshold_seconds=soon")
+@pytest.mark.parametrize("value", ["soon", "-1", "1297083638377"])
+def test_stuck_rejects_a_bad_threshold(api, value):
+    response = api.get(f"/v1/rollouts/stuck?threshold_seconds={value}")
     assert response.status_code == 400
     assert response.json()["field"] == "threshold_seconds"
 

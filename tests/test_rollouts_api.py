@@ -118,6 +118,14 @@ def test_publish_without_plan_id_generates_one(api):
         (
             {
                 "release_id": "rel-1",
+                "stages": [{"stage_id": "a", "percent": 5, "gates": [{"kind": {}}]}],
+            },
+            "stages[0].gates[0].kind",
+            "unknown gate kind",
+        ),
+        (
+            {
+                "release_id": "rel-1",
                 "stages": [{"stage_id": "a", "percent": 5, "gates": [{"kind": "time_soak"}]}],
             },
             "stages[0].gates[0].seconds",
@@ -301,6 +309,7 @@ def test_list_is_newest_first_paginated_and_filtered_by_phase(api):
         ("limit=0", "limit"),
         ("limit=abc", "limit"),
         ("offset=-1", "offset"),
+        ("offset=99999999999999999999999", "offset"),
         ("phase=running", "phase"),
     ],
 )

@@ -18,6 +18,7 @@ from rollouts.models import Phase
 OPERATOR_HEADER = "HTTP_X_AUTONOMY_OPERATOR"
 DEFAULT_LIMIT, MAX_LIMIT = 100, 1000
 DEFAULT_STUCK_THRESHOLD = 3600
+MAX_THRESHOLD = 100 * 365 * 86400  # a century: beyond that a datetime cannot go back
 
 
 def _bad(field: str, message: str) -> ApiError:
@@ -52,7 +53,7 @@ def _actor(request: Request, body: dict[str, Any]) -> tuple[str | None, str | No
     return operator or None, _optional_text(body, "reason")
 
 
-def _int_param(request: Request, name: str, default: int, *, minimum: int) -> int:
+def _int_param(request: Request, name: str, default: int, *, minimum: int, maximum: int) -> int:
     raw = request.query_params.get(name)
     if raw is None or raw == "":
         return default
@@ -62,6 +63,8 @@ def _int_param(request: Request, name: str, default: int, *, minimum: int) -> in
         raise _bad(name, f"must be an integer, not {raw!r}") from None
     if value < minimum:
         raise _bad(name, f"must be >= {minimum}")
+    if value > maximum:
+        raise _bad(name, f"must be <= {maximum}")
     return value
 
 
@@ -90,8 +93,10 @@ class RolloutListView(APIView):
     validate and preview the cohorts with `?dry_run=true` (200, nothing stored)."""
 
     def get(self, request: Request) -> Response:
-        limit = min(_int_param(request, "limit", DEFAULT_LIMIT, minimum=1), MAX_LIMIT)
-        offset = _int_param(request, "offset", 0, minimum=0)
+        limit = min(
+            _int_param(request, "limit", DEFAULT_LIMIT, minimum=1, maximum=2**62), MAX_LIMIT
+        )
+        offset = _int_param(request, "offset", 0, minimum=0, maximum=2**62)
         phase = request.query_params.get("phase") or None
         if phase is not None and phase not in Phase.values:
             raise _bad("phase", f"must be one of {', '.join(Phase.values)}")
@@ -218,7 +223,9 @@ class StageGatesApproveView(APIView):
 
 class StuckView(APIView):
     def get(self, request: Request) -> Response:
-        threshold = _int_param(request, "threshold_seconds", DEFAULT_STUCK_THRESHOLD, minimum=0)
+        threshold = _int_param(
+            request, "threshold_seconds", DEFAULT_STUCK_THRESHOLD, minimum=0, maximum=MAX_THRESHOLD
+        )
         return Response(
             {
                 "threshold_seconds": threshold,

@@ -79,11 +79,18 @@ def test_mtls_accepts_our_ca_and_refuses_others(tmp_path, pki):
         assert refused(url, pki.context("rogue"))  # same CN, signed by another CA
         _wait_for(lambda: "not signed by --tls-ca-file" in srv.logs(), what="rogue refusal log")
         assert get(url, pki.context("node-a"))[0] == 200  # still serving
+        # Through Django too (no fast path for this one): the scope carries the identity.
+        assert get(srv.url("/v1/crl"), pki.context("node-a"))[0] == 404
+        _wait_for(lambda: '"path":"/v1/crl"' in srv.logs(), what="Django access log")
         _wait_for(lambda: srv.logs().count('"path":"/v1/health"') >= 3, what="access log")
     lines = [json.loads(x) for x in srv.stderr_path.read_text().splitlines() if x.strip()]
     identities = {line.get("client_identity") for line in lines if line.get("path")}
     serial = format(pki.serial("node-a"), "x")
     assert any(i and "CN=node-a" in i and f"serial={serial}" in i for i in identities), identities
+    django_line = next(line for line in lines if line.get("path") == "/v1/crl")
+    assert django_line["client_identity"] == (
+        f"CN=node-a,O=autonomy-orchestrator tests serial={serial}"
+    )
 
 
 def test_revoked_cert_refused_after_crl_update_without_restart(tmp_path, pki):

@@ -32,11 +32,9 @@ class ListenAddress:
     family: int
 
     def __str__(self) -> str:
-        return (
-            f"[{self.host}]:{self.port}"
-            if self.family == socket.AF_INET6
-            else (f"{self.host}:{self.port}")
-        )
+        if self.family == socket.AF_INET6:
+            return f"[{self.host}]:{self.port}"
+        return f"{self.host}:{self.port}"
 
 
 def parse_listen(value: str, flag: str = "--listen") -> ListenAddress:

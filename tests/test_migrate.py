@@ -110,7 +110,8 @@ def test_rerun_inserts_nothing_twice(store: Path, target: str):
     args = ("--sqlite-dir", str(store), "--postgres-url", target, "--batch-size", BATCH)
     first = migrate(*args)
     assert first.returncode == 0, first.stderr
-    second = migrate(*args)
+    # the second time with the URL from AUTONOMY_POSTGRES_URL, as an operator's env would have it
+    second = migrate(*args[:2], "--batch-size", BATCH, env={"AUTONOMY_POSTGRES_URL": target})
     assert second.returncode == 0, second.stderr
     assert "(0 inserted, 325 already present)" in second.stdout
     assert pg.count(target, "events_event") == 325

@@ -27,6 +27,11 @@ LIVE_STAGE_PHASES = frozenset({StagePhase.OPEN, StagePhase.PROMOTED})
 NO_NEW_NODES = frozenset({Phase.CANCELLED, Phase.ROLLED_BACK})
 
 
+def display_percent(value: float) -> float | int:
+    """5.0 -> 5, 37.5 -> 37.5: percents read back as they were written in the spec."""
+    return int(value) if float(value).is_integer() else value
+
+
 def bucket(plan_id: str, node_id: str) -> float:
     digest = hashlib.sha256(f"{plan_id}:{node_id}".encode()).hexdigest()
     return int(digest[:8], 16) % 10000 / 100

@@ -13,7 +13,7 @@ from orchestrator_site.errors import ApiError
 from releases.models import NodeAck, Release
 from rollouts import clock
 from rollouts.clock import rfc3339
-from rollouts.cohort import snapshot_by_pk, snapshot_of
+from rollouts.cohort import display_percent, snapshot_by_pk, snapshot_of
 from rollouts.gates import StageReport, evaluate_stage, unmet_reason
 from rollouts.models import RUNNING_PHASES, Phase, RolloutPlan, RolloutTransition
 
@@ -125,7 +125,7 @@ def plan_status(plan: RolloutPlan) -> dict[str, Any]:
             {
                 "stage_id": stage.stage_id,
                 "phase": stage.phase,
-                "percent": stage.percent,
+                "percent": display_percent(stage.percent),
                 "opened_at": rfc3339(stage.opened_at),
                 "promoted_at": rfc3339(stage.promoted_at),
                 "manual_approved": stage.manual_approved,

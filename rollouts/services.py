@@ -29,7 +29,7 @@ from django.db.models import F
 from orchestrator_site.errors import ApiError
 from releases.models import NodeAck, Release
 from rollouts import clock, signing
-from rollouts.cohort import PlanSnapshot, bucket, snapshot_of
+from rollouts.cohort import PlanSnapshot, bucket, display_percent, snapshot_of
 from rollouts.models import (
     NON_TERMINAL_PHASES,
     TERMINAL_PHASES,
@@ -181,7 +181,7 @@ def rollout_publish_dry_run(*, raw_spec: bytes) -> dict[str, Any]:
         stages.append(
             {
                 "stage_id": stage.stage_id,
-                "percent": stage.percent,
+                "percent": display_percent(stage.percent),
                 "nodes": len(members),
                 "sample": members[:DRY_RUN_SAMPLE],
             }

@@ -54,6 +54,7 @@ def test_publish_returns_the_signed_plan_with_stage_one_open(api):
     assert body["signature"]["alg"] == "Ed25519"
     assert len(body["signature"]["key_id"]) == 16
     assert [s["phase"] for s in body["status"]["stages"]] == ["open", "pending", "pending"]
+    assert [s["percent"] for s in body["status"]["stages"]] == [10, 50, 100]
     assert body["status"]["stages"][0]["opened_at"].endswith("Z")
     assert body["status"]["history"][0]["action"] == "publish"
     assert body["status"]["history"][0]["operator"] == "alice"

@@ -280,14 +280,22 @@ def _query_id(name: str, description: str, default: str | None = None) -> OpenAp
     return OpenApiParameter(name, schema, description=description)
 
 
-def _int_parameter(name: str, description: str, *, minimum: int, default: int) -> OpenApiParameter:
-    return OpenApiParameter(
-        name, {"type": "integer", "minimum": minimum, "default": default}, description=description
-    )
+def _int_parameter(
+    name: str, description: str, *, minimum: int, default: int, maximum: int | None = None
+) -> OpenApiParameter:
+    schema: dict[str, Any] = {"type": "integer", "minimum": minimum, "default": default}
+    if maximum is not None:
+        schema["maximum"] = maximum
+    return OpenApiParameter(name, schema, description=description)
 
 
 CHANNEL_PARAMETER = _query_id("channel", "The release channel.", default="stable")
-OFFSET_PARAMETER = _int_parameter("offset", "Items to skip (paging).", minimum=0, default=0)
+
+
+def offset_parameter(maximum: int) -> OpenApiParameter:
+    return _int_parameter(
+        "offset", "Items to skip (paging).", minimum=0, default=0, maximum=maximum
+    )
 
 
 class ReleaseSerializer(serializers.Serializer):
@@ -395,7 +403,7 @@ class ReleaseListViewSchema(OpenApiViewExtension):
                 parameters=[
                     _query_id("channel", "Only this channel's releases."),
                     LIMIT_PARAMETER,
-                    OFFSET_PARAMETER,
+                    offset_parameter(10**18 - 1),
                 ],
                 responses={200: ReleasePageSerializer, **errors(400)},
             ),
@@ -797,7 +805,15 @@ class ActionBodySerializer(serializers.Serializer):
     )
 
 
-class RecoverBodySerializer(ActionBodySerializer):
+class TransitionBodySerializer(ActionBodySerializer):
+    stage_id = serializers.CharField(
+        required=False,
+        allow_null=True,
+        help_text="The stage the action is meant for: 409 when the plan has moved on from it.",
+    )
+
+
+class RecoverBodySerializer(TransitionBodySerializer):
     strategy = serializers.ChoiceField(choices=RECOVER_STRATEGY_VALUES)
 
 
@@ -884,7 +900,7 @@ class RolloutListViewSchema(OpenApiViewExtension):
                 tags=["rollouts"],
                 parameters=[
                     LIMIT_PARAMETER,
-                    OFFSET_PARAMETER,
+                    offset_parameter(2**62),
                     OpenApiParameter(
                         "phase", str, enum=PLAN_PHASES, description="Only this phase."
                     ),
@@ -1014,7 +1030,7 @@ class RolloutActionViewSchema(OpenApiViewExtension):
                 ),
                 tags=["rollout actions"],
                 parameters=[PLAN_ID, OPERATOR_HEADER],
-                request=ActionBodySerializer,
+                request=TransitionBodySerializer,
                 responses={
                     200: PlanStatusSerializer,
                     **errors(
@@ -1116,9 +1132,10 @@ class StuckViewSchema(OpenApiViewExtension):
                 parameters=[
                     _int_parameter(
                         "threshold_seconds",
-                        "Seconds without a transition.",
+                        "Seconds without a transition (at most a century).",
                         minimum=0,
                         default=3600,
+                        maximum=100 * 365 * 86400,
                     )
                 ],
                 responses={200: StuckSerializer, **errors(400)},

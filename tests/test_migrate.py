@@ -281,7 +281,10 @@ def test_batch_size_must_be_positive():
         )
     result = migrate("--batch-size", "-5", "--postgres-url", "postgresql://x/y")
     assert result.returncode != 0
-    assert "must be a positive integer" in result.stderr
+    assert (
+        "autonomy-orchestrator migrate: error: argument --batch-size: must be a positive "
+        "integer, not '-5'" in result.stderr
+    )
 
 
 def test_progress_on_a_terminal_is_one_updating_line(store: Path, target: str):

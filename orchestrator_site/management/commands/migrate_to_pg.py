@@ -82,6 +82,12 @@ class Command(BaseCommand):
     help = "Copy all data from the SQLite store to PostgreSQL (see docs/migrate.md)."
     requires_system_checks: list[str] = []
 
+    def create_parser(self, prog_name: str, subcommand: str, **kwargs: Any) -> CommandParser:
+        parser = super().create_parser(prog_name, subcommand, **kwargs)
+        if prog_name == "autonomy-orchestrator":  # the console script's name for this command
+            parser.prog = "autonomy-orchestrator migrate"
+        return parser
+
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument(
             "--sqlite-dir",

@@ -1176,6 +1176,14 @@ _NO_DATABASE = {
     ("/v1/signing-key", "get"),
 }
 _WRITE_METHODS = {"post", "put", "patch", "delete"}
+# What the apps' own input serializers check by hand after field validation, merged into their
+# generated components: {component: {property: extra schema}}.
+_COMPONENT_PATCHES: dict[str, dict[str, dict[str, Any]]] = {
+    "ReleasePublishRequest": {
+        # One path segment, and not the literal route /v1/releases/latest.
+        "release_id": {"pattern": "^[^/]+$", "not": {"enum": ["latest"]}},
+    },
+}
 # Documentation serializers whose objects carry extra keys beyond the declared ones.
 _OPEN_OBJECTS = {"StoredEvent", "EventRequest", "Error"}
 
@@ -1280,6 +1288,10 @@ def postprocess_schema(
     for name in _OPEN_OBJECTS:
         if name in schemas:
             schemas[name]["additionalProperties"] = True
+    for name, properties in _COMPONENT_PATCHES.items():
+        for prop, extra in properties.items():
+            if name in schemas and prop in schemas[name].get("properties", {}):
+                schemas[name]["properties"][prop].update(extra)
     for path, item in result.get("paths", {}).items():
         for method, operation in item.items():
             if method not in {"get", "post", "put", "patch", "delete"}:

@@ -164,6 +164,10 @@ def test_request_bodies_name_their_required_fields_and_enums(schema: dict[str, A
     assert set(event["required"]) == {"event_id", "event_type", "node_id", "timestamp"}
     assert event["properties"]["timestamp"]["format"] == "date-time"
     assert event.get("additionalProperties") is True  # other keys are kept
+    release = body("/v1/releases")
+    assert release["required"] == ["release_id"]
+    assert release["properties"]["release_id"]["not"] == {"enum": ["latest"]}
+    assert release["properties"]["channel"]["default"] == "stable"
     ack = body("/v1/nodes/{node_id}/ack")
     assert set(ack["required"]) == {"release_id", "status"}
     assert set(resolve(schema, ack["properties"]["status"])["enum"]) == {

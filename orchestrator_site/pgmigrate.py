@@ -54,6 +54,9 @@ SKIP_MODELS = {"orchestrator_site.hacutoverat"}
 SKIP_DEPENDENTS_OF = {"contenttypes.contenttype"}
 
 
+_TABLES_CACHE: dict[str, set[str]] = {}  # alias -> table names, refreshed after schema changes
+
+
 class MigrateError(Exception):
     """A problem the operator must fix; the message is one readable sentence."""
 
@@ -151,6 +154,7 @@ def _add_alias(alias: str, config: dict[str, Any]) -> None:
         del connections[alias]
     connections.settings[alias] = filled
     settings.DATABASES[alias] = filled
+    _TABLES_CACHE.pop(alias, None)
 
 
 def configure_source(sqlite_file: Path) -> None:
@@ -329,9 +333,6 @@ def count_rows(alias: str, table: str) -> int | None:
     with conn.cursor() as cur:
         cur.execute(f"SELECT COUNT(*) FROM {_q(conn, table)}")
         return int(cur.fetchone()[0])
-
-
-_TABLES_CACHE: dict[str, set[str]] = {}
 
 
 def _existing_tables(alias: str, refresh: bool = False) -> set[str]:

@@ -119,15 +119,14 @@ def test_rerun_inserts_nothing_twice(store: Path, target: str):
     assert pg.count(target, "orchestrator_site_hacutoverat") == 2
 
 
-def test_interrupted_run_then_rerun_completes(template_store: Path, tmp_path: Path, target: str):
-    data = tmp_path / "data"
-    data.mkdir()
-    db = data / "orchestrator.sqlite3"
-    shutil.copy(template_store, db)
-    pg.fill_store(db, rows=5, events=60_000)
-    args = ["migrate", "--sqlite-dir", str(data), "--postgres-url", target, "--batch-size", "50"]
+def start_and_interrupt(args: list[str], target: str, sig: int) -> subprocess.Popen[str]:
+    """Start `autonomy-orchestrator ARGS`, send `sig` once 1000 events are in the target."""
     proc = subprocess.Popen(
-        [str(BIN), *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ}
+        [str(BIN), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "AUTONOMY_POSTGRES_URL": ""},
     )
     try:
         deadline = time.monotonic() + 60
@@ -141,11 +140,35 @@ def test_interrupted_run_then_rerun_completes(template_store: Path, tmp_path: Pa
                 break
             time.sleep(0.02)
         assert proc.poll() is None, "the copy finished before it could be interrupted"
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=10)
+        proc.send_signal(sig)
+        proc.wait(timeout=30)
     finally:
         if proc.poll() is None:
             proc.kill()
+            proc.wait()
+    return proc
+
+
+@pytest.fixture
+def big_store(template_store: Path, tmp_path: Path) -> Path:
+    data = tmp_path / "data"
+    data.mkdir()
+    shutil.copy(template_store, data / "orchestrator.sqlite3")
+    pg.fill_store(data / "orchestrator.sqlite3", rows=5, events=60_000)
+    return data
+
+
+def test_interrupted_run_then_rerun_completes(big_store: Path, target: str):
+    args = [
+        "migrate",
+        "--sqlite-dir",
+        str(big_store),
+        "--postgres-url",
+        target,
+        "--batch-size",
+        "50",
+    ]
+    start_and_interrupt(args, target, signal.SIGKILL)
     partial = pg.count(target, "events_event")
     assert 0 < partial < 60_005
     assert pg.count(target, "orchestrator_site_hacutoverat") == 0
@@ -157,6 +180,28 @@ def test_interrupted_run_then_rerun_completes(template_store: Path, tmp_path: Pa
     assert pg.count(target, "orchestrator_site_hacutoverat") == 1
     # the big table's indexes, dropped for the fast first copy, were rebuilt by the re-run
     assert "schema: rebuilt " in result.stdout
+    assert_event_indexes(target)
+
+
+def test_ctrl_c_stops_with_one_line_and_a_rerun_finishes(big_store: Path, target: str):
+    args = [
+        "migrate",
+        "--sqlite-dir",
+        str(big_store),
+        "--postgres-url",
+        target,
+        "--batch-size",
+        "50",
+    ]
+    proc = start_and_interrupt(args, target, signal.SIGINT)
+    stderr = proc.stderr.read() if proc.stderr else ""
+    assert proc.returncode == 1
+    assert "interrupted: the batches copied so far are kept; run the same command again" in stderr
+    assert "Traceback" not in stderr
+    assert 0 < pg.count(target, "events_event") < 60_005
+    result = migrate(*args[1:])
+    assert result.returncode == 0, result.stderr
+    assert pg.count(target, "events_event") == 60_005
     assert_event_indexes(target)
 
 

@@ -145,6 +145,11 @@ class Command(BaseCommand):
                     self._migrate(source, url, batch_size)
         except pgmigrate.MigrateError as exc:
             raise CommandError(str(exc)) from None
+        except KeyboardInterrupt:
+            raise CommandError(
+                "interrupted: the batches copied so far are kept; run the same command again "
+                "to finish (it never copies a row twice)"
+            ) from None
         except DatabaseError as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise CommandError(f"database error: {first}") from None

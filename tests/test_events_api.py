@@ -246,3 +246,11 @@ def test_browser_gets_the_browsable_api(api):
     assert response.status_code == 200
     assert response["Content-Type"].startswith("text/html")
     assert b"<html" in response.content.lower()
+
+
+def test_non_json_content_type_on_the_django_path_is_a_json_error(api):
+    response = api.post("/v1/events", data="events", content_type="text/plain")
+    assert response.status_code == 415
+    assert response["Content-Type"] == "application/json"
+    assert response.json()["error"]
+    assert Event.objects.count() == 0

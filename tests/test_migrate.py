@@ -383,3 +383,42 @@ def test_store_with_an_older_schema_is_refused(template_store: Path, tmp_path: P
     assert result.returncode != 0
     assert "has an older schema" in result.stderr and "start `serve` on it once" in result.stderr
     assert pg.table_names(target) == []
+
+
+@pytest.mark.parametrize("live", [False, True], ids=["closed-store", "store-with-wal"])
+def test_the_source_alias_cannot_write(store: Path, live: bool):
+    """Even a bug in the copy cannot change the source: its alias is a read-only SQLite open."""
+    import sqlite3
+    import sys
+
+    from events.models import Event
+
+    db = store / "orchestrator.sqlite3"
+    holder = None
+    if live:  # another connection holds the WAL open, as a running serve does
+        holder = sqlite3.connect(db)
+        holder.execute("SELECT COUNT(*) FROM events_event").fetchone()
+        holder.execute("PRAGMA journal_mode").fetchone()
+        assert (store / "orchestrator.sqlite3-wal").exists()
+    before = pg.file_digest(db)
+    code = (
+        "from pathlib import Path\n"
+        "from django.db import connections\n"
+        "from orchestrator_site import pgmigrate\n"
+        f"pgmigrate.open_source(Path({str(db)!r}))\n"
+        "cursor = connections[pgmigrate.SOURCE].cursor()\n"
+        "cursor.execute('DELETE FROM events_event')\n"
+    )
+    result = subprocess.run(
+        [sys.executable, str(pg.REPO / "manage.py"), "shell", "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "AUTONOMY_DATA_DIR": str(store)},
+    )
+    if holder is not None:
+        holder.close()
+    assert result.returncode != 0
+    assert "attempt to write a readonly database" in result.stderr
+    assert pg.file_digest(db) == before
+    assert len(pg.rows_of(Event, sqlite=db)) == 325

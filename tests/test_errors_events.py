@@ -125,3 +125,35 @@ def test_corrupt_store_at_start_is_one_line_and_a_non_zero_exit(tmp_path):
     assert len(lines) == 1, lines
     assert "corrupt" in lines[0]
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.e2e
+def test_corruption_found_while_serving_ends_the_process_with_one_line(tmp_path):
+    data = tmp_path / "data"
+    with ServeProcess(data) as srv:
+        body = {"events": [{**GOOD, "event_id": f"c-{i}", "pad": "x" * 200} for i in range(300)]}
+        assert requests.post(srv.url("/v1/events"), json=body, timeout=10).status_code == 200
+    db = data / "orchestrator.sqlite3"
+    with sqlite3.connect(db) as conn:
+        page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+        roots = [
+            row[0]
+            for row in conn.execute(
+                "SELECT rootpage FROM sqlite_master WHERE tbl_name = 'events_event'"
+            )
+        ]
+    srv = ServeProcess(data).start()
+    try:
+        with open(db, "r+b") as fh:  # damage the events table and its indexes under the server
+            for root in roots:
+                fh.seek((root - 1) * page_size)
+                fh.write(b"\xa5" * page_size)
+        with pytest.raises(requests.ConnectionError):
+            requests.get(srv.url("/v1/events"), params={"node_id": "n"}, timeout=10)
+        assert srv.proc is not None
+        assert srv.proc.wait(timeout=10) == 70
+    finally:
+        srv.stop()
+    log_lines = [line for line in srv.logs().splitlines() if "store is corrupt" in line]
+    assert len(log_lines) == 1, srv.logs()
+    assert "Traceback" not in srv.logs()

@@ -110,6 +110,13 @@ def publish_ack_and_fleet(srv: ServeProcess) -> None:
         assert (nodes["node-c"]["node_status"], nodes["node-c"]["last_seen"]) == ("unknown", None)
         assert get("/v1/fleet", stale_threshold="0").status_code == 400
 
+        # a browser gets DRF's browsable API, also on the fast path's route
+        for path in ("/v1/releases/latest", "/v1/fleet", "/v1/releases/rel-002/acks"):
+            page = http.get(srv.url(path), headers={"Accept": "text/html"}, timeout=TIMEOUT)
+            assert page.status_code == 200, path
+            assert page.headers["Content-Type"].startswith("text/html"), path
+            assert "rel-002" in page.text, path
+
 
 def _parallel_publishes(srv: ServeProcess, count: int) -> list[int]:
     def publish(index: int) -> requests.Response:

@@ -132,9 +132,27 @@ def _parallel_publishes(srv: ServeProcess, count: int) -> list[int]:
     return sorted(r.json()["sequence"] for r in responses)
 
 
+def _parallel_first_acks(srv: ServeProcess, count: int) -> None:
+    """`count` simultaneous first acks of one (node, release): one 201, the rest 200, one ack."""
+
+    def ack(index: int) -> requests.Response:
+        return requests.post(
+            srv.url("/v1/nodes/racer/ack"),
+            json={"release_id": "par-000", "status": "active", "message": f"try {index}"},
+            timeout=30,
+        )
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        codes = sorted(r.status_code for r in pool.map(ack, range(count)))
+    assert codes == [200] * (count - 1) + [201]
+    acks = requests.get(srv.url("/v1/releases/par-000/acks"), timeout=TIMEOUT).json()
+    assert acks["count"] == 1
+
+
 def test_parallel_publishes_get_distinct_consecutive_sequences(tmp_path):
     with ServeProcess(tmp_path / "data") as srv:
         assert _parallel_publishes(srv, 40) == list(range(1, 41))
+        _parallel_first_acks(srv, 16)
         listed = requests.get(
             srv.url("/v1/releases"), params={"channel": "edge", "limit": 1}, timeout=TIMEOUT
         ).json()
@@ -164,6 +182,7 @@ def test_releases_acks_fleet_and_parallel_publishes_on_postgresql(tmp_path, pg_d
     with ServeProcess(tmp_path / "data", "--postgres-url", pg_database_url) as srv:
         publish_ack_and_fleet(srv)
         assert _parallel_publishes(srv, 40) == list(range(1, 41))
+        _parallel_first_acks(srv, 16)
 
 
 def test_serve_serves_the_admin_static_files(tmp_path):

@@ -8,7 +8,7 @@ these routes (docs/performance.md).
 
 Everything else goes to Django unchanged: other routes and methods (so 404/405 with `Allow` come
 from DRF), requests whose `Accept` asks for HTML (the browsable API), a Host that
-`ALLOWED_HOSTS` does not list, and `GET /v1/releases/latest` until `releases.fast` exists.
+`ALLOWED_HOSTS` does not list.
 Both paths share validation, services, selectors, error bodies (`errors.error_body`), database
 error mapping (`dberrors`) and request observation (`observability.observe_request`).
 """
@@ -16,8 +16,6 @@ error mapping (`dberrors`) and request observation (`observability.observe_reque
 from __future__ import annotations
 
 import asyncio
-import importlib
-import importlib.util
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -155,36 +153,20 @@ async def _list(scope: dict[str, Any], receive: Any, headers: dict[bytes, bytes]
     return 200, page.as_json(), []
 
 
-_release_answer: Any = None  # releases.fast.latest_release_answer once it exists; False = absent
-
-
-def _release_answer_fn() -> Any:
-    global _release_answer
-    if _release_answer is None:
-        try:
-            found = importlib.util.find_spec("releases.fast") is not None
-        except (ImportError, ValueError):
-            found = False
-        if not found:
-            _release_answer = False
-        else:
-            try:
-                _release_answer = importlib.import_module("releases.fast").latest_release_answer
-            except Exception:
-                logger.exception("releases.fast could not be loaded; Django serves the route")
-                _release_answer = False
-    return _release_answer
-
-
 async def _release_latest(
     scope: dict[str, Any], receive: Any, headers: dict[bytes, bytes]
 ) -> Answer:
+    """The node poll. Most polls are answered from the in-process cache on the loop itself
+    (`cached_latest_answer`, no database); the rest go to a database thread."""
     from orchestrator_site.dbthreads import run_read
+    from releases.fast import cached_latest_answer, latest_release_answer
 
-    answer = _release_answer_fn()
-    if not answer:
-        raise _FallThrough
-    status, body = await run_read(answer, _query(scope))
+    query = _query(scope)
+    cached = cached_latest_answer(query)
+    if cached is not None:
+        status, body = cached
+    else:
+        status, body = await run_read(latest_release_answer, query)
     return status, body, []
 
 

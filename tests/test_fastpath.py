@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from django.db import OperationalError
 
-from orchestrator_site import dberrors, fastpath, observability
+from orchestrator_site import dberrors, observability
 from orchestrator_site.fastpath import FastPath
 
 
@@ -102,20 +102,29 @@ def test_everything_else_falls_through_to_django(app, method, path, headers):
     assert app.app.calls == [(method, path)]
 
 
-def test_release_latest_falls_through_until_releases_fast_answers(app, monkeypatch):
-    monkeypatch.setattr(fastpath, "_release_answer", False)
-    assert call(app, "GET", "/v1/releases/latest")[0] == 299
-    seen = []
+def test_release_latest_answers_from_the_cache_on_the_loop_else_on_a_db_thread(app, monkeypatch):
+    import releases.fast
+
+    on_thread = []
 
     def answer(query: dict[str, str]) -> tuple[int, bytes]:
-        seen.append(query)
+        on_thread.append(query)
         return 404, b'{"error":"no release in channel beta"}'
 
-    monkeypatch.setattr(fastpath, "_release_answer", answer)
+    monkeypatch.setattr(releases.fast, "latest_release_answer", answer)
     monkeypatch.setattr("orchestrator_site.dbthreads.call_with_reconnect", lambda fn, *a: fn(*a))
+    monkeypatch.setattr(releases.fast, "cached_latest_answer", lambda query: None)
     status, _, body = call(app, "GET", "/v1/releases/latest", query=b"channel=beta&node_id=n%201")
     assert (status, body) == (404, b'{"error":"no release in channel beta"}')
-    assert seen == [{"channel": "beta", "node_id": "n 1"}]
+    assert on_thread == [{"channel": "beta", "node_id": "n 1"}]
+
+    monkeypatch.setattr(
+        releases.fast, "cached_latest_answer", lambda query: (200, b'{"release_id":"r1"}')
+    )
+    status, _, body = call(app, "GET", "/v1/releases/latest", query=b"channel=beta")
+    assert (status, body) == (200, b'{"release_id":"r1"}')
+    assert len(on_thread) == 1  # the cached answer needed no database thread
+    assert app.app.calls == []  # and Django never saw either request
 
 
 def test_disallowed_host_goes_to_django_which_refuses_it(app, settings):

@@ -9,7 +9,8 @@ import time
 
 import pytest
 import requests
-from django.db.backends.sqlite3.base import SQLiteCursorWrapper
+from django.db import OperationalError
+from django.db.backends.utils import CursorWrapper
 
 from events.models import Event
 from orchestrator_site import dberrors
@@ -23,10 +24,12 @@ def post(api, body):
 
 
 def _raise_on_executemany(monkeypatch, message: str) -> None:
-    def executemany(self, query, param_list):
-        raise sqlite3.OperationalError(message)
+    """The database driver fails the insert with `message` (on SQLite and PostgreSQL alike)."""
 
-    monkeypatch.setattr(SQLiteCursorWrapper, "executemany", executemany)
+    def executemany(self, query, param_list):
+        raise OperationalError(message)
+
+    monkeypatch.setattr(CursorWrapper, "executemany", executemany)
 
 
 @pytest.mark.django_db
@@ -134,7 +137,11 @@ def test_corruption_found_while_serving_ends_the_process_with_one_line(tmp_path)
         body = {"events": [{**GOOD, "event_id": f"c-{i}", "pad": "x" * 200} for i in range(300)]}
         assert requests.post(srv.url("/v1/events"), json=body, timeout=10).status_code == 200
     db = data / "orchestrator.sqlite3"
-    with sqlite3.connect(db) as conn:
+    conn = sqlite3.connect(db)
+    try:
+        # Every page into the main file, so the damage below is what the server reads (a page
+        # still in the WAL would hide it).
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         page_size = conn.execute("PRAGMA page_size").fetchone()[0]
         roots = [
             row[0]
@@ -142,6 +149,8 @@ def test_corruption_found_while_serving_ends_the_process_with_one_line(tmp_path)
                 "SELECT rootpage FROM sqlite_master WHERE tbl_name = 'events_event'"
             )
         ]
+    finally:
+        conn.close()
     srv = ServeProcess(data).start()
     try:
         with open(db, "r+b") as fh:  # damage the events table and its indexes under the server

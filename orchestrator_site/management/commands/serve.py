@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import urllib.parse
 from pathlib import Path
 from typing import Any
@@ -165,8 +166,10 @@ class Command(BaseCommand):
 
         using_postgres = bool(settings.POSTGRES_URL)
         data_dir = Path(options["data_dir"]).expanduser()
-        if not using_postgres:
-            prepare_data_dir(data_dir)
+        # The data dir is used on PostgreSQL too: it keeps the rollout signing key and the secret
+        # that signs admin sessions (AUTONOMY_SECRET_KEY, when set, wins).
+        prepare_data_dir(data_dir)
+        if not os.environ.get("AUTONOMY_SECRET_KEY"):
             settings.SECRET_KEY = load_or_create_secret(data_dir)
 
         self._migrate(using_postgres)

@@ -100,6 +100,30 @@ def test_every_contract_route_is_documented(schema: dict[str, Any]) -> None:
     assert CONTRACT_OPERATIONS - documented == set()
 
 
+def _url_templates(patterns, prefix: str = "") -> set[str]:
+    from django.urls import URLPattern, URLResolver
+
+    from orchestrator_site.observability import route_template
+
+    found: set[str] = set()
+    for pattern in patterns:
+        route = prefix + str(pattern.pattern)
+        if isinstance(pattern, URLResolver):
+            found |= _url_templates(pattern.url_patterns, route)
+        elif isinstance(pattern, URLPattern):
+            found.add(route_template(route))
+    return found
+
+
+def test_every_api_route_of_the_urlconf_is_in_the_schema(schema: dict[str, Any]) -> None:
+    """A route added later without annotations shows up here (and as a CI warning)."""
+    from django.urls import get_resolver
+
+    routes = {r for r in _url_templates(get_resolver().url_patterns) if r.startswith("/v1/")}
+    routes -= {"/v1/openapi.json", "/v1/docs"}
+    assert routes - set(schema["paths"]) == set()
+
+
 def test_operation_ids_are_unique_and_every_operation_is_summarised(
     schema: dict[str, Any],
 ) -> None:

@@ -161,6 +161,28 @@ class _PreboundEndpoint:
 _ENDPOINTS: dict[str, Listener] = {}
 
 
+def _no_form_parsing_in_twisted() -> None:
+    """Twisted parses `multipart/form-data` and form-urlencoded POST bodies into `request.args`
+    before the application sees the request, and answers a malformed multipart body with a bare
+    400 (no JSON, no access log). Nothing here reads `request.args`: the application parses
+    bodies itself. So daphne's requests are built with that parsing switched off."""
+    import daphne.http_protocol as daphne_http
+
+    base = daphne_http.WebRequest
+    if getattr(base, "_orchestrator", False):
+        return
+
+    class WebRequest(base):  # type: ignore[misc, valid-type]
+        _orchestrator = True
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self._parsePOSTFormSubmission = False
+
+    # HTTPFactory.buildProtocol() looks the request class up in daphne's module by name.
+    daphne_http.WebRequest = WebRequest  # type: ignore[misc]
+
+
 def _server_from_string(reactor: Any, description: str) -> Any:
     if description.startswith("orchestrator:"):
         return _PreboundEndpoint(reactor, _ENDPOINTS[description.split(":", 1)[1]])
@@ -185,6 +207,7 @@ def run_daphne(
 
     # daphne builds endpoints with serverFromString(); ours are pre-bound sockets.
     daphne_server.serverFromString = _server_from_string  # type: ignore[attr-defined]
+    _no_form_parsing_in_twisted()
 
     class OrchestratorServer(daphne_server.Server):  # type: ignore[misc]
         def create_application(self, protocol: Any, scope: dict[str, Any]) -> Any:

@@ -1,7 +1,8 @@
 """Property-based fuzzing of the live server against its own OpenAPI document (schemathesis).
 
-One `autonomy-orchestrator serve` subprocess is started on loopback for the session and seeded
-over HTTP (releases, acks, events, rollout plans), so generated ids sometimes name real objects.
+One `autonomy-orchestrator serve` subprocess is started on loopback per store (SQLite, then
+PostgreSQL) and seeded over HTTP (releases, acks, events, rollout plans), so generated ids often
+name real objects.
 Every operation of `/v1/openapi.json` then gets generated requests, valid and invalid
 (schemathesis' positive and negative modes, plus the schema's examples and its coverage phase),
 including the state-changing rollout actions. Each response must:
@@ -11,13 +12,14 @@ including the state-changing rollout actions. Each response must:
 - match the schema: a documented status code, the documented content type, headers and body;
 - on an error status, be a JSON object with an `error` string (the contract's error body).
 
-Examples per operation: `AUTONOMY_FUZZ_EXAMPLES` (default 20, well under a minute for the whole
+Examples per operation: `AUTONOMY_FUZZ_EXAMPLES` (default 20, about 40 s per store for the whole
 API); a longer run is `AUTONOMY_FUZZ_EXAMPLES=500 pytest tests/test_fuzz.py`. The run is
 derandomized (the same examples every time) unless `AUTONOMY_FUZZ_RANDOM=1`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import urllib.error
@@ -144,12 +146,22 @@ def seed(base_url: str) -> None:
     assert _post(base_url, "/v1/rollouts/plan-p3/halt", {"reason": "seed"}) == 200
 
 
-@pytest.fixture(scope="session")
-def fuzz_server(tmp_path_factory: pytest.TempPathFactory):
+# The same fuzzing on both stores: PostgreSQL refuses what SQLite stores (NUL characters,
+# integers beyond 64 bits), so each store finds its own crashes.
+STORES = [pytest.param("sqlite"), pytest.param("postgres", marks=pytest.mark.postgres)]
+
+
+@pytest.fixture(scope="session", params=STORES)
+def fuzz_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
     data_dir = tmp_path_factory.mktemp("fuzz") / "data"
     # With --metrics-addr, GET /metrics is served on the main listener too (and fuzzed).
-    metrics = f"127.0.0.1:{free_port()}"
-    with ServeProcess(data_dir, "--metrics-addr", metrics) as server:
+    args = ["--metrics-addr", f"127.0.0.1:{free_port()}"]
+    with contextlib.ExitStack() as stack:
+        if request.param == "postgres":
+            from tests.pg import temp_database
+
+            args += ["--postgres-url", stack.enter_context(temp_database("test_fuzz"))]
+        server = stack.enter_context(ServeProcess(data_dir, *args))
         seed(server.base_url)
         yield server
         log = server.logs()

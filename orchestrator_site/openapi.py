@@ -9,7 +9,12 @@ registers the extensions.
 Where a view validates by hand (the hot paths share one validator with the ASGI fast path) the
 wire format is described by the documentation serializers below; where a view has its own input
 serializer it is referenced directly. `postprocess_schema` (a SPECTACULAR_SETTINGS hook) adds
-what every operation shares: the error body, 413/503/507, `Retry-After`.
+what every operation shares (the error body on 400/413/415/503/507, `Retry-After`), the two
+routes answered outside DRF (`/v1/crl`, `/metrics`), and the checks the apps make by hand after
+their serializers (`_COMPONENT_PATCHES`).
+
+tests/test_openapi.py holds the document to the contract; tests/test_fuzz.py holds the server
+to the document (docs/api.md).
 """
 
 from __future__ import annotations

@@ -23,6 +23,7 @@ MAX_ID_CHARS = 256  # event_id, event_type, node_id, lock_fingerprint, release_i
 MAX_TIMESTAMP_CHARS = 64
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
+MAX_CURSOR = 2**63 - 1
 
 REQUIRED_FIELDS = ("event_id", "event_type", "node_id")
 OPTIONAL_FIELDS = ("lock_fingerprint", "release_id")
@@ -190,7 +191,12 @@ def parse_before(value: str | None) -> int | None:
     if value is None:
         return None
     text = value.strip()
-    if not text.isascii() or not text.isdigit() or int(text) < 1 or len(text) > 19:
+    if (
+        not text.isascii()
+        or not text.isdigit()
+        or len(text) > 19
+        or not 1 <= int(text) <= MAX_CURSOR  # an event id: a signed 64-bit integer
+    ):
         raise ValueError("must be a cursor returned as next_before by a previous page")
     return int(text)
 

@@ -46,6 +46,19 @@ def test_stuck_plans_with_a_huge_threshold_is_not_a_500(api) -> None:
             assert response.json()["stuck_plans"] == []
 
 
+BEYOND_INT64 = str(2**63)  # the first cursor no SQL integer column can compare with
+
+
+@pytest.mark.django_db
+def test_events_before_cursor_beyond_64_bits_is_a_400(api) -> None:
+    # Found: GET /v1/events?before=9223372036854775808 -> 500 (OverflowError binding the cursor
+    # to SQLite), on the fast path and on the DRF path alike.
+    response = api.get(f"/v1/events?before={BEYOND_INT64}")
+    assert response.status_code == 400
+    assert response.json()["field"] == "before"
+    assert api.get(f"/v1/events?before={2**63 - 1}").status_code == 200
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory):
     with ServeProcess(tmp_path_factory.mktemp("regressions") / "data") as srv:
@@ -60,6 +73,13 @@ def _request(server: ServeProcess, method: str, path: str, body: bytes = b"", **
         return response.status, response.getheader("Content-Type", ""), response.read()
     finally:
         connection.close()
+
+
+@pytest.mark.e2e
+def test_events_before_cursor_beyond_64_bits_is_a_400_on_the_fast_path(server) -> None:
+    status, content_type, raw = _request(server, "GET", f"/v1/events?before={BEYOND_INT64}")
+    assert status == 400 and content_type.startswith("application/json")
+    assert json.loads(raw)["field"] == "before"
 
 
 @pytest.mark.e2e

@@ -1,4 +1,5 @@
-"""Map database failures onto the contract's answers: 503 (busy), 507 (disk full), fatal (corrupt).
+"""Map database failures onto the contract's answers: 503 (busy), 507 (disk full), fatal (corrupt),
+400 (a NUL character, which PostgreSQL cannot store in text or jsonb).
 
 Used by the Django middleware and by the fast path, so both answer alike.
 """
@@ -15,11 +16,15 @@ logger = logging.getLogger("orchestrator.db")
 BUSY = "busy"
 FULL = "full"
 CORRUPT = "corrupt"
+NUL = "nul"
 
 RETRY_AFTER_SECONDS = 1
 
 _BUSY_MARKERS = ("database is locked", "database table is locked", "database is busy")
 _FULL_MARKERS = ("database or disk is full", "disk i/o error", "no space left on device")
+# PostgreSQL (psycopg) refusing a NUL character: in a text parameter, and as \u0000 in jsonb.
+_NUL_MARKERS = ("cannot contain nul (0x00)", "\\u0000 cannot be converted to text")
+NUL_MESSAGE = "strings must not contain NUL (\\u0000) characters"
 _CORRUPT_MARKERS = (
     "database disk image is malformed",
     "file is not a database",
@@ -28,7 +33,7 @@ _CORRUPT_MARKERS = (
 
 
 def classify(exc: BaseException) -> str | None:
-    """Return BUSY, FULL, CORRUPT or None for an exception raised by a database call."""
+    """Return BUSY, FULL, CORRUPT, NUL or None for an exception raised by a database call."""
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
@@ -40,6 +45,8 @@ def classify(exc: BaseException) -> str | None:
             return FULL
         if any(m in text for m in _BUSY_MARKERS):
             return BUSY
+        if any(m in text for m in _NUL_MARKERS):
+            return NUL
         if isinstance(current, OSError) and current.errno == 28:  # ENOSPC
             return FULL
         current = current.__cause__ or current.__context__

@@ -197,6 +197,8 @@ def _error_answer(exc: BaseException) -> Answer:
             _json_error(507, "the disk holding the database is full; nothing was stored"),
             [],
         )
+    if kind == dberrors.NUL:
+        return 400, _json_error(400, dberrors.NUL_MESSAGE), []
     if kind == dberrors.CORRUPT:
         dberrors.die_corrupt(exc)
     logger.error("unhandled error on the fast path", exc_info=exc)

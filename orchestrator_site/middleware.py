@@ -68,6 +68,8 @@ def db_error_response(exc: BaseException) -> HttpResponse | None:
         )
     if kind == dberrors.FULL:
         return json_error(507, "the disk holding the database is full; nothing was stored")
+    if kind == dberrors.NUL:
+        return json_error(400, dberrors.NUL_MESSAGE)
     if kind == dberrors.CORRUPT:
         dberrors.die_corrupt(exc)
     return None

@@ -101,3 +101,50 @@ def test_a_multipart_content_type_gets_a_json_error_not_a_bare_400(server) -> No
         assert status < 500, (path, status)
         assert content_type.startswith("application/json"), (path, status, content_type)
         assert isinstance(json.loads(raw)["error"], str), (path, raw)
+
+
+# Found by probing the fuzzer's NUL strings against the PostgreSQL store (.ci/run's second run):
+# PostgreSQL cannot store U+0000 in text or jsonb, and every such request was a 500. On SQLite
+# they are stored; on PostgreSQL they are now a 400 naming the problem.
+NUL_REQUESTS = [
+    ("post", "/v1/releases", {"release_id": "rel-nul", "metadata": {"k": "a\u0000b"}}),
+    ("post", "/v1/rollouts/plan-nul/pause", {"reason": "a\u0000b"}),
+    ("post", "/v1/rollouts", {"release_id": "rel-n", "description": "a\u0000", "stages": []}),
+    ("get", "/v1/fleet?channel=a%00b", None),
+    ("get", "/v1/releases/latest?channel=a%00b", None),
+    ("get", "/v1/releases/a%00b", None),
+    ("get", "/v1/nodes/a%00b/acks", None),
+    ("get", "/v1/rollouts/a%00b/status", None),
+]
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(("method", "path", "body"), NUL_REQUESTS)
+def test_a_nul_character_is_never_a_500(api, method: str, path: str, body) -> None:
+    api.post("/v1/releases", {"release_id": "rel-n"}, format="json")
+    api.post(
+        "/v1/rollouts",
+        {"plan_id": "plan-nul", "release_id": "rel-n", "stages": [{"stage_id": "s", "percent": 5}]},
+        format="json",
+    )
+    response = getattr(api, method)(path, body, format="json") if body else api.get(path)
+    assert response.status_code < 500, response.content
+    if response.status_code >= 400:
+        _error(response)
+
+
+def test_postgresql_refusing_nul_maps_to_a_400() -> None:
+    from django.db.utils import DataError
+
+    from orchestrator_site import dberrors
+    from orchestrator_site.middleware import db_error_response
+
+    for message in (
+        "PostgreSQL text fields cannot contain NUL (0x00) bytes",
+        "unsupported Unicode escape sequence\nDETAIL:  \\u0000 cannot be converted to text.",
+    ):
+        exc = DataError(message)
+        assert dberrors.classify(exc) == dberrors.NUL
+        response = db_error_response(exc)
+        assert response is not None and response.status_code == 400
+        assert "NUL" in json.loads(response.content)["error"]

@@ -1211,7 +1211,8 @@ Fleet control plane: telemetry events, releases and node acks, staged rollouts.
   (`application/pkix-crl`) and `/v1/signing-key` (PEM). Exact paths, no trailing slash.
 - Timestamps are RFC 3339 (`2026-04-07T10:00:00Z`); the server writes UTC with `Z`.
 - Every error answer is `{"error": "<one readable sentence>", ...detail keys}`; a 400 about
-  one field names it in `field`. Strings containing NUL characters are refused (400).
+  one field names it in `field`. Ids and names containing NUL (U+0000) are refused (400); on
+  PostgreSQL, which cannot store it, so is any string carrying one.
 - 404 for an unknown route or object, 405 (with `Allow`) for a wrong method, 413 for a body
   over the size limit, 503 with `Retry-After` when the database is busy, 507 when its disk is
   full. No authentication at this layer: deploy behind mTLS (`serve --tls-ca-file`).

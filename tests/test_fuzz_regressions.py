@@ -148,3 +148,18 @@ def test_postgresql_refusing_nul_maps_to_a_400() -> None:
         response = db_error_response(exc)
         assert response is not None and response.status_code == 400
         assert "NUL" in json.loads(response.content)["error"]
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("acked_at", ["0001-01-01T00:00:00+04:00", "9999-12-31T23:59:59-01:00"])
+def test_an_acked_at_that_leaves_the_calendar_in_utc_is_a_400(api, acked_at: str) -> None:
+    # Found: POST /v1/nodes/{node_id}/ack with acked_at 0001-01-01T00:00:00+04:00 -> 500
+    # (OverflowError converting it to UTC: the instant is before year 1).
+    api.post("/v1/releases", {"release_id": "rel-cal"}, format="json")
+    response = api.post(
+        "/v1/nodes/node-a/ack",
+        {"release_id": "rel-cal", "status": "active", "acked_at": acked_at},
+        format="json",
+    )
+    assert response.status_code == 400
+    assert response.json()["field"] == "acked_at"

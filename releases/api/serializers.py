@@ -50,9 +50,9 @@ class Rfc3339Field(StrictCharField):
             text = text.replace(fraction.group(0), "." + fraction.group(1)[:6], 1)
         try:
             value = datetime.fromisoformat(text)
-        except ValueError:
+            return value.astimezone(UTC)
+        except (ValueError, OverflowError):  # e.g. 0001-01-01T00:00:00+04:00 is before year 1 UTC
             self.fail("format")
-        return value.astimezone(UTC)
 
 
 class ReleasePublishSerializer(serializers.Serializer):

@@ -29,6 +29,13 @@ def json_error(
     return response
 
 
+def retry_after(status_code: int) -> dict[str, str]:
+    """Every 503 tells the client when to retry (the contract's `Retry-After`)."""
+    from orchestrator_site.dberrors import RETRY_AFTER_SECONDS
+
+    return {"Retry-After": str(RETRY_AFTER_SECONDS)} if status_code == 503 else {}
+
+
 class ApiError(exceptions.APIException):
     """Raise from services/views for a contract error with detail keys.
 
@@ -62,7 +69,11 @@ def _first_validation_error(detail: Any, path: str = "") -> tuple[str, str]:
 def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     """DRF exception handler: reshape every API error into the contract's error body."""
     if isinstance(exc, ApiError):
-        return Response(error_body(exc.message, **exc.extra), status=exc.status_code)
+        return Response(
+            error_body(exc.message, **exc.extra),
+            status=exc.status_code,
+            headers=retry_after(exc.status_code),
+        )
     response = exception_handler(exc, context)
     if response is None:
         return None  # not an API exception: ApiErrorMiddleware decides (503/507/...)

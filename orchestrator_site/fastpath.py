@@ -26,7 +26,7 @@ import orjson
 from django.conf import settings
 
 from orchestrator_site import dberrors
-from orchestrator_site.errors import ApiError, error_body
+from orchestrator_site.errors import ApiError, error_body, retry_after
 from orchestrator_site.observability import client_identity_from_scope, observe_request
 
 logger = logging.getLogger("orchestrator.request")
@@ -183,7 +183,10 @@ ROUTES: dict[tuple[str, str], tuple[str, Handler]] = {
 def _error_answer(exc: BaseException) -> Answer:
     """The same answers as Django's ApiErrorMiddleware/exception handler give."""
     if isinstance(exc, ApiError):
-        return exc.status_code, _json_error(exc.status_code, exc.message, **exc.extra), []
+        headers = [
+            (k.lower().encode(), v.encode()) for k, v in retry_after(exc.status_code).items()
+        ]
+        return exc.status_code, _json_error(exc.status_code, exc.message, **exc.extra), headers
     kind = dberrors.classify(exc)
     if kind == dberrors.BUSY:
         return (

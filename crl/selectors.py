@@ -1,8 +1,8 @@
-"""Reads of the CRL in force (held in memory by the serving process, see orchestrator_site.tls)."""
+"""Reads of the CRL in force (held in memory by the serving process, see core.tls)."""
 
 from __future__ import annotations
 
-from orchestrator_site import tls
+from core import tls
 
 
 def crl_get() -> bytes | None:

@@ -23,7 +23,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from orchestrator_site.tls import (
+from core.tls import (
     CrlStore,
     crl_der,
     crl_is_older,

@@ -95,6 +95,6 @@ def event_list_sqlite(
     before: int | None,
 ) -> EventPage:
     """`event_list` through a plain sqlite3 connection (the fast path's read on the loop thread,
-    see orchestrator_site.dbthreads.inline_sqlite)."""
+    see core.dbthreads.inline_sqlite)."""
     sql, params = _event_list_sql(node_id, event_type, limit, before)
     return _page(conn.execute(sql.replace("%s", "?"), params).fetchall(), limit)

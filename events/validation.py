@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from orchestrator_site.errors import ApiError
+from core.errors import ApiError
 
 MAX_BATCH_EVENTS = 10_000
 MAX_ID_CHARS = 256  # event_id, event_type, node_id, lock_fingerprint, release_id

@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 
 from django.db import InterfaceError, OperationalError
 
+from core.dbthreads import reset_broken_connection
 from events.services import IngestResult, events_store
 from events.validation import EventRow
-from orchestrator_site.dbthreads import reset_broken_connection
 
 logger = logging.getLogger("orchestrator.events")
 

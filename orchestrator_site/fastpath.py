@@ -1,7 +1,7 @@
 """A lean ASGI app in front of Django for the hot routes.
 
 `GET /v1/health`, `POST /v1/events`, `GET /v1/events` and `GET /v1/releases/latest` are answered
-here, on the event loop plus the database threads (events.writer, orchestrator_site.dbthreads),
+here, on the event loop plus the database threads (events.writer, core.dbthreads),
 without Django's request objects, middleware, URL resolver or DRF. Measured on this project's
 machines, Django + DRF under daphne costs about 2 ms of CPU per request, more than the SQL of
 these routes (docs/performance.md).
@@ -25,9 +25,9 @@ from urllib.parse import parse_qsl
 import orjson
 from django.conf import settings
 
-from orchestrator_site import dberrors
-from orchestrator_site.errors import ApiError, error_body, retry_after
-from orchestrator_site.observability import client_identity_from_scope, observe_request
+from core import dberrors
+from core.errors import ApiError, error_body, retry_after
+from core.observability import client_identity_from_scope, observe_request
 
 logger = logging.getLogger("orchestrator.request")
 
@@ -112,7 +112,7 @@ async def _ingest(scope: dict[str, Any], receive: Any, headers: dict[bytes, byte
 
     body = await _read_body(receive, headers.get(b"content-length"))
     if len(body) > OFFLOAD_BODY_BYTES:
-        from orchestrator_site.dbthreads import readers
+        from core.dbthreads import readers
 
         loop = asyncio.get_running_loop()
         rows = await loop.run_in_executor(readers(), _parse_and_validate, body)
@@ -135,9 +135,9 @@ def _list_page(query: Any) -> bytes:
 
 
 async def _list(scope: dict[str, Any], receive: Any, headers: dict[bytes, bytes]) -> Answer:
+    from core.dbthreads import inline_sqlite, run_read
     from events.selectors import event_list_sqlite
     from events.validation import parse_list_query
-    from orchestrator_site.dbthreads import inline_sqlite, run_read
 
     query = parse_list_query(_query(scope))
     conn = inline_sqlite()
@@ -158,7 +158,7 @@ async def _release_latest(
 ) -> Answer:
     """The node poll. Most polls are answered from the in-process cache on the loop itself
     (`cached_latest_answer`, no database); the rest go to a database thread."""
-    from orchestrator_site.dbthreads import run_read
+    from core.dbthreads import run_read
     from releases.fast import cached_latest_answer, latest_release_answer
 
     query = _query(scope)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import environ
 
-from orchestrator_site.paths import data_dir_from_env, sqlite_path
+from core.paths import data_dir_from_env, sqlite_path
 
 env = environ.Env()
 
@@ -22,7 +22,7 @@ DATA_DIR = data_dir_from_env()
 POSTGRES_URL = env.str("AUTONOMY_POSTGRES_URL", default="").strip()
 
 # The secret key only signs admin sessions and CSRF tokens. `serve` keeps one in the data dir
-# (see orchestrator_site.datadir) so logins survive restarts; an explicit env var wins.
+# (see core.datadir) so logins survive restarts; an explicit env var wins.
 SECRET_KEY = env.str("AUTONOMY_SECRET_KEY", default="") or secrets.token_urlsafe(50)
 DEBUG = env.bool("AUTONOMY_DEBUG", default=False)
 ALLOWED_HOSTS = env.list("AUTONOMY_ALLOWED_HOSTS", default=["*"])
@@ -48,8 +48,8 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     # django-prometheus's request families (served on /metrics with --metrics-addr).
     "django_prometheus.middleware.PrometheusBeforeMiddleware",
-    "orchestrator_site.middleware.ObservabilityMiddleware",
-    "orchestrator_site.middleware.ApiErrorMiddleware",
+    "core.middleware.ObservabilityMiddleware",
+    "core.middleware.ApiErrorMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -149,7 +149,7 @@ REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.AllowAny"],
     "UNAUTHENTICATED_USER": None,
-    "EXCEPTION_HANDLER": "orchestrator_site.errors.api_exception_handler",
+    "EXCEPTION_HANDLER": "core.errors.api_exception_handler",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
 }
 
@@ -176,4 +176,4 @@ SPECTACULAR_SETTINGS = {
     },
 }
 
-# Logging is configured by `serve` from --log-format/--log-level (orchestrator_site.logging_setup).
+# Logging is configured by `serve` from --log-format/--log-level (core.logging_setup).

@@ -4,7 +4,7 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularSwaggerView
 
-from orchestrator_site import errors
+from core import errors
 from orchestrator_site.api_docs import OpenApiView
 
 urlpatterns = [

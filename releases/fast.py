@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import orjson
 
-from orchestrator_site.errors import ApiError, error_body
+from core.errors import ApiError, error_body
 from releases.params import parse_channel, parse_optional_node_id
 from releases.selectors import latest_cache, no_release_body, release_latest_answer
 

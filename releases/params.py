@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from orchestrator_site.errors import ApiError
+from core.errors import ApiError
 
 MAX_ID_CHARS = 256
 DEFAULT_CHANNEL = "stable"

@@ -20,8 +20,8 @@ from django.db.models.functions import RowNumber
 from django.db.models.signals import post_delete, post_migrate, post_save
 from django.utils import timezone
 
+from core.errors import ApiError
 from events.models import Event
-from orchestrator_site.errors import ApiError
 from releases.models import NodeAck, Release
 
 RELEASE_FIELDS = (

@@ -11,7 +11,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Max
 from django.utils import timezone
 
-from orchestrator_site.errors import ApiError
+from core.errors import ApiError
 from releases.models import NodeAck, Release
 from releases.selectors import latest_cache, release_get
 

@@ -35,7 +35,7 @@ from django.http import (
 from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html
 
-from orchestrator_site.errors import ApiError
+from core.errors import ApiError
 from rollouts import clock, services
 from rollouts.cohort import LIVE_STAGE_PHASES, NO_NEW_NODES, snapshot_of
 from rollouts.gates import evaluate_stage

@@ -20,7 +20,7 @@ from datetime import datetime
 
 from django.db import close_old_connections
 
-from orchestrator_site.errors import ApiError
+from core.errors import ApiError
 from rollouts import clock
 from rollouts.models import RUNNING_PHASES, RolloutPlan, StagePhase
 

@@ -9,7 +9,7 @@ from typing import Any
 from django.db import connection
 from django.db.models import Count
 
-from orchestrator_site.errors import ApiError
+from core.errors import ApiError
 from releases.models import NodeAck, Release
 from rollouts import clock
 from rollouts.clock import rfc3339

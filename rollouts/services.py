@@ -26,7 +26,7 @@ from typing import Any
 from django.db import IntegrityError, transaction
 from django.db.models import F
 
-from orchestrator_site.errors import ApiError
+from core.errors import ApiError
 from releases.models import NodeAck, Release
 from rollouts import clock, signing
 from rollouts.cohort import PlanSnapshot, bucket, display_percent, snapshot_of

@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from orchestrator_site.errors import ApiError
+from core.errors import ApiError
 
 MAX_STAGES = 50
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")

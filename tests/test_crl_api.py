@@ -7,7 +7,7 @@ import shutil
 import pytest
 from django.test import Client
 
-from orchestrator_site import tls
+from core import tls
 
 
 @pytest.fixture

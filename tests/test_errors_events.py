@@ -12,8 +12,8 @@ import requests
 from django.db import OperationalError
 from django.db.backends.utils import CursorWrapper
 
+from core import dberrors
 from events.models import Event
-from orchestrator_site import dberrors
 from tests.liveserver import ServeProcess, run_serve_expect_exit
 
 GOOD = {"event_id": "e", "event_type": "t", "node_id": "n", "timestamp": "2026-04-07T10:00:00Z"}

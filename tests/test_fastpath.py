@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from django.db import OperationalError
 
-from orchestrator_site import dberrors, observability
+from core import dberrors, observability
 from orchestrator_site.fastpath import FastPath
 
 
@@ -112,7 +112,7 @@ def test_release_latest_answers_from_the_cache_on_the_loop_else_on_a_db_thread(a
         return 404, b'{"error":"no release in channel beta"}'
 
     monkeypatch.setattr(releases.fast, "latest_release_answer", answer)
-    monkeypatch.setattr("orchestrator_site.dbthreads.call_with_reconnect", lambda fn, *a: fn(*a))
+    monkeypatch.setattr("core.dbthreads.call_with_reconnect", lambda fn, *a: fn(*a))
     monkeypatch.setattr(releases.fast, "cached_latest_answer", lambda query: None)
     status, _, body = call(app, "GET", "/v1/releases/latest", query=b"channel=beta&node_id=n%201")
     assert (status, body) == (404, b'{"error":"no release in channel beta"}')
@@ -217,7 +217,7 @@ def test_corruption_on_a_read_ends_the_process(app, monkeypatch):
         raise SystemExit(70)
 
     monkeypatch.setattr(dberrors, "die_corrupt", die)
-    monkeypatch.setattr("orchestrator_site.dbthreads.inline_sqlite", lambda: _CorruptConnection())
+    monkeypatch.setattr("core.dbthreads.inline_sqlite", lambda: _CorruptConnection())
     with pytest.raises(SystemExit):
         call(app, "GET", "/v1/events", query=b"node_id=n")
     assert "malformed" in str(died[0])

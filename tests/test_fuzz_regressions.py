@@ -136,8 +136,8 @@ def test_a_nul_character_is_never_a_500(api, method: str, path: str, body) -> No
 def test_postgresql_refusing_nul_maps_to_a_400() -> None:
     from django.db.utils import DataError
 
-    from orchestrator_site import dberrors
-    from orchestrator_site.middleware import db_error_response
+    from core import dberrors
+    from core.middleware import db_error_response
 
     for message in (
         "PostgreSQL text fields cannot contain NUL (0x00) bytes",

@@ -103,7 +103,7 @@ def test_every_contract_route_is_documented(schema: dict[str, Any]) -> None:
 def _url_templates(patterns, prefix: str = "") -> set[str]:
     from django.urls import URLPattern, URLResolver
 
-    from orchestrator_site.observability import route_template
+    from core.observability import route_template
 
     found: set[str] = set()
     for pattern in patterns:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 import releases.fast
-from orchestrator_site.errors import ApiError
+from core.errors import ApiError
 from orchestrator_site.fastpath import FastPath
 from releases import services
 from tests.test_fastpath import FakeDjango, call

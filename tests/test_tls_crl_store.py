@@ -12,9 +12,9 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from core.flags import parse_duration
+from core.tls import CrlStore, TlsError, crl_der, crl_is_older, parse_crl
 from crl.services import CrlSyncConfig, crl_sync_once
-from orchestrator_site.flags import parse_duration
-from orchestrator_site.tls import CrlStore, TlsError, crl_der, crl_is_older, parse_crl
 
 
 @pytest.mark.parametrize(

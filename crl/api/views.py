@@ -5,8 +5,8 @@ from __future__ import annotations
 from django.http import HttpRequest, HttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
+from core.errors import json_error
 from crl.selectors import crl_get
-from orchestrator_site.errors import json_error
 
 CRL_CONTENT_TYPE = "application/pkix-crl"
 

@@ -11,7 +11,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from orchestrator_site.errors import ApiError
+from core.errors import ApiError
 from rollouts import selectors, services, signing
 from rollouts.models import Phase
 

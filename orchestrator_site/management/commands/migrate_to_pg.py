@@ -9,9 +9,9 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DatabaseError
 
+from core.flags import env_default
+from core.paths import default_data_dir, sqlite_path
 from orchestrator_site import pgmigrate
-from orchestrator_site.flags import env_default
-from orchestrator_site.paths import default_data_dir, sqlite_path
 
 
 def _positive_int(value: str) -> int:

@@ -13,13 +13,12 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DatabaseError, connections
 
-from crl.services import CrlSyncConfig, CrlSyncThread
-from orchestrator_site import dberrors, metrics
-from orchestrator_site.datadir import DataDirError, load_or_create_secret, prepare_data_dir
-from orchestrator_site.flags import env_default, env_list, parse_duration
-from orchestrator_site.logging_setup import FORMATS, LEVELS, configure_logging
-from orchestrator_site.paths import default_data_dir
-from orchestrator_site.server import (
+from core import dberrors
+from core.datadir import DataDirError, load_or_create_secret, prepare_data_dir
+from core.flags import env_default, env_list, parse_duration
+from core.logging_setup import FORMATS, LEVELS, configure_logging
+from core.paths import default_data_dir
+from core.server import (
     SCOPE_HOOKS,
     Listener,
     ServeError,
@@ -27,7 +26,9 @@ from orchestrator_site.server import (
     parse_listen,
     run_daphne,
 )
-from orchestrator_site.tls import ServerTls, TlsConfig, TlsError, make_scope_hook, set_active_crl
+from core.tls import ServerTls, TlsConfig, TlsError, make_scope_hook, set_active_crl
+from crl.services import CrlSyncConfig, CrlSyncThread
+from orchestrator_site import metrics
 
 logger = logging.getLogger("orchestrator.serve")
 

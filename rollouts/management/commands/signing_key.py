@@ -8,7 +8,7 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from orchestrator_site.flags import env_default
+from core.flags import env_default
 from rollouts.signing import SigningKeyError, load_or_create
 
 

@@ -15,9 +15,9 @@ from django.core.exceptions import (
 from django.db import DatabaseError
 from django.http import Http404, HttpRequest, HttpResponse
 
-from orchestrator_site import dberrors
-from orchestrator_site.errors import json_error
-from orchestrator_site.observability import (
+from core import dberrors
+from core.errors import json_error
+from core.observability import (
     client_identity_from_scope,
     observe_request,
     route_template,

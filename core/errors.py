@@ -31,7 +31,7 @@ def json_error(
 
 def retry_after(status_code: int) -> dict[str, str]:
     """Every 503 tells the client when to retry (the contract's `Retry-After`)."""
-    from orchestrator_site.dberrors import RETRY_AFTER_SECONDS
+    from core.dberrors import RETRY_AFTER_SECONDS
 
     return {"Retry-After": str(RETRY_AFTER_SECONDS)} if status_code == 503 else {}
 

@@ -73,5 +73,5 @@ def client_identity_from_scope(scope: dict[str, Any] | None) -> str | None:
     name = tls.get("client_cert_name")
     if not name:
         return None
-    serial = tls.get("client_cert_serial")  # set by orchestrator_site.tls (hex)
+    serial = tls.get("client_cert_serial")  # set by core.tls (hex)
     return f"{name} serial={serial}" if serial else str(name)

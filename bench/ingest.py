@@ -87,14 +87,14 @@ def make_event(n: int, prefix: str, node: int) -> dict[str, object]:
 BATCH_TEMPLATE = orjson.dumps(
     {"events": [make_event(n, MARK, (n * 37) % NODES) for n in range(BATCH)]}
 )
-ROW_TEMPLATE = [
+ROW_TEMPLATE: list[tuple[str, ...]] = [
     (
-        e["event_id"],
-        e["event_type"],
-        e["node_id"],
-        e["timestamp"],
-        e["lock_fingerprint"],
-        e["release_id"],
+        str(e["event_id"]),
+        str(e["event_type"]),
+        str(e["node_id"]),
+        str(e["timestamp"]),
+        str(e["lock_fingerprint"]),
+        str(e["release_id"]),
         orjson.dumps(e).decode(),
     )
     for e in (make_event(n, MARK, (n * 37) % NODES) for n in range(BATCH))
@@ -244,13 +244,13 @@ def list_request(_worker: int, seq: int) -> bytes:
     return get_request(f"/v1/events?node_id=node-{(seq * 7919 + _worker) % NODES:05d}&limit=100")
 
 
-def server_cpu(server, fn):  # type: ignore[no-untyped-def]
+def server_cpu(server, fn):
     before = server.cpu_seconds()
     result = fn()
     return result, server.cpu_seconds() - before
 
 
-def _load(srv, factory, connections: int, args: argparse.Namespace):  # type: ignore[no-untyped-def]
+def _load(srv, factory, connections: int, args: argparse.Namespace):
     return run_load(
         srv.port,
         factory,
@@ -262,7 +262,7 @@ def _load(srv, factory, connections: int, args: argparse.Namespace):  # type: ig
     )
 
 
-def _detail(res, seconds: float) -> str:  # type: ignore[no-untyped-def]
+def _detail(res, seconds: float) -> str:
     return (
         f"p50 {res.pct(50):.1f} ms, p99 {res.pct(99):.1f} ms, server CPU "
         f"{res.server_cpu / seconds * 100:.0f}%, client CPU "

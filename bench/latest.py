@@ -25,11 +25,13 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import (
+    LoadResult,
     get_request,
     machine_summary,
     run_load,
@@ -103,7 +105,7 @@ def main() -> int:
     print(f"machine: {machine_summary()}; sqlite {sqlite3.sqlite_version}")
     print(f"work dir: {work}")
 
-    def load(port: int, factory) -> tuple:  # type: ignore[no-untyped-def]
+    def load(port: int, factory: Callable[[int, int], bytes]) -> LoadResult:
         return run_load(
             port,
             factory,
@@ -113,7 +115,7 @@ def main() -> int:
             warmup=args.warmup,
         )
 
-    def line(name: str, res, cpu: float) -> str:  # type: ignore[no-untyped-def]
+    def line(name: str, res: LoadResult, cpu: float) -> str:
         span = args.seconds + args.warmup
         return (
             f"{name:<34} {res.rate:>8,.0f} req/s  ({res.errors} non-200, p50 {res.pct(50):.1f} ms, "

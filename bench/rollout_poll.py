@@ -24,6 +24,7 @@ import statistics
 import sys
 import tempfile
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -96,7 +97,7 @@ def prepare(port: int) -> None:
     assert answers == {"stable-019", "stable-018"}, answers
 
 
-def poll(channel: str):  # type: ignore[no-untyped-def]
+def poll(channel: str) -> Callable[[int, int], bytes]:
     def factory(worker: int, seq: int) -> bytes:
         node = (worker * 7919 + seq) % NODES
         return get_request(f"/v1/releases/latest?channel={channel}&node_id=node-{node:05d}")

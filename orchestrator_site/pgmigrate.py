@@ -290,6 +290,13 @@ def copy_models() -> list[type[models.Model]]:
     return ordered
 
 
+def _column(meta: Any, name: str) -> str:
+    """The database column of the concrete field NAME (unique keys only name concrete fields)."""
+    field = meta.get_field(name)
+    assert isinstance(field, models.Field), name
+    return str(field.column)
+
+
 def table_spec(model: type[models.Model]) -> TableSpec:
     meta = model._meta
     fields = list(meta.concrete_fields)
@@ -299,7 +306,7 @@ def table_spec(model: type[models.Model]) -> TableSpec:
         if f.unique and not f.primary_key:
             keys.append([f.column])
     for together in meta.unique_together:
-        keys.append([meta.get_field(name).column for name in together])
+        keys.append([_column(meta, name) for name in together])
     for constraint in meta.constraints:
         if (
             isinstance(constraint, models.UniqueConstraint)
@@ -307,7 +314,7 @@ def table_spec(model: type[models.Model]) -> TableSpec:
             and constraint.condition is None
             and not constraint.expressions
         ):
-            keys.append([meta.get_field(name).column for name in constraint.fields])
+            keys.append([_column(meta, name) for name in constraint.fields])
     adapters: dict[int, Callable[[Any], Any]] = {}
     for index, f in enumerate(fields):
         if f.get_internal_type() == "DurationField":  # SQLite keeps microseconds as an integer

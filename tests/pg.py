@@ -92,6 +92,13 @@ def temp_database(prefix: str = "test_mig") -> Iterator[str]:
         drop_database(name)
 
 
+def scalar(conn: psycopg.Connection[Any], query: str) -> Any:
+    """The first column of the first row of QUERY (which must return a row)."""
+    row = conn.execute(query).fetchone()
+    assert row is not None, query
+    return row[0]
+
+
 def table_names(url: str) -> list[str]:
     with psycopg.connect(url) as conn:
         rows = conn.execute(

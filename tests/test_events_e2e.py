@@ -4,6 +4,7 @@ path), concurrent clients, the browsable API, restart on the same data dir."""
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import pytest
 import requests
@@ -15,7 +16,7 @@ pytestmark = pytest.mark.e2e
 TIMEOUT = 10
 
 
-def ev(event_id: str, node: str = "node-a", **extra: object) -> dict[str, object]:
+def ev(event_id: str, node: str = "node-a", **extra: Any) -> dict[str, Any]:
     return {
         "event_id": event_id,
         "event_type": "app.heartbeat",

@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from io import StringIO
 from pathlib import Path
 
@@ -42,7 +43,7 @@ def store(template_store: Path, tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def target() -> str:
+def target() -> Iterator[str]:
     with pg.temp_database() as url:
         yield url
 
@@ -80,13 +81,14 @@ def test_full_copy_carries_every_table_faithfully(store: Path, target: str):
         ids = conn.execute("SELECT event_id FROM events_event WHERE id > 25 ORDER BY id").fetchall()
         assert [r[0] for r in ids] == [f"evt-{k:08d}" for k in range(25, 325)]
         # the rollout spec bytes (every byte value) arrive unchanged
-        spec = conn.execute("SELECT spec FROM rollouts_rolloutplan WHERE id = 3").fetchone()[0]
+        spec = pg.scalar(conn, "SELECT spec FROM rollouts_rolloutplan WHERE id = 3")
         assert bytes(spec) == bytes(range(256)) + (2).to_bytes(4, "big") + b"\x00\xff"
         # sequences were reset: a new row gets the next id instead of colliding
-        new_id = conn.execute(
+        new_id = pg.scalar(
+            conn,
             "INSERT INTO events_event (event_id, event_type, node_id, timestamp, payload, "
-            "received_at) VALUES ('new', 't', 'n', 'ts', '{}', now()) RETURNING id"
-        ).fetchone()[0]
+            "received_at) VALUES ('new', 't', 'n', 'ts', '{}', now()) RETURNING id",
+        )
         assert new_id == 326
         cutover = conn.execute(
             "SELECT completed_at, source, rows_copied, table_counts "

@@ -8,6 +8,7 @@ must answer every read exactly as the SQLite server did, and keep accepting writ
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -18,7 +19,7 @@ from tests.liveserver import ServeProcess, cli
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
 
-EVENTS = [
+EVENTS: list[dict[str, Any]] = [
     {
         "event_id": f"evt-{i:03d}",
         "event_type": "app.crash" if i % 7 == 0 else "app.heartbeat",
@@ -102,8 +103,8 @@ READS = [
 ]
 
 
-def read_all(srv: ServeProcess) -> dict[str, tuple[int, object]]:
-    answers: dict[str, tuple[int, object]] = {}
+def read_all(srv: ServeProcess) -> dict[str, tuple[int, Any]]:
+    answers: dict[str, tuple[int, Any]] = {}
     for path in READS:
         r = requests.get(srv.url(path), timeout=10)
         body = r.text if path == "/v1/signing-key" else r.json()
@@ -137,9 +138,9 @@ def test_store_served_from_postgresql_after_migrate(tmp_path: Path):
         assert result.returncode == 0, result.stdout + result.stderr
         assert pg.file_digest(db) == digest
         with psycopg.connect(url) as conn:
-            stored = conn.execute(
-                "SELECT spec FROM rollouts_rolloutplan WHERE plan_id = 'plan-e2e'"
-            ).fetchone()[0]
+            stored = pg.scalar(
+                conn, "SELECT spec FROM rollouts_rolloutplan WHERE plan_id = 'plan-e2e'"
+            )
         assert bytes(stored) == SPEC_BODY.encode()
 
         # the same data dir (for the signing key), the store now in PostgreSQL
@@ -183,7 +184,7 @@ def test_store_served_from_postgresql_after_migrate(tmp_path: Path):
             status = requests.get(srv.url("/v1/rollouts/plan-e2e/status"), timeout=10).json()
             assert [h["action"] for h in status["history"]][-2:] == ["pause", "resume"]
         with psycopg.connect(url) as conn:
-            assert conn.execute("SELECT count(*) FROM events_event").fetchone()[0] == 121
+            assert pg.scalar(conn, "SELECT count(*) FROM events_event") == 121
         assert pg.file_digest(db) == digest  # the PostgreSQL server never touched SQLite
 
     # rollback: the untouched SQLite store serves the pre-cutover data again

@@ -27,7 +27,9 @@ def _create_admin(data_dir, extra_env=None, *args: str) -> None:
 def _log_in(srv: ServeProcess) -> requests.Session:
     session = requests.Session()
     page = session.get(srv.url("/admin/login/"), timeout=10)
-    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page.text).group(1)
+    found = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page.text)
+    assert found, page.text
+    token = found.group(1)
     done = session.post(
         srv.url("/admin/login/?next=/admin/"),
         data={"username": "ops", "password": PASSWORD, "csrfmiddlewaretoken": token},

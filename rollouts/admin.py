@@ -39,21 +39,27 @@ from core.errors import ApiError
 from rollouts import clock, services
 from rollouts.cohort import LIVE_STAGE_PHASES, NO_NEW_NODES, snapshot_of
 from rollouts.gates import evaluate_stage
-from rollouts.models import TERMINAL_PHASES, RolloutPlan, StagePhase
+from rollouts.models import (
+    APPROVABLE_STAGE_PHASES,
+    TERMINAL_PHASES,
+    Phase,
+    RolloutPlan,
+    StagePhase,
+)
 from rollouts.statemachine import target_phase
 
 CONTROL_PERMISSION = "rollouts.change_rolloutplan"
 REASON_MAX_LENGTH = 1000
 
 # Plan phase -> colour of its badge (list and page).
-PHASE_COLOURS = {
-    "published": "#2f6fb0",
-    "active": "#2e7d32",
-    "paused": "#b26a00",
-    "halted": "#c62828",
-    "completed": "#455a64",
-    "cancelled": "#757575",
-    "rolled_back": "#6a1b9a",
+PHASE_COLOURS: dict[str, str] = {
+    Phase.PUBLISHED: "#2f6fb0",
+    Phase.ACTIVE: "#2e7d32",
+    Phase.PAUSED: "#b26a00",
+    Phase.HALTED: "#c62828",
+    Phase.COMPLETED: "#455a64",
+    Phase.CANCELLED: "#757575",
+    Phase.ROLLED_BACK: "#6a1b9a",
 }
 DONE_STAGE_PHASES = (StagePhase.PROMOTED, StagePhase.SKIPPED)
 
@@ -341,7 +347,7 @@ class RolloutPlanAdmin(admin.ModelAdmin):
             and not terminal
             and any(gate.kind == "manual" for gate in current.gates)
             and not current.manual_approved
-            and current.phase in (StagePhase.OPEN, StagePhase.PENDING)
+            and current.phase in APPROVABLE_STAGE_PHASES
         )
         done = sum(1 for stage in snap.stages if stage.phase in DONE_STAGE_PHASES)
         return {

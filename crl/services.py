@@ -23,7 +23,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from core.tls import (
+from crl.store import (
     CrlStore,
     crl_der,
     crl_is_older,

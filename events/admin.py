@@ -3,16 +3,14 @@ as received and never change)."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from django.contrib import admin
-from django.http import HttpRequest
 
+from core.admin import ReadOnlyAdminMixin
 from events.models import Event
 
 
 @admin.register(Event)
-class EventAdmin(admin.ModelAdmin):
+class EventAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     list_display = ("id", "event_id", "event_type", "node_id", "timestamp", "received_at")
     search_fields = ("=event_id", "=node_id")  # exact, indexed: no scan of millions of rows
     ordering = ("-id",)
@@ -28,12 +26,3 @@ class EventAdmin(admin.ModelAdmin):
         "payload",
     )
     readonly_fields = fields
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False

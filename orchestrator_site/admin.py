@@ -2,16 +2,13 @@
 
 from django.contrib import admin
 
+from core.admin import ReadOnlyAdminMixin
 from orchestrator_site.models import HACutoverAt
 
 
 @admin.register(HACutoverAt)
-class HACutoverAtAdmin(admin.ModelAdmin):
+class HACutoverAtAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    """Written only by `migrate`."""
+
     list_display = ("completed_at", "source", "rows_copied", "version")
     readonly_fields = ("completed_at", "source", "rows_copied", "table_counts", "version")
-
-    def has_add_permission(self, request) -> bool:  # written only by `migrate`
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False

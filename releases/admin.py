@@ -7,7 +7,6 @@ The admin shows them and lets nobody edit them.
 
 from __future__ import annotations
 
-from typing import Any
 from urllib.parse import urlencode
 
 from django.contrib import admin
@@ -16,22 +15,12 @@ from django.http import HttpRequest
 from django.urls import reverse
 from django.utils.html import format_html
 
+from core.admin import ReadOnlyAdminMixin
 from releases.models import NodeAck, Release
 
 
-class ReadOnlyAdmin(admin.ModelAdmin):
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-
 @admin.register(Release)
-class ReleaseAdmin(ReadOnlyAdmin):
+class ReleaseAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     list_display = (
         "release_id",
         "channel",
@@ -63,7 +52,7 @@ class ReleaseAdmin(ReadOnlyAdmin):
 
 
 @admin.register(NodeAck)
-class NodeAckAdmin(ReadOnlyAdmin):
+class NodeAckAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     list_display = (
         "node_id",
         "release",

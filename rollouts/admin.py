@@ -35,25 +35,32 @@ from django.http import (
 from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html
 
+from core.admin import ReadOnlyAdminMixin
 from core.errors import ApiError
 from rollouts import clock, services
 from rollouts.cohort import LIVE_STAGE_PHASES, NO_NEW_NODES, snapshot_of
 from rollouts.gates import evaluate_stage
-from rollouts.models import TERMINAL_PHASES, RolloutPlan, StagePhase
-from rollouts.statemachine import target_phase
+from rollouts.models import (
+    APPROVABLE_STAGE_PHASES,
+    TERMINAL_PHASES,
+    Phase,
+    RolloutPlan,
+    StagePhase,
+)
+from rollouts.statemachine import STAGE_EFFECTS, target_phase
 
 CONTROL_PERMISSION = "rollouts.change_rolloutplan"
 REASON_MAX_LENGTH = 1000
 
 # Plan phase -> colour of its badge (list and page).
-PHASE_COLOURS = {
-    "published": "#2f6fb0",
-    "active": "#2e7d32",
-    "paused": "#b26a00",
-    "halted": "#c62828",
-    "completed": "#455a64",
-    "cancelled": "#757575",
-    "rolled_back": "#6a1b9a",
+PHASE_COLOURS: dict[str, str] = {
+    Phase.PUBLISHED: "#2f6fb0",
+    Phase.ACTIVE: "#2e7d32",
+    Phase.PAUSED: "#b26a00",
+    Phase.HALTED: "#c62828",
+    Phase.COMPLETED: "#455a64",
+    Phase.CANCELLED: "#757575",
+    Phase.ROLLED_BACK: "#6a1b9a",
 }
 DONE_STAGE_PHASES = (StagePhase.PROMOTED, StagePhase.SKIPPED)
 
@@ -67,6 +74,13 @@ class Control:
     call: Callable[..., Any]
     confirm: str = ""  # asked in the browser before a final action
     recover: bool = False  # shown apart, under "Recover"
+
+    @property
+    def stage_scoped(self) -> bool:
+        """The action changes the current stage (promote, skip, halt, re-open): its form sends
+        the `stage_id` shown, and the service refuses it (409) once the plan has moved on, so a
+        double submit or a stale page cannot act on the next stage."""
+        return STAGE_EFFECTS[self.name] is not None
 
 
 def _recover(strategy: str) -> Callable[..., RolloutPlan]:
@@ -135,7 +149,7 @@ def _bulk_action(control: Control) -> Callable[..., None]:
 
 
 @admin.register(RolloutPlan)
-class RolloutPlanAdmin(admin.ModelAdmin):
+class RolloutPlanAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     list_display = (
         "plan_id",
         "release_link",
@@ -186,16 +200,7 @@ class RolloutPlanAdmin(admin.ModelAdmin):
         "spec_pretty",
     )
 
-    # --- permissions: nothing is added, edited through a form or deleted -----------------------
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
+    # --- permissions: nothing is added, edited through a form or deleted (ReadOnlyAdminMixin) --
 
     def has_control_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         """May this user pause, resume, promote, halt, cancel, recover and approve gates."""
@@ -229,7 +234,13 @@ class RolloutPlanAdmin(admin.ModelAdmin):
 
     @admin.display(description="current stage", ordering="current_stage_id")
     def current_stage(self, plan: RolloutPlan) -> str:
-        return plan.current_stage_id
+        # The list's actions send the stage each row shows (see `run_bulk`).
+        return format_html(
+            '{}<input type="hidden" name="{}" value="{}">',
+            plan.current_stage_id,
+            _row_stage_field(plan.pk),
+            plan.current_stage_id,
+        )
 
     @admin.display(description="progress")
     def progress(self, plan: RolloutPlan) -> str:
@@ -255,9 +266,12 @@ class RolloutPlanAdmin(admin.ModelAdmin):
         reason = _reason(request)
         operator = request.user.get_username()
         done: list[str] = []
-        for plan_id in queryset.order_by("id").values_list("plan_id", flat=True):
+        for pk, plan_id in queryset.order_by("id").values_list("pk", "plan_id"):
+            # A stage-scoped action acts on the stage the row showed (absent for plans selected
+            # with "select all" beyond the page: their current stage).
+            stage_id = _stage_id(request, _row_stage_field(pk)) if control.stage_scoped else None
             try:
-                control.call(plan_id=plan_id, operator=operator, reason=reason)
+                control.call(plan_id=plan_id, operator=operator, reason=reason, stage_id=stage_id)
             except ApiError as exc:
                 self.message_user(request, f"{plan_id}: {exc.message}.", messages.ERROR)
             else:
@@ -341,7 +355,7 @@ class RolloutPlanAdmin(admin.ModelAdmin):
             and not terminal
             and any(gate.kind == "manual" for gate in current.gates)
             and not current.manual_approved
-            and current.phase in (StagePhase.OPEN, StagePhase.PENDING)
+            and current.phase in APPROVABLE_STAGE_PHASES
         )
         done = sum(1 for stage in snap.stages if stage.phase in DONE_STAGE_PHASES)
         return {
@@ -387,10 +401,15 @@ class RolloutPlanAdmin(admin.ModelAdmin):
             raise Http404(f"no rollout action {action!r}")
         plan = self._checked_post(request, object_id)
         reason = _reason(request)
+        # The stage shown on the page; without one (a hand-made POST), the current stage.
+        stage_id = _stage_id(request) if control.stage_scoped else None
         before = plan.phase
         try:
             after = control.call(
-                plan_id=plan.plan_id, operator=request.user.get_username(), reason=reason
+                plan_id=plan.plan_id,
+                operator=request.user.get_username(),
+                reason=reason,
+                stage_id=stage_id,
             )
         except ApiError as exc:
             self.message_user(request, f"{control.label} refused: {exc.message}.", messages.ERROR)
@@ -408,7 +427,7 @@ class RolloutPlanAdmin(admin.ModelAdmin):
         if request.method != "POST":
             return HttpResponseNotAllowed(["POST"])
         plan = self._checked_post(request, object_id)
-        stage_id = (request.POST.get("stage_id") or "").strip() or plan.current_stage_id
+        stage_id = _stage_id(request) or plan.current_stage_id
         try:
             approval = services.rollout_gate_approve(
                 plan_id=plan.plan_id,
@@ -421,6 +440,14 @@ class RolloutPlanAdmin(admin.ModelAdmin):
             return self._back(plan)
         self.message_user(request, f"Stage {stage_id}: {approval.message}.", messages.SUCCESS)
         return self._back(plan)
+
+
+def _row_stage_field(pk: int) -> str:
+    return f"stage_id_{pk}"
+
+
+def _stage_id(request: HttpRequest, field: str = "stage_id") -> str | None:
+    return (request.POST.get(field) or "").strip() or None
 
 
 def _reason(request: HttpRequest) -> str | None:

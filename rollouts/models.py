@@ -14,17 +14,25 @@ class Phase(models.TextChoices):
 
 
 TERMINAL_PHASES = frozenset({Phase.COMPLETED, Phase.CANCELLED, Phase.ROLLED_BACK})
-NON_TERMINAL_PHASES = frozenset({Phase.PUBLISHED, Phase.ACTIVE, Phase.PAUSED, Phase.HALTED})
+# In declaration order (the constraint below lists them; its migration has this order).
+LIVE_PHASES: tuple[Phase, ...] = tuple(phase for phase in Phase if phase not in TERMINAL_PHASES)
+NON_TERMINAL_PHASES = frozenset(LIVE_PHASES)
 # Phases whose open stage the evaluator checks, and the only ones `stuck` reports.
 RUNNING_PHASES = frozenset({Phase.PUBLISHED, Phase.ACTIVE})
 
 
 class StagePhase(models.TextChoices):
+    """A stage's phase (API.md §4 "Status and phases")."""
+
     PENDING = "pending"
     OPEN = "open"
     PROMOTED = "promoted"
     HALTED = "halted"
     SKIPPED = "skipped"
+
+
+# Stage phases in which a manual gate may be approved.
+APPROVABLE_STAGE_PHASES = frozenset({StagePhase.OPEN, StagePhase.PENDING})
 
 
 class RolloutPlan(models.Model):
@@ -56,7 +64,7 @@ class RolloutPlan(models.Model):
         constraints = [
             models.UniqueConstraint(
                 fields=["release"],
-                condition=models.Q(phase__in=["published", "active", "paused", "halted"]),
+                condition=models.Q(phase__in=[phase.value for phase in LIVE_PHASES]),
                 name="rolloutplan_one_live_plan_per_release",
             ),
         ]

@@ -31,6 +31,7 @@ from releases.models import NodeAck, Release
 from rollouts import clock, signing
 from rollouts.cohort import PlanSnapshot, bucket, display_percent, snapshot_of
 from rollouts.models import (
+    APPROVABLE_STAGE_PHASES,
     NON_TERMINAL_PHASES,
     TERMINAL_PHASES,
     Phase,
@@ -458,7 +459,7 @@ def rollout_gate_approve(
                 phase=plan.phase,
                 stage_phase=stage.phase,
             )
-        if stage.phase not in (StagePhase.OPEN, StagePhase.PENDING):
+        if stage.phase not in APPROVABLE_STAGE_PHASES:
             raise ApiError(
                 409,
                 f"cannot approve stage {stage_id}: it is {stage.phase}",

@@ -3,7 +3,7 @@
 Every error is an `ApiError(400, ...)` naming the field by its JSON path
 (`stages[1].gates[0].max_ratio`). Unknown top-level and stage keys are kept (the spec is stored
 as received); unknown keys inside a gate are rejected, since a misspelt gate parameter would
-silently weaken a safety check.
+silently weaken a safety check. Each gate kind checks its own parameters (`rollouts/gates/`).
 """
 
 from __future__ import annotations
@@ -15,21 +15,13 @@ from typing import Any
 import orjson
 
 from core.errors import ApiError
+from rollouts.gates.base import invalid_field as _bad
+from rollouts.gates.base import is_number as _is_number
+from rollouts.gates.registry import GATE_KINDS
 
 MAX_STAGES = 50
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 RESERVED_PLAN_IDS = frozenset({"stuck"})
-
-# kind -> (required parameters, optional parameters with defaults)
-GATE_KINDS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
-    "time_soak": (("seconds",), {}),
-    "manual": ((), {}),
-    "ack_success": (("min_ratio",), {"min_acks": 1}),
-    "ack_failure": (("max_ratio",), {}),
-    "event_threshold": (("event_type", "max_ratio"), {"min_nodes": 1}),
-}
-# Gates that halt the plan when tripped (they pass while under their limit).
-FAILURE_GATES = frozenset({"ack_failure", "event_threshold"})
 
 
 @dataclass(frozen=True)
@@ -56,18 +48,6 @@ class PlanSpec:
     stages: tuple[StageSpec, ...] = field(default=())
 
 
-def _bad(field_path: str, message: str) -> ApiError:
-    return ApiError(400, f"invalid field '{field_path}': {message}", field=field_path)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def _optional_str(body: dict[str, Any], key: str, max_len: int = 4096) -> str:
     value = body.get(key)
     if value is None:
@@ -79,12 +59,6 @@ def _optional_str(body: dict[str, Any], key: str, max_len: int = 4096) -> str:
     return value
 
 
-def _ratio(params: dict[str, Any], key: str, where: str) -> None:
-    value = params.get(key)
-    if not _is_number(value) or not 0 <= value <= 1:
-        raise _bad(f"{where}.{key}", "must be a number between 0 and 1")
-
-
 def _gate(raw: Any, where: str) -> GateSpec:
     if not isinstance(raw, dict):
         raise _bad(where, "a gate must be an object with a 'kind'")
@@ -94,7 +68,8 @@ def _gate(raw: Any, where: str) -> GateSpec:
     if not isinstance(kind, str) or kind not in GATE_KINDS:
         known = ", ".join(GATE_KINDS)
         raise _bad(f"{where}.kind", f"unknown gate kind {kind!r} (known: {known})")
-    required, optional = GATE_KINDS[kind]
+    gate_kind = GATE_KINDS[kind]
+    required, optional = gate_kind.required, gate_kind.defaults
     for key in raw:
         if key != "kind" and key not in required and key not in optional:
             raise _bad(f"{where}.{key}", f"is not a parameter of a {kind} gate")
@@ -102,22 +77,7 @@ def _gate(raw: Any, where: str) -> GateSpec:
         if key not in raw or raw[key] is None:
             raise _bad(f"{where}.{key}", f"is required for a {kind} gate")
     params = {**optional, **{k: v for k, v in raw.items() if k != "kind"}}
-    if kind == "time_soak":
-        if not _is_number(params["seconds"]) or params["seconds"] < 0:
-            raise _bad(f"{where}.seconds", "must be a number of seconds >= 0")
-    elif kind == "ack_success":
-        _ratio(params, "min_ratio", where)
-        if not _is_int(params["min_acks"]) or params["min_acks"] < 0:
-            raise _bad(f"{where}.min_acks", "must be an integer >= 0")
-    elif kind == "ack_failure":
-        _ratio(params, "max_ratio", where)
-    elif kind == "event_threshold":
-        event_type = params["event_type"]
-        if not isinstance(event_type, str) or not event_type or len(event_type) > 256:
-            raise _bad(f"{where}.event_type", "must be a non-empty string of at most 256 chars")
-        _ratio(params, "max_ratio", where)
-        if not _is_int(params["min_nodes"]) or params["min_nodes"] < 1:
-            raise _bad(f"{where}.min_nodes", "must be an integer >= 1")
+    gate_kind.validate(params, where)
     return GateSpec(kind=kind, params=params)
 
 

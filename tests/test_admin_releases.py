@@ -87,3 +87,20 @@ def test_admin_requires_staff_login(client):
     response = client.get("/admin/releases/release/")
     assert response.status_code == 302
     assert "/admin/login/" in response["Location"]
+
+
+def test_ha_cutover_log_is_read_only(staff):
+    from django.utils import timezone
+
+    from orchestrator_site.models import HACutoverAt
+
+    entry = HACutoverAt.objects.create(
+        completed_at=timezone.now(), source="/var/lib/old/orchestrator.sqlite3", rows_copied=3
+    )
+    base = "/admin/orchestrator_site/hacutoverat/"
+    page = staff.get(f"{base}{entry.pk}/change/")
+    assert page.status_code == 200
+    assert "orchestrator.sqlite3" in page.content.decode()
+    assert staff.get(f"{base}add/").status_code == 403
+    assert staff.post(f"{base}{entry.pk}/delete/", {"post": "yes"}).status_code == 403
+    assert HACutoverAt.objects.filter(pk=entry.pk).exists()

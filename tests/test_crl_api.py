@@ -5,19 +5,20 @@ from __future__ import annotations
 import shutil
 
 import pytest
+from django.apps import apps
 from django.test import Client
 
-from core import tls
+from crl.store import CrlStore
 
 
 @pytest.fixture
 def crl_store(tmp_path, pki):
     path = tmp_path / "crl.pem"
     shutil.copy(pki.crl_empty, path)
-    store = tls.CrlStore(str(path), [pki.ca_cert])
-    tls.set_active_crl(store)
+    store = CrlStore(str(path), [pki.ca_cert])
+    apps.get_app_config("crl").use_store(store)  # what `serve` does
     yield store
-    tls.set_active_crl(None)
+    apps.get_app_config("crl").use_store(None)
 
 
 def test_crl_404_when_none_is_configured():

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from core.tls import crl_der, parse_crl
+from crl.store import crl_der, parse_crl
 from tests.liveserver import ServeProcess, free_port, run_serve_expect_exit
 from tests.pki import SERVER_NAME, get, refused
 

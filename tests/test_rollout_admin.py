@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from django.contrib.auth.models import Permission
 from django.contrib.messages import get_messages
@@ -32,6 +34,13 @@ def messages_of(response) -> list[tuple[str, str]]:
 
 def fresh(plan: RolloutPlan) -> RolloutPlan:
     return RolloutPlan.objects.get(pk=plan.pk)
+
+
+def hidden_fields(html: str, form_id: str) -> dict[str, str]:
+    """The hidden inputs of one form of a page, as the browser would submit them."""
+    match = re.search(rf'<form[^>]*id="{form_id}".*?</form>', html, re.S)
+    assert match, f"no form {form_id} on the page"
+    return dict(re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)"', match[0]))
 
 
 @pytest.fixture
@@ -220,6 +229,63 @@ def test_every_plan_action_follows_the_transition_table(ops):
     assert {o for _, o in history[1:]} == {"ops"}
 
 
+def test_promote_submitted_twice_from_the_same_page_advances_one_stage(ops, api):
+    plan = RolloutPlanFactory()  # canary (open), half, all
+    form = hidden_fields(ops.get(page(plan)).content.decode(), "rollout-action-promote")
+    assert form["stage_id"] == "canary"  # the current stage the page shows
+
+    first = ops.post(control(plan, "promote"), form, follow=True)
+    assert messages_of(first)[0][0] == "success"
+    second = ops.post(
+        control(plan, "promote"), form, follow=True
+    )  # a double click, or the back button
+
+    assert fresh(plan).current_stage_id == "half"  # advanced once, not twice
+    assert list(fresh(plan).history.values_list("action", "stage_id").order_by("id")) == [
+        ("publish", "canary"),
+        ("promote", "canary"),
+    ]
+    # The same refusal as the API gives a promote naming a stage the plan has left.
+    stale = api.post(f"/v1/rollouts/{plan.plan_id}/promote", {"stage_id": "canary"}, format="json")
+    assert stale.status_code == 409
+    assert (
+        stale.json()["error"]
+        == "cannot promote stage canary: the rollout is at stage half (active)"
+    )
+    assert messages_of(second) == [
+        ("error", f"Promote current stage refused: {stale.json()['error']}.")
+    ]
+
+
+def test_stage_actions_of_a_stale_page_are_refused_plan_actions_are_not(ops):
+    plan = RolloutPlanFactory()
+    html = ops.get(page(plan)).content.decode()
+    forms = {
+        action: hidden_fields(html, f"rollout-action-{action}")
+        for action in ("pause", "promote", "halt", "cancel", "retry", "rollback", "skip_failed")
+    }
+    # The actions that change the current stage name it; pause, cancel and roll back do not.
+    assert {a for a, fields in forms.items() if "stage_id" in fields} == {
+        "promote",
+        "halt",
+        "retry",
+        "skip_failed",
+    }
+    services.rollout_promote(plan_id=plan.plan_id, operator="alice")  # meanwhile: now at half
+
+    response = ops.post(control(plan, "halt"), forms["halt"], follow=True)
+    assert messages_of(response) == [
+        ("error", "Halt refused: cannot halt stage canary: the rollout is at stage half (active).")
+    ]
+    response = ops.post(control(plan, "skip_failed"), forms["skip_failed"], follow=True)
+    assert messages_of(response)[0][0] == "error"
+    assert (fresh(plan).phase, fresh(plan).current_stage_id) == ("active", "half")
+
+    response = ops.post(control(plan, "pause"), forms["pause"], follow=True)  # not tied to a stage
+    assert messages_of(response)[0][0] == "success"
+    assert fresh(plan).phase == "paused"
+
+
 def test_rollback_from_the_page(ops):
     plan = RolloutPlanFactory()
     ops.post(control(plan, "rollback"), {"reason": "bad build"})
@@ -312,6 +378,26 @@ def test_list_action_pauses_the_selected_plans_and_lists_refusals(ops):
     assert fresh(untouched).phase == "published"
     entry = fresh(running).history.last()
     assert (entry.action, entry.operator, entry.reason) == ("pause", "ops", "incident 42")
+
+
+def test_list_promote_submitted_twice_advances_each_plan_once(ops):
+    first = RolloutPlanFactory(plan_id="plan-1")
+    second = RolloutPlanFactory(plan_id="plan-2")
+    html = ops.get(LIST).content.decode()
+    form = hidden_fields(html, "changelist-form")
+    assert form[f"stage_id_{first.pk}"] == form[f"stage_id_{second.pk}"] == "canary"
+    post = {**form, "action": "promote_selected", "_selected_action": [first.pk, second.pk]}
+
+    assert messages_of(ops.post(LIST, post, follow=True)) == [
+        ("success", "Promote current stage: done for 2 rollout plans (plan-1, plan-2).")
+    ]
+    again = ops.post(LIST, post, follow=True)  # the same list page submitted again
+
+    assert messages_of(again) == [
+        ("error", "plan-1: cannot promote stage canary: the rollout is at stage half (active)."),
+        ("error", "plan-2: cannot promote stage canary: the rollout is at stage half (active)."),
+    ]
+    assert {fresh(p).current_stage_id for p in (first, second)} == {"half"}
 
 
 def test_list_offers_the_five_actions_and_a_reason(ops):

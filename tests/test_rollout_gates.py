@@ -342,3 +342,40 @@ def test_gate_evaluation_query_count(api, fake_clock, django_assert_max_num_quer
         ack(plan, f"n{i}", "active")
     with django_assert_max_num_queries(6):
         gates_of(api)
+
+
+# A gate the server accepts is exactly a gate the documented schema allows (one closed object per
+# kind, from rollouts.gates.registry), so clients generated from the OpenAPI document agree.
+_GATES = [
+    ({"kind": "time_soak", "seconds": 60}, True),
+    ({"kind": "time_soak", "seconds": -1}, False),
+    ({"kind": "time_soak"}, False),
+    ({"kind": "time_soak", "seconds": 5, "secs": 5}, False),
+    ({"kind": "manual"}, True),
+    ({"kind": "manual", "by": "ops"}, False),
+    ({"kind": "ack_success", "min_ratio": 0.9}, True),
+    ({"kind": "ack_success", "min_ratio": 0.9, "min_acks": 0}, True),
+    ({"kind": "ack_success", "min_ratio": 1.5}, False),
+    ({"kind": "ack_success", "min_ratio": 0.9, "min_acks": -1}, False),
+    ({"kind": "ack_failure", "max_ratio": 0}, True),
+    ({"kind": "ack_failure", "max_ratio": "0.1"}, False),
+    ({"kind": "event_threshold", "event_type": "crash", "max_ratio": 0.1}, True),
+    ({"kind": "event_threshold", "event_type": "crash", "max_ratio": 0.1, "min_nodes": 0}, False),
+    ({"kind": "event_threshold", "event_type": "", "max_ratio": 0.1}, False),
+    ({"kind": "event_threshold", "event_type": "x" * 257, "max_ratio": 0.1}, False),
+    ({"kind": "canary_magic"}, False),
+]
+
+
+@pytest.mark.parametrize(("gate", "accepted"), _GATES)
+def test_the_gate_schema_accepts_what_the_server_accepts(api, gate, accepted):
+    import jsonschema
+
+    from rollouts.gates import gates_openapi_schema
+
+    body = {"release_id": "r-1", "stages": [{"stage_id": "all", "percent": 100, "gates": [gate]}]}
+    ReleaseFactory(release_id="r-1")
+    response = api.post("/v1/rollouts", orjson.dumps(body), content_type="application/json")
+    assert (response.status_code == 201) is accepted, response.content
+    schema_ok = jsonschema.Draft202012Validator(gates_openapi_schema()).is_valid(gate)
+    assert schema_ok is accepted

@@ -13,8 +13,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from core.flags import parse_duration
-from core.tls import CrlStore, TlsError, crl_der, crl_is_older, parse_crl
+from core.tls import TlsError
 from crl.services import CrlSyncConfig, crl_sync_once
+from crl.store import CrlStore, crl_der, crl_is_older, parse_crl
 
 
 @pytest.mark.parametrize(

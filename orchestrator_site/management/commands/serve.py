@@ -6,8 +6,9 @@ import logging
 import os
 import urllib.parse
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
+from django.apps import apps as django_apps
 from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
@@ -26,8 +27,10 @@ from core.server import (
     parse_listen,
     run_daphne,
 )
-from core.tls import ServerTls, TlsConfig, TlsError, make_scope_hook, set_active_crl
+from core.tls import ServerTls, TlsConfig, TlsError, make_scope_hook
+from crl.apps import CrlConfig
 from crl.services import CrlSyncConfig, CrlSyncThread
+from crl.store import CrlStore
 from orchestrator_site import metrics
 
 logger = logging.getLogger("orchestrator.serve")
@@ -146,8 +149,8 @@ class Command(BaseCommand):
         listen = parse_listen(options["listen"])
         metrics_addr = str(options["metrics_addr"] or "").strip()
         metrics_listen = parse_listen(metrics_addr, "--metrics-addr") if metrics_addr else None
-        server_tls = self._tls(options)
-        sync_config = self._crl_sync(options, server_tls)
+        server_tls, crl_store = self._tls(options)
+        sync_config = self._crl_sync(options, server_tls, crl_store)
 
         # Bind first: a port in use is reported before the data dir is touched.
         main = Listener("main", bind_socket(listen), listen.family)
@@ -189,9 +192,9 @@ class Command(BaseCommand):
         periodic = []
         if server_tls is not None:
             SCOPE_HOOKS.append(make_scope_hook(server_tls))
-            crl_store = server_tls.crl_store
             if crl_store is not None:
-                set_active_crl(crl_store)
+                # GET /v1/crl serves the CRL that the handshakes enforce.
+                cast(CrlConfig, django_apps.get_app_config("crl")).use_store(crl_store)
 
                 def check_crl() -> None:
                     # Reloads and nextUpdate warnings even when no client connects.
@@ -224,8 +227,8 @@ class Command(BaseCommand):
 
         start_background_evaluator()
         syncer = None
-        if sync_config is not None and server_tls is not None and server_tls.crl_store:
-            syncer = CrlSyncThread(config=sync_config, store=server_tls.crl_store)
+        if sync_config is not None and crl_store is not None:
+            syncer = CrlSyncThread(config=sync_config, store=crl_store)
             syncer.start()
         try:
             run_daphne(application, listeners, on_ready=ready, periodic=periodic)
@@ -233,17 +236,28 @@ class Command(BaseCommand):
             if syncer is not None:
                 syncer.stop()
 
-    def _tls(self, options: dict[str, Any]) -> ServerTls | None:
+    def _tls(self, options: dict[str, Any]) -> tuple[ServerTls | None, CrlStore | None]:
+        """The TLS context factory and, with --tls-crl-file, the CRL store it enforces."""
         config = TlsConfig.from_flags(
             cert_file=str(options["tls_cert_file"] or "").strip(),
             key_file=str(options["tls_key_file"] or "").strip(),
             ca_file=str(options["tls_ca_file"] or "").strip(),
             crl_file=str(options["tls_crl_file"] or "").strip(),
         )
-        return ServerTls(config) if config is not None else None
+        if config is None:
+            return None, None
+        server_tls = ServerTls(config)
+        if not config.crl_file:
+            return server_tls, None
+        crl_store = CrlStore(config.crl_file, server_tls.cas)
+        server_tls.enforce_revocation(crl_store)
+        return server_tls, crl_store
 
     def _crl_sync(
-        self, options: dict[str, Any], server_tls: ServerTls | None
+        self,
+        options: dict[str, Any],
+        server_tls: ServerTls | None,
+        crl_store: CrlStore | None,
     ) -> CrlSyncConfig | None:
         urls = options["tls_crl_sync_url"]
         if urls is None:
@@ -262,7 +276,7 @@ class Command(BaseCommand):
             raise ServeError("--tls-crl-sync-interval must be 0 (once at start) or at least 1s")
         if not urls:
             return None
-        if server_tls is None or server_tls.crl_store is None:
+        if server_tls is None or crl_store is None:
             raise ServeError(
                 "--tls-crl-sync-url needs --tls-crl-file (and --tls-ca-file), "
                 "the CRL it keeps up to date"

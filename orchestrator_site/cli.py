@@ -95,11 +95,12 @@ def public_parser(parser: argparse.ArgumentParser, name: str, command: str) -> N
     for action in parser._actions:
         if set(action.option_strings) & DJANGO_INTERNAL_OPTIONS:
             action.help = argparse.SUPPRESS
-    if command in _DJANGO_STORE_COMMANDS:
+    if command == "createsuperuser":
         parser.description = _CREATESUPERUSER_HELP["description"]
         for action in parser._actions:
             if action.dest in _CREATESUPERUSER_HELP:
                 action.help = _CREATESUPERUSER_HELP[action.dest]
+    if command in _DJANGO_STORE_COMMANDS:
         parser.add_argument(
             "--data-dir",
             metavar="DIR",
@@ -138,7 +139,7 @@ def store_problem(name: str) -> str | None:
             )
     else:
         url = str(settings.POSTGRES_URL or "")
-        where = f"PostgreSQL at {pgurl.redact(url)}" if url else "PostgreSQL"
+        where = pgurl.redact(url) if url else "PostgreSQL"
         serve = "autonomy-orchestrator serve --postgres-url URL"
         if url:
             try:

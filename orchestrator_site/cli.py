@@ -3,12 +3,20 @@
 `serve`, `signing-key` and `createsuperuser` choose the database from `--data-dir` /
 `--postgres-url` (flag, else `AUTONOMY_*` env var, else default). Settings are read once when
 Django starts, so those two flags are copied into the environment before that.
+
+Run this way, a sub-command's parser is named as users type it (`autonomy-orchestrator
+signing-key`) and its `--help` lists the project's flags only: Django's own options (`--settings`,
+`--traceback`, ...) still work but are not shown. `python manage.py <command>` is unchanged.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
+import shlex
 import sys
+from pathlib import Path
+from typing import Any
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("serve", "run the HTTP API (daphne) on --listen, SQLite in --data-dir"),
@@ -30,8 +38,9 @@ A self-hosted control plane for fleets of edge nodes.
 commands:
 {commands}
 
-Run `autonomy-orchestrator <command> --help` for a command's flags.
-Every flag also reads AUTONOMY_<FLAG> from the environment (e.g. AUTONOMY_LISTEN); the flag wins.
+Run `autonomy-orchestrator <command> --help` for a command's flags and their defaults.
+A flag that takes a value also reads the AUTONOMY_<FLAG> variable its help names
+(e.g. AUTONOMY_LISTEN); the flag wins.
 """
 
 
@@ -53,22 +62,104 @@ def preconfigure_env(command: str, args: list[str]) -> None:
                 os.environ[var] = arg.split("=", 1)[1]
 
 
-# Django's commands that take the store flags only through the shim (which removes them).
+# Django's commands that take the store flags only through the shim.
 _DJANGO_STORE_COMMANDS = {"createsuperuser", "changepassword"}
 
+# Options every Django command has; they keep working, but `--help` does not list them.
+DJANGO_INTERNAL_OPTIONS = {
+    "--version",
+    "--verbosity",
+    "--settings",
+    "--pythonpath",
+    "--traceback",
+    "--no-color",
+    "--force-color",
+    "--skip-checks",
+    "--database",  # createsuperuser: there is one store, chosen by --data-dir / --postgres-url
+}
 
-def strip_store_flags(args: list[str]) -> list[str]:
-    """`args` without `--data-dir X` / `--postgres-url X` (and their `--flag=X` forms)."""
-    kept: list[str] = []
-    skip_next = False
-    for arg in args:
-        if skip_next:
-            skip_next = False
-        elif arg in _STORE_FLAGS:
-            skip_next = True
-        elif not any(arg.startswith(flag + "=") for flag in _STORE_FLAGS):
-            kept.append(arg)
-    return kept
+_CREATESUPERUSER_HELP = {
+    "description": "Create an admin user for /admin/ in the store that `serve` uses with the same "
+    "--data-dir / --postgres-url (run `serve` once first: it creates the store). With --noinput "
+    "the password comes from DJANGO_SUPERUSER_PASSWORD.",
+    "username": "the admin's login name (asked for when not given)",
+    "interactive": "ask nothing: needs --username and --email, and the password in "
+    "DJANGO_SUPERUSER_PASSWORD",
+    "email": "the admin's email address (asked for when not given)",
+}
+
+
+def public_parser(parser: argparse.ArgumentParser, name: str, command: str) -> None:
+    """Name the parser as users type the command and hide Django's own options from `--help`."""
+    parser.prog = f"autonomy-orchestrator {name}"
+    for action in parser._actions:
+        if set(action.option_strings) & DJANGO_INTERNAL_OPTIONS:
+            action.help = argparse.SUPPRESS
+    if command == "createsuperuser":
+        parser.description = _CREATESUPERUSER_HELP["description"]
+        for action in parser._actions:
+            if action.dest in _CREATESUPERUSER_HELP:
+                action.help = _CREATESUPERUSER_HELP[action.dest]
+    if command in _DJANGO_STORE_COMMANDS:
+        parser.add_argument(
+            "--data-dir",
+            metavar="DIR",
+            help="the data dir of the SQLite store, as given to `serve --data-dir` "
+            "(default $XDG_CACHE_HOME/autonomyops/orchestrator; AUTONOMY_DATA_DIR)",
+        )
+        parser.add_argument(
+            "--postgres-url",
+            metavar="URL",
+            help="the PostgreSQL store, as given to `serve --postgres-url` "
+            "(default empty = SQLite; AUTONOMY_POSTGRES_URL)",
+        )
+
+
+def store_problem(name: str) -> str | None:
+    """Why `name` (createsuperuser) cannot use the store yet, as one line; None when it can.
+
+    A missing or unmigrated store is not created here (SQLite would create an empty file): the
+    answer says to start `serve` once, which creates and migrates it.
+    """
+    from django.conf import settings
+    from django.db import DatabaseError, connection
+    from django.db.migrations.executor import MigrationExecutor
+
+    from core import pgurl
+
+    data_dir = shlex.quote(str(settings.DATA_DIR))
+    if connection.vendor == "sqlite":
+        database = Path(str(settings.DATABASES["default"]["NAME"]))
+        where = str(database)
+        serve = f"autonomy-orchestrator serve --data-dir {data_dir}"
+        if not database.is_file():
+            return (
+                f"no store at {where}: start `{serve}` once (it creates and migrates the store), "
+                f"then run `autonomy-orchestrator {name}` again"
+            )
+    else:
+        url = str(settings.POSTGRES_URL or "")
+        where = pgurl.redact(url) if url else "PostgreSQL"
+        serve = "autonomy-orchestrator serve --postgres-url URL"
+        if url:
+            try:
+                pgurl.probe(url)
+            except pgurl.PostgresUrlError as exc:
+                return str(exc)
+    try:
+        executor = MigrationExecutor(connection)
+        pending = executor.migration_plan(executor.loader.graph.leaf_nodes())
+    except DatabaseError as exc:
+        return f"cannot read the store at {where}: {pgurl.first_line(exc)}"
+    finally:
+        connection.close()
+    if pending:
+        return (
+            f"the store at {where} is not migrated ({len(pending)} migrations to apply): start "
+            f"`{serve}` once (it creates and migrates the store), then run "
+            f"`autonomy-orchestrator {name}` again"
+        )
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,16 +173,36 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     command = COMMANDS[name][0]
     preconfigure_env(command, rest)
-    if command in _DJANGO_STORE_COMMANDS:  # Django's own commands do not know these flags
-        rest = strip_store_flags(rest)
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "orchestrator_site.settings")
     import django
-    from django.core.management import ManagementUtility
+    from django.core.management import CommandError, ManagementUtility
 
     django.setup()
     # Not execute_from_command_line(): it answers `version` with Django's own version.
     argv_for_django = ["autonomy-orchestrator", command, *rest]
-    ManagementUtility(argv_for_django).fetch_command(command).run_from_argv(argv_for_django)
+    handler = ManagementUtility(argv_for_django).fetch_command(command)
+    create_parser = handler.create_parser
+
+    def public_create_parser(prog_name: str, subcommand: str, **kwargs: Any) -> Any:
+        parser = create_parser(prog_name, subcommand, **kwargs)
+        public_parser(parser, name, command)
+        return parser
+
+    # Django's commands (createsuperuser too) build their parser in create_parser(): wrapping it
+    # on this one instance is the hook that works for all of them without subclassing each.
+    handler.create_parser = public_create_parser  # type: ignore[method-assign]
+    if command in _DJANGO_STORE_COMMANDS:
+        execute = handler.execute
+
+        def execute_on_a_ready_store(*args: Any, **options: Any) -> Any:
+            problem = store_problem(name)  # after the flags parsed (and --help answered)
+            if problem is not None:
+                raise CommandError(problem)
+            return execute(*args, **options)
+
+        # Same hook (see above): createsuperuser is Django's command, not a subclass of ours.
+        handler.execute = execute_on_a_ready_store  # type: ignore[method-assign]
+    handler.run_from_argv(argv_for_django)
     return 0
 
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import quote
 
 import environ
 from django.apps import apps
@@ -37,6 +37,7 @@ from django.core.management.color import no_style
 from django.db import DEFAULT_DB_ALIAS, connections, models, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 
+from core import pgurl
 from orchestrator_site.db_routers import SOURCE_ALIAS
 
 SOURCE = SOURCE_ALIAS  # the router keeps Django's `migrate` off it
@@ -125,9 +126,10 @@ def sqlite_ro_uri(path: Path) -> str:
 
 
 def postgres_settings(url: str) -> dict[str, Any]:
-    scheme = urlsplit(url).scheme
-    if scheme not in ("postgres", "postgresql", "pgsql", "postgis"):
-        raise MigrateError(f"--postgres-url must be a postgresql:// URL, not {redact_url(url)!r}")
+    try:
+        pgurl.check(url)
+    except pgurl.PostgresUrlError as exc:
+        raise MigrateError(str(exc)) from None
     config = environ.Env.db_url_config(url)
     config["ENGINE"] = "django.db.backends.postgresql"
     config["CONN_MAX_AGE"] = None  # one connection for the whole run (temp tables live on it)
@@ -138,11 +140,7 @@ def postgres_settings(url: str) -> dict[str, Any]:
 
 def redact_url(url: str) -> str:
     """The URL without its password, for messages and logs."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)
-    return urlunsplit(parts._replace(netloc=netloc[0].split(":", 1)[0] + ":***@" + netloc[1]))
+    return pgurl.redact(url)
 
 
 def _add_alias(alias: str, config: dict[str, Any]) -> None:
@@ -215,6 +213,10 @@ def check_source_schema(sqlite_file: Path) -> None:
 
 
 def open_target(postgres_url: str) -> None:
+    try:
+        pgurl.probe(postgres_url)  # one line naming the cause: refused, auth, no database
+    except pgurl.PostgresUrlError as exc:
+        raise MigrateError(str(exc)) from None
     configure_target(postgres_url)
     try:
         connections[TARGET].ensure_connection()

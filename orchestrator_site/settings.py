@@ -85,7 +85,10 @@ ASGI_APPLICATION = "orchestrator_site.asgi.application"
 SQLITE_BUSY_TIMEOUT_SECONDS = env.float("AUTONOMY_SQLITE_BUSY_TIMEOUT", default=5.0)
 
 if POSTGRES_URL:
-    _pg = env.db_url_config(POSTGRES_URL)
+    try:
+        _pg = env.db_url_config(POSTGRES_URL)
+    except ValueError:  # e.g. a port that is no number: `serve` (core.pgurl) reports it in one line
+        _pg = {"NAME": ""}
     _pg["ENGINE"] = "django.db.backends.postgresql"
     _pg["CONN_MAX_AGE"] = 0
     _pg["CONN_HEALTH_CHECKS"] = True

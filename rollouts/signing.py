@@ -107,6 +107,28 @@ def load_or_create(data_dir: Path) -> SigningKey:
         return key
 
 
+def load_existing(data_dir: Path) -> SigningKey:
+    """The data dir's signing key; SigningKeyError when there is none (nothing is created).
+
+    For `signing-key`: a mistyped --data-dir must not mint a new private key whose public key a
+    node would then pin.
+    """
+    path = Path(data_dir) / KEY_FILENAME
+    with _lock:
+        cached = _cache.get(path)
+    if cached is not None:
+        return cached
+    if not path.is_file():
+        raise SigningKeyError(
+            f"no signing key at {path}: check --data-dir (`serve` creates the key when it first "
+            "starts; `signing-key --create` creates one now)"
+        )
+    try:
+        return _read(path)
+    except OSError as exc:
+        raise SigningKeyError(f"cannot read the signing key {path}: {exc.strerror or exc}") from exc
+
+
 def current_key() -> SigningKey:
     from django.conf import settings
 

@@ -105,15 +105,16 @@ def test_concurrent_first_use_agrees_on_one_key(tmp_path):
 
 
 def test_signing_key_command_prints_the_same_pem_as_the_api(api, data_dir):
+    served = api.get("/v1/signing-key").content.decode()
     out = StringIO()
     call_command("signing_key", "--data-dir", str(data_dir), stdout=out)
     assert out.getvalue().startswith("-----BEGIN PUBLIC KEY-----")
-    assert out.getvalue() == api.get("/v1/signing-key").content.decode()
+    assert out.getvalue() == served
 
 
 def test_signing_key_cli_with_data_dir(tmp_path):
     data_dir = tmp_path / "cli-data"
-    first = cli("signing-key", "--data-dir", str(data_dir))
+    first = cli("signing-key", "--data-dir", str(data_dir), "--create")
     assert first.returncode == 0, first.stderr
     assert first.stdout.startswith("-----BEGIN PUBLIC KEY-----")
     public_key_from_pem(first.stdout)
@@ -125,7 +126,7 @@ def test_signing_key_cli_with_data_dir(tmp_path):
 def test_signing_key_cli_unusable_data_dir(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    result = cli("signing-key", "--data-dir", str(blocker / "sub"))
+    result = cli("signing-key", "--data-dir", str(blocker / "sub"), "--create")
     assert result.returncode != 0
     assert "Traceback" not in result.stderr
     assert "signing key" in result.stderr

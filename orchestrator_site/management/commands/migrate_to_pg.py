@@ -82,26 +82,24 @@ class Command(BaseCommand):
     help = "Copy all data from the SQLite store to PostgreSQL (see docs/migrate.md)."
     requires_system_checks: list[str] = []
 
-    def create_parser(self, prog_name: str, subcommand: str, **kwargs: Any) -> CommandParser:
-        parser = super().create_parser(prog_name, subcommand, **kwargs)
-        if prog_name == "autonomy-orchestrator":  # the console script's name for this command
-            parser.prog = "autonomy-orchestrator migrate"
-        return parser
-
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument(
             "--sqlite-dir",
+            metavar="DIR",
             default=env_default("sqlite-dir") or env_default("data-dir") or str(default_data_dir()),
             help="data dir of the SQLite store to copy; opened read-only, never modified "
             "(default: serve's --data-dir default; AUTONOMY_SQLITE_DIR, else AUTONOMY_DATA_DIR)",
         )
         parser.add_argument(
             "--postgres-url",
+            metavar="URL",
             default=env_default("postgres-url", ""),
-            help="target database, postgresql://user:pass@host:port/db (AUTONOMY_POSTGRES_URL)",
+            help="target database, postgresql://user:pass@host:port/db?libpq-options "
+            "(required; AUTONOMY_POSTGRES_URL)",
         )
         parser.add_argument(
             "--batch-size",
+            metavar="N",
             type=_positive_int,
             default=env_default("batch-size", "1000"),
             help="rows per INSERT batch (default 1000; AUTONOMY_BATCH_SIZE)",

@@ -14,7 +14,7 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DatabaseError, connections
 
-from core import dberrors
+from core import dberrors, pgurl
 from core.datadir import DataDirError, load_or_create_secret, prepare_data_dir
 from core.flags import env_default, env_list, parse_duration
 from core.logging_setup import FORMATS, LEVELS, configure_logging
@@ -32,6 +32,7 @@ from crl.apps import CrlConfig
 from crl.services import CrlSyncConfig, CrlSyncThread
 from crl.store import CrlStore
 from orchestrator_site import metrics
+from rollouts.signing import SigningKeyError, current_key
 
 logger = logging.getLogger("orchestrator.serve")
 
@@ -46,83 +47,102 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument(
             "--listen",
+            metavar="HOST:PORT",
             default=env_default("listen", DEFAULT_LISTEN),
-            help="TCP address host:port or [v6]:port (default 127.0.0.1:8888; AUTONOMY_LISTEN)",
+            help="TCP address host:port, [v6]:port or :port (default 127.0.0.1:8888; "
+            "AUTONOMY_LISTEN)",
         )
         parser.add_argument(
             "--data-dir",
+            metavar="DIR",
             default=env_default("data-dir") or str(default_data_dir()),
-            help="directory of the SQLite store, created 0700 if missing "
-            "(default $XDG_CACHE_HOME/autonomyops/orchestrator; AUTONOMY_DATA_DIR)",
+            help="directory of the SQLite store, the rollout signing key and the session secret, "
+            "created 0700 if missing (default $XDG_CACHE_HOME/autonomyops/orchestrator; "
+            "AUTONOMY_DATA_DIR)",
         )
         parser.add_argument(
             "--postgres-url",
+            metavar="URL",
             default=env_default("postgres-url", ""),
-            help="serve from this PostgreSQL database instead of SQLite, after `migrate` "
-            "(AUTONOMY_POSTGRES_URL)",
+            help="serve from this PostgreSQL database instead of SQLite, "
+            "postgresql://user:pass@host:port/db?libpq-options (default empty = SQLite; "
+            "AUTONOMY_POSTGRES_URL)",
         )
         parser.add_argument(
             "--metrics-addr",
+            metavar="HOST:PORT",
             default=env_default("metrics-addr", ""),
-            help="second listener serving only GET /metrics; empty = metrics disabled "
-            "(AUTONOMY_METRICS_ADDR)",
+            help="second listener serving only GET /metrics (default empty = metrics disabled; "
+            "AUTONOMY_METRICS_ADDR)",
         )
         parser.add_argument(
             "--tls-cert-file",
+            metavar="FILE",
             default=env_default("tls-cert-file", ""),
             help="PEM server certificate (chain): serve HTTPS; needs --tls-key-file "
-            "(AUTONOMY_TLS_CERT_FILE)",
+            "(default empty = plain HTTP; AUTONOMY_TLS_CERT_FILE)",
         )
         parser.add_argument(
             "--tls-key-file",
+            metavar="FILE",
             default=env_default("tls-key-file", ""),
-            help="PEM private key of --tls-cert-file (AUTONOMY_TLS_KEY_FILE)",
+            help="PEM private key of --tls-cert-file (default empty; AUTONOMY_TLS_KEY_FILE)",
         )
         parser.add_argument(
             "--tls-ca-file",
+            metavar="FILE",
             default=env_default("tls-ca-file", ""),
-            help="PEM CA: require client certificates signed by it (mTLS) (AUTONOMY_TLS_CA_FILE)",
+            help="PEM CA: require client certificates signed by it (mTLS) "
+            "(default empty = no client certificates; AUTONOMY_TLS_CA_FILE)",
         )
         parser.add_argument(
             "--tls-crl-file",
+            metavar="FILE",
             default=env_default("tls-crl-file", ""),
             help="PEM CRL signed by --tls-ca-file: refuse the client certificates it lists; "
-            "reloaded when it changes; served at GET /v1/crl (AUTONOMY_TLS_CRL_FILE)",
+            "reloaded when it changes; served at GET /v1/crl (default empty; "
+            "AUTONOMY_TLS_CRL_FILE)",
         )
         parser.add_argument(
             "--tls-crl-sync-url",
+            metavar="URL",
             action="append",
             default=None,
             help="repeatable: another control plane's GET /v1/crl to pull newer CRLs from "
-            "(AUTONOMY_TLS_CRL_SYNC_URL, comma-separated)",
+            "(default none; AUTONOMY_TLS_CRL_SYNC_URL, comma-separated)",
         )
         parser.add_argument(
             "--tls-crl-sync-min-sources",
+            metavar="N",
             default=env_default("tls-crl-sync-min-sources", "1"),
             help="accept a pulled CRL only when at least this many sources return it "
             "(default 1; AUTONOMY_TLS_CRL_SYNC_MIN_SOURCES)",
         )
         parser.add_argument(
             "--tls-crl-sync-interval",
+            metavar="DURATION",
             default=env_default("tls-crl-sync-interval", "5m"),
             help="pull period, Go-style (30s, 5m, 1h); 0 = once at start "
             "(default 5m; AUTONOMY_TLS_CRL_SYNC_INTERVAL)",
         )
         parser.add_argument(
             "--tls-crl-sync-server-name",
+            metavar="NAME",
             default=env_default("tls-crl-sync-server-name", ""),
             help="TLS server name (SNI, hostname check) for the sync URLs "
-            "(AUTONOMY_TLS_CRL_SYNC_SERVER_NAME)",
+            "(default empty = each URL's host; AUTONOMY_TLS_CRL_SYNC_SERVER_NAME)",
         )
         parser.add_argument(
             "--log-format",
+            metavar="FORMAT",
             default=env_default("log-format", "text"),
-            help="text or json (one JSON object per line) (AUTONOMY_LOG_FORMAT)",
+            help="text or json (one JSON object per line) (default text; AUTONOMY_LOG_FORMAT)",
         )
         parser.add_argument(
             "--log-level",
+            metavar="LEVEL",
             default=env_default("log-level", "info"),
-            help="debug, info, warn or error (AUTONOMY_LOG_LEVEL)",
+            help="debug, info, warn or error (default info; AUTONOMY_LOG_LEVEL)",
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -147,6 +167,12 @@ class Command(BaseCommand):
         configure_logging(log_format, log_level)
 
         listen = parse_listen(options["listen"])
+        postgres_url = str(settings.POSTGRES_URL or "").strip()
+        if postgres_url:
+            try:
+                pgurl.check(postgres_url)  # mysql://… or a bad port: refused before anything
+            except pgurl.PostgresUrlError as exc:
+                raise ServeError(str(exc)) from None
         metrics_addr = str(options["metrics_addr"] or "").strip()
         metrics_listen = parse_listen(metrics_addr, "--metrics-addr") if metrics_addr else None
         server_tls, crl_store = self._tls(options)
@@ -168,7 +194,14 @@ class Command(BaseCommand):
                 )
             )
 
-        using_postgres = bool(settings.POSTGRES_URL)
+        using_postgres = bool(postgres_url)
+        if using_postgres:
+            try:
+                # One plain connection first: a refused port, role or database is one line now,
+                # not the pool's retries for 10 s.
+                pgurl.probe(postgres_url)
+            except pgurl.PostgresUrlError as exc:
+                raise ServeError(str(exc)) from None
         data_dir = Path(options["data_dir"]).expanduser()
         # The data dir is used on PostgreSQL too: it keeps the rollout signing key and the secret
         # that signs admin sessions (AUTONOMY_SECRET_KEY, when set, wins).
@@ -177,6 +210,10 @@ class Command(BaseCommand):
             settings.SECRET_KEY = load_or_create_secret(data_dir)
 
         self._migrate(using_postgres)
+        try:
+            current_key()  # the rollout signing key: created on the first start, checked after
+        except SigningKeyError as exc:
+            raise ServeError(str(exc)) from None
 
         from orchestrator_site.asgi import application
         from rollouts.evaluator import start_background_evaluator

@@ -10,7 +10,7 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument(
-            "--output", default="text", help="output format: text (default) or json"
+            "--output", metavar="FORMAT", default="text", help="text or json (default text)"
         )
 
     def handle(self, *args: object, **options: object) -> None:

@@ -117,6 +117,11 @@ def validate_body(body: Any) -> list[EventRow]:
     return validate_events(events)
 
 
+def parse_body(body: bytes) -> list[EventRow]:
+    """A raw `POST /v1/events` body -> insert rows (an empty body is `{}`: "events" missing)."""
+    return validate_body(parse_json_body(body) if body.strip() else {})
+
+
 def validate_events(events: list[Any]) -> list[EventRow]:
     """Check every event of a batch in one pass; return insert rows in batch order.
 

@@ -13,6 +13,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from core.edge import json_answer
 from releases import params, selectors, services
 from releases.api.serializers import NodeAckSerializer, ReleasePublishSerializer
 from releases.fast import latest_release_answer
@@ -25,15 +26,6 @@ def _validated(serializer_class: type, data: Any) -> dict[str, Any]:
     serializer = serializer_class(data=data)
     serializer.is_valid(raise_exception=True)
     return dict(serializer.validated_data)
-
-
-def _bytes_or_data(request: Request, code: int, body: bytes) -> HttpResponse | Response:
-    """The fast path's exact bytes for JSON clients; parsed data for the browsable API."""
-    if getattr(request.accepted_renderer, "format", "json") == "json":
-        return HttpResponse(body, status=code, content_type="application/json")
-    import orjson
-
-    return Response(orjson.loads(body), status=code)
 
 
 class ReleaseListView(APIView):
@@ -72,7 +64,7 @@ class LatestReleaseView(APIView):
 
     def get(self, request: Request) -> HttpResponse | Response:
         code, body = latest_release_answer(dict(request.query_params.items()))
-        return _bytes_or_data(request, code, body)
+        return json_answer(request, code, body)
 
 
 class ReleaseDetailView(APIView):

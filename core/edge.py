@@ -28,6 +28,7 @@ import orjson
 from django.conf import settings
 from django.http import HttpResponse
 from django.http.request import split_domain_port, validate_host
+from django.urls import Resolver404, resolve
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler
@@ -191,6 +192,17 @@ def security_headers() -> Headers:
     return headers
 
 
+def view_allow(view_class: Any) -> str | None:
+    """The `Allow` header a DRF view sends (HEAD wherever GET is, as Django's `View.setup`
+    adds); None for a view that is not DRF's."""
+    if not hasattr(view_class, "allowed_methods"):
+        return None
+    view = view_class()
+    if hasattr(view, "get") and not hasattr(view, "head"):
+        view.head = view.get
+    return ", ".join(view.allowed_methods)
+
+
 class HostCheck:
     """`ALLOWED_HOSTS`, read once: True when the request's Host may be served."""
 
@@ -239,6 +251,17 @@ def _replay(body: bytes, receive: Any) -> Any:
     return replayed
 
 
+def _route_allow(path: str) -> Headers:
+    """The `Allow` header of the DRF view at `path`, which every answer on that route carries
+    (read only for the edge's own error answers)."""
+    try:
+        match = resolve(path)
+    except Resolver404:
+        return []
+    allow = view_allow(getattr(match.func, "view_class", None))
+    return [(b"allow", allow.encode())] if allow else []
+
+
 def guard(app: ASGIApp) -> ASGIApp:
     """Django behind the edge: the Host check and the body limit happen here, as on the fast
     path, and Django gets the body (read once, within the limit) replayed."""
@@ -261,7 +284,7 @@ def guard(app: ASGIApp) -> ASGIApp:
             return None
         except ApiError as exc:
             answer = api_error_answer(exc)
-            await send_answer(send, answer, base[0])
+            await send_answer(send, answer, [*base[0], *_route_allow(scope["path"])])
             return observe(scope, UNMATCHED_ROUTE, answer[0], started)
         return await app(scope, _replay(body, receive), send)
 

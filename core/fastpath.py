@@ -65,8 +65,10 @@ def fast_routes(
         view_class = getattr(pattern.callback, "view_class", None)
         if view_class is None or not hasattr(view_class, method.lower()):
             raise ImproperlyConfigured(f"the view of {path} does not answer {method}")
-        allowed = view_class().allowed_methods
-        table.append(FastRoute(method, path, handler, ", ".join(allowed).encode()))
+        allow = edge.view_allow(view_class)
+        if allow is None:
+            raise ImproperlyConfigured(f"the view of {path} is not a DRF view")
+        table.append(FastRoute(method, path, handler, allow.encode()))
     return table
 
 
@@ -79,7 +81,6 @@ class FastPath:
         self.routes = {(route.method, route.path): route for route in routes}
         self._host_allowed: edge.HostCheck | None = None
         self._headers: dict[tuple[str, str], edge.Headers] = {}
-        self._error_headers: edge.Headers = []
 
     def _prepare(self) -> edge.HostCheck:
         """Read the settings once (the first request): Host check and per-route headers."""
@@ -88,7 +89,6 @@ class FastPath:
         self._headers = {
             key: [*base, (b"allow", route.allow), *security] for key, route in self.routes.items()
         }
-        self._error_headers = [*base, *security]
         self._host_allowed = edge.HostCheck()
         return self._host_allowed
 
@@ -105,18 +105,17 @@ class FastPath:
             return await self.app(scope, receive, send)
         host_allowed = self._host_allowed or self._prepare()
         started = time.perf_counter()
-        base = self._headers[key]
         observed_route = route.path
         try:
             if not host_allowed(headers.get(b"host")):
                 # The same answer (and observation) as edge.guard gives in front of Django.
-                base, observed_route = self._error_headers, UNMATCHED_ROUTE
+                observed_route = UNMATCHED_ROUTE
                 raise ApiError(400, edge.BAD_REQUEST)
             answer = await route.handler(scope, receive, headers)
         except edge.Disconnected:
             return None
         except Exception as exc:
             answer = edge.error_answer(exc)
-        await edge.send_answer(send, answer, base)
+        await edge.send_answer(send, answer, self._headers[key])
         edge.observe(scope, observed_route, answer[0], started)
         return None

@@ -58,9 +58,7 @@ def _view_allow(request: HttpRequest) -> str | None:
     """The `Allow` header DRF would have sent for the request's view."""
     match = getattr(request, "resolver_match", None)
     view_class = getattr(getattr(match, "func", None), "view_class", None)
-    if view_class is None or not hasattr(view_class, "allowed_methods"):
-        return None
-    return ", ".join(view_class().allowed_methods)
+    return None if view_class is None else edge.view_allow(view_class)
 
 
 class ApiErrorMiddleware:

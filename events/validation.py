@@ -1,6 +1,6 @@
 """Single-pass validation of event batches and of the list query (API.md §3 "Events").
 
-Used by both request paths (the DRF views and `orchestrator_site.fastpath`), so both answer with
+Used by both request paths (the DRF views and `events/fast.py`), so both answer with
 the same error bodies. No DRF serializers per event: the measured cost of
 `Serializer(many=True)` is 35 µs per event against about 1 µs here (docs/performance.md).
 """
@@ -211,7 +211,7 @@ def parse_filter(value: str | None) -> str | None:
 
 
 def parse_list_query(params: Mapping[str, str]) -> ListQuery:
-    """The fast path's query parsing; the DRF path uses EventListQuerySerializer (same rules)."""
+    """`GET /v1/events` query parameters; both request paths call it."""
     try:
         limit = parse_limit(params.get("limit"))
     except ValueError as exc:

@@ -13,7 +13,7 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DatabaseError, connections
 
-from core import dberrors
+from core import dberrors, metrics
 from core.datadir import DataDirError, load_or_create_secret, prepare_data_dir
 from core.flags import env_default, env_list, parse_duration
 from core.logging_setup import FORMATS, LEVELS, configure_logging
@@ -28,7 +28,6 @@ from core.server import (
 )
 from core.tls import ServerTls, TlsConfig, TlsError, make_scope_hook, set_active_crl
 from crl.services import CrlSyncConfig, CrlSyncThread
-from orchestrator_site import metrics
 
 logger = logging.getLogger("orchestrator.serve")
 
@@ -183,7 +182,12 @@ class Command(BaseCommand):
         configure_logging(log_format, log_level)
 
         if metrics_listen is not None:
+            import events.metrics
+            import rollouts.metrics
+
             metrics.install()
+            events.metrics.install()
+            rollouts.metrics.install()
             application = metrics.with_metrics(application)
 
         periodic = []

@@ -34,7 +34,7 @@ from rest_framework.response import Response
 from rest_framework.views import exception_handler
 
 from core import dberrors
-from core.errors import BAD_REQUEST, INTERNAL_ERROR, ApiError, error_body
+from core.errors import BAD_REQUEST, INTERNAL_ERROR, ApiError, error_body, malformed_json
 from core.observability import UNMATCHED_ROUTE, client_identity_from_scope, observe_request
 
 logger = logging.getLogger("orchestrator.request")
@@ -340,7 +340,7 @@ def api_exception_handler(
         response.status_code = status.HTTP_400_BAD_REQUEST
         return response
     if isinstance(exc, exceptions.ParseError):
-        response.data = error_body(f"malformed JSON body: {exc.detail}")
+        response.data = error_body(malformed_json(exc.detail).message)
         return response
     if isinstance(exc, exceptions.MethodNotAllowed):
         response.data = error_body(f"method {context['request'].method} is not allowed here")

@@ -47,6 +47,11 @@ class ApiError(exceptions.APIException):
         self.extra = detail
 
 
+def malformed_json(reason: object) -> ApiError:
+    """The 400 for a request body that is not JSON (every route, both paths)."""
+    return ApiError(400, f"malformed JSON body: {reason}")
+
+
 def handler404(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
     return json_error(404, f"no route for {request.method} {request.path}")
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from core.errors import ApiError
+from core.errors import ApiError, malformed_json
 from core.params import MAX_ID_CHARS, parse_before, parse_limit, parse_rfc3339
 
 MAX_BATCH_EVENTS = 10_000
@@ -53,7 +53,7 @@ def parse_json_body(body: bytes) -> Any:
             return json.loads(body, parse_constant=_refuse_constant)
         return orjson.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
-        raise BodyError(f"malformed JSON body: {exc}") from None
+        raise malformed_json(exc) from None
 
 
 def _refuse_constant(name: str) -> Any:

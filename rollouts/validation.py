@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from core.errors import ApiError
+from core.errors import ApiError, malformed_json
 
 MAX_STAGES = 50
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
@@ -173,7 +173,7 @@ def parse_spec(raw: bytes) -> PlanSpec:
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        raise ApiError(400, f"malformed JSON body: {exc}") from None
+        raise malformed_json(exc) from None
     if not isinstance(body, dict):
         raise ApiError(400, "the plan spec must be a JSON object")
     plan_id = body.get("plan_id")

@@ -11,7 +11,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from core.errors import ApiError
+from core.errors import ApiError, malformed_json
 from core.params import param_error, parse_int, parse_limit, parse_offset
 from rollouts import selectors, services, signing
 from rollouts.models import Phase
@@ -28,7 +28,7 @@ def _action_body(request: Request) -> dict[str, Any]:
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        raise ApiError(400, f"malformed JSON body: {exc}") from None
+        raise malformed_json(exc) from None
     if body is None:
         return {}
     if not isinstance(body, dict):

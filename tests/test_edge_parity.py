@@ -14,17 +14,20 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from collections.abc import Callable
+from concurrent.futures import Future
 from typing import Any
 
 import pytest
 from django.core.handlers.asgi import ASGIHandler
-from django.db import OperationalError
+from django.db import OperationalError, connection
 from django.urls import resolve
 
 from core.edge import guard
 from core.fastpath import FastPath
 from events.models import Event
+from events.services import events_store
 from orchestrator_site.urls import FAST_ROUTES
 from releases import services as release_services
 
@@ -98,6 +101,37 @@ def call(
     start = sent[0]
     headers_out = sorted((name.lower(), value) for name, value in start["headers"])
     return start["status"], headers_out, b"".join(m.get("body", b"") for m in sent[1:])
+
+
+@pytest.fixture(autouse=True)
+def short_lived_db_threads(monkeypatch):
+    """The fast path's database threads (the events writer, the reader pool) keep their
+    connections for the life of the process; here each call runs on a thread of its own that
+    closes its connection, so PostgreSQL can drop the test database afterwards. The functions run
+    there are the real ones (`events_store`, the selectors)."""
+
+    def on_a_thread(fn: Callable[[], Any]) -> Future:
+        future: Future = Future()
+
+        def run() -> None:
+            try:
+                future.set_result(fn())
+            except BaseException as exc:
+                future.set_exception(exc)
+            finally:
+                connection.close()
+
+        threading.Thread(target=run).start()
+        return future
+
+    def submit(rows: list[Any]) -> Future:
+        return on_a_thread(lambda: events_store(batches=[rows])[0])
+
+    async def run_read(fn: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.wrap_future(on_a_thread(lambda: fn(*args)))
+
+    monkeypatch.setattr("events.writer.submit", submit)
+    monkeypatch.setattr("core.dbthreads.run_read", run_read)
 
 
 @pytest.fixture

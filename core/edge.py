@@ -4,14 +4,15 @@ One place for what every answer has in common:
 
 * `read_body`: the request body, with `MAX_REQUEST_BODY_BYTES` enforced while reading (413 as soon
   as the declared or received size passes it; nothing past the limit is buffered). The fast
-  handlers call it; `guard` calls it in front of Django, which then gets the body replayed.
+  handlers call it; `Guard` calls it in front of Django, which then gets the body replayed.
 * `error_answer`: an exception -> `(status, body, headers)`: ApiError, the database failures of
   `core.dberrors` (busy 503 + Retry-After, disk full 507, NUL 400, corrupt: the process ends),
   413, and 500 for anything else. The Django middleware and the DRF exception handler turn the
   same answers into responses (`to_response`), so every message is written once, here.
 * `security_headers`: the headers Django's SecurityMiddleware puts on every answer, read from the
   same settings; the fast path sends them, plus `Vary: Accept` and the route's `Allow` as DRF does.
-* `host_allowed`: the Host/ALLOWED_HOSTS check; a refused Host is the same 400 on both paths.
+* `HostCheck`: the Host/ALLOWED_HOSTS check; a refused Host is the same 400 on both paths.
+* `Guard`: Django's ASGI app behind the edge (Host check, body limit) as the fast path is.
 
 Imports nothing of this repository but `core`.
 """
@@ -262,33 +263,38 @@ def _route_allow(path: str) -> Headers:
     return [(b"allow", allow.encode())] if allow else []
 
 
-def guard(app: ASGIApp) -> ASGIApp:
+class Guard:
     """Django behind the edge: the Host check and the body limit happen here, as on the fast
     path, and Django gets the body (read once, within the limit) replayed."""
-    hosts: list[HostCheck] = []
-    base: list[Headers] = []
 
-    async def guarded(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self._host_allowed: HostCheck | None = None
+        self._headers: Headers = []
+
+    def _prepare(self) -> HostCheck:
+        """Read the settings once (the first request)."""
+        self._headers = [(b"content-type", JSON), (b"vary", b"Accept"), *security_headers()]
+        self._host_allowed = HostCheck()
+        return self._host_allowed
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
-            return await app(scope, receive, send)
-        if not hosts:
-            hosts.append(HostCheck())
-            base.append([(b"content-type", JSON), (b"vary", b"Accept"), *security_headers()])
+            return await self.app(scope, receive, send)
+        host_allowed = self._host_allowed or self._prepare()
         started = time.perf_counter()
         headers = dict(scope["headers"])
         try:
-            if not hosts[0](headers.get(b"host")):
+            if not host_allowed(headers.get(b"host")):
                 raise ApiError(400, BAD_REQUEST)
             body = await read_body(receive, headers.get(b"content-length"))
         except Disconnected:
             return None
         except ApiError as exc:
             answer = api_error_answer(exc)
-            await send_answer(send, answer, [*base[0], *_route_allow(scope["path"])])
+            await send_answer(send, answer, [*self._headers, *_route_allow(scope["path"])])
             return observe(scope, UNMATCHED_ROUTE, answer[0], started)
-        return await app(scope, _replay(body, receive), send)
-
-    return guarded
+        return await self.app(scope, _replay(body, receive), send)
 
 
 # --- the Django side -------------------------------------------------------------------------

@@ -74,7 +74,7 @@ def fast_routes(
 
 class FastPath:
     """ASGI app: the routes of `routes` here, everything else to `app` (Django behind
-    `edge.guard`)."""
+    `edge.Guard`)."""
 
     def __init__(self, app: edge.ASGIApp, routes: Iterable[FastRoute]) -> None:
         self.app = app
@@ -108,7 +108,7 @@ class FastPath:
         observed_route = route.path
         try:
             if not host_allowed(headers.get(b"host")):
-                # The same answer (and observation) as edge.guard gives in front of Django.
+                # The same answer (and observation) as edge.Guard gives in front of Django.
                 observed_route = UNMATCHED_ROUTE
                 raise ApiError(400, edge.BAD_REQUEST)
             answer = await route.handler(scope, receive, headers)

@@ -62,7 +62,7 @@ def _view_allow(request: HttpRequest) -> str | None:
 
 
 class ApiErrorMiddleware:
-    """The edge's answers on the Django path: 413 for oversized bodies (when `edge.guard` did not
+    """The edge's answers on the Django path: 413 for oversized bodies (when `edge.Guard` did not
     already give it, e.g. under the test client), 503/507/400 for database failures, 500 JSON,
     never an HTML traceback. Every complete answer gets its Content-Length, as on the fast path."""
 

@@ -12,9 +12,9 @@ django.setup()
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 from django.core.asgi import get_asgi_application  # noqa: E402
 
-from core.edge import guard  # noqa: E402
+from core.edge import Guard  # noqa: E402
 from core.fastpath import FastPath  # noqa: E402
 from orchestrator_site.urls import FAST_ROUTES  # noqa: E402
 
-django_application = guard(ASGIStaticFilesHandler(get_asgi_application()))
+django_application = Guard(ASGIStaticFilesHandler(get_asgi_application()))
 application = FastPath(django_application, FAST_ROUTES)

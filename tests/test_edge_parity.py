@@ -1,6 +1,6 @@
 """Both request paths answer every fast route alike: the same good and bad requests go to the
 fast path (`core.fastpath` with the URLconf's `FAST_ROUTES`) and to Django/DRF behind the same edge
-(`core.edge.guard` around Django's ASGI handler, as in orchestrator_site/asgi.py), and status, body
+(`core.edge.Guard` around Django's ASGI handler, as in orchestrator_site/asgi.py), and status, body
 bytes and headers must be identical.
 
 Headers are compared as a sorted list with lower-cased names (HTTP field names are
@@ -24,7 +24,7 @@ from django.core.handlers.asgi import ASGIHandler
 from django.db import OperationalError, connection
 from django.urls import resolve
 
-from core.edge import guard
+from core.edge import Guard
 from core.fastpath import FastPath
 from events.models import Event
 from events.services import events_store
@@ -137,7 +137,7 @@ def short_lived_db_threads(monkeypatch):
 @pytest.fixture
 def paths() -> tuple[Any, Recorder]:
     """(the fast path with Django behind it, the Django path alone)."""
-    django = Recorder(guard(ASGIHandler()))
+    django = Recorder(Guard(ASGIHandler()))
     return FastPath(django, FAST_ROUTES), django
 
 
@@ -149,7 +149,7 @@ def _some_events() -> None:
     if Event.objects.filter(event_id__startswith="seed-").count() == 5:
         return  # the same rows (and ids, which the page cursor shows) for both paths
     _no_events()
-    fast = FastPath(guard(ASGIHandler()), FAST_ROUTES)
+    fast = FastPath(Guard(ASGIHandler()), FAST_ROUTES)
     events = [
         {
             "event_id": f"seed-{i}",
@@ -306,7 +306,7 @@ def test_good_answers_are_the_contract_s(paths, settings):
     assert json.loads(body)["events"][0]["payload"]["big"] == 2**70
     assert "\u2028".encode() in body  # stored and answered as sent, on both paths
     settings.MAX_REQUEST_BODY_BYTES = 100
-    fresh = FastPath(guard(ASGIHandler()), FAST_ROUTES)  # reads the new limit
+    fresh = FastPath(Guard(ASGIHandler()), FAST_ROUTES)  # reads the new limit
     status, headers, body = call(fresh, **post(chunks=[b"x" * 60] * 3, length=False))
     assert status == 413
     assert json.loads(body) == {

@@ -14,7 +14,7 @@ import pytest
 from django.db import OperationalError
 
 from core import dberrors, observability
-from core.edge import guard
+from core.edge import Guard
 from core.fastpath import FastPath
 from orchestrator_site.urls import FAST_ROUTES
 
@@ -132,7 +132,7 @@ def test_release_latest_answers_from_the_cache_on_the_loop_else_on_a_db_thread(a
 def test_disallowed_host_is_refused_by_the_edge_on_both_paths(settings):
     settings.ALLOWED_HOSTS = ["orchestrator.example"]
     django = FakeDjango()
-    app = FastPath(guard(django), FAST_ROUTES)
+    app = FastPath(Guard(django), FAST_ROUTES)
     for method, path in [("GET", "/v1/health"), ("GET", "/v1/fleet")]:  # fast, Django
         status, headers, body = call(app, method, path, headers=[(b"host", b"evil.example")])
         assert (status, json.loads(body)) == (400, {"error": "bad request"})

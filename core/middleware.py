@@ -15,8 +15,8 @@ from django.core.exceptions import (
 from django.db import DatabaseError
 from django.http import Http404, HttpRequest, HttpResponse
 
-from core import dberrors
-from core.errors import json_error
+from core import edge
+from core.errors import ApiError
 from core.observability import (
     client_identity_from_scope,
     observe_request,
@@ -48,59 +48,50 @@ class ObservabilityMiddleware:
         return response
 
 
-def _too_large() -> HttpResponse:
-    from django.conf import settings
-
-    return json_error(
-        413,
-        f"request body is larger than the limit of {settings.MAX_REQUEST_BODY_BYTES} bytes",
-        limit=settings.MAX_REQUEST_BODY_BYTES,
-    )
-
-
 def db_error_response(exc: BaseException) -> HttpResponse | None:
-    kind = dberrors.classify(exc)
-    if kind == dberrors.BUSY:
-        return json_error(
-            503,
-            "the database is busy; retry shortly",
-            headers={"Retry-After": str(dberrors.RETRY_AFTER_SECONDS)},
-        )
-    if kind == dberrors.FULL:
-        return json_error(507, "the disk holding the database is full; nothing was stored")
-    if kind == dberrors.NUL:
-        return json_error(400, dberrors.NUL_MESSAGE)
-    if kind == dberrors.CORRUPT:
-        dberrors.die_corrupt(exc)
-    return None
+    """The edge's answer to a database failure as a Django response; None when `exc` is not one."""
+    answer = edge.db_error_answer(exc)
+    return None if answer is None else edge.to_response(answer)
+
+
+def _view_allow(request: HttpRequest) -> str | None:
+    """The `Allow` header DRF would have sent for the request's view."""
+    match = getattr(request, "resolver_match", None)
+    view_class = getattr(getattr(match, "func", None), "view_class", None)
+    return None if view_class is None else edge.view_allow(view_class)
 
 
 class ApiErrorMiddleware:
-    """413 for oversized bodies; 503/507 for a busy or full store; never an HTML traceback."""
+    """The edge's answers on the Django path: 413 for oversized bodies (when `edge.Guard` did not
+    already give it, e.g. under the test client), 503/507/400 for database failures, 500 JSON,
+    never an HTML traceback. Every complete answer gets its Content-Length, as on the fast path."""
 
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
-        from django.conf import settings
-
-        length = request.META.get("CONTENT_LENGTH")
-        if length:
-            try:
-                if int(length) > settings.MAX_REQUEST_BODY_BYTES:
-                    return _too_large()
-            except ValueError:
-                return json_error(400, "invalid Content-Length header")
-        return self.get_response(request)
+        try:
+            edge.check_content_length(request.META.get("CONTENT_LENGTH"))
+        except ApiError as exc:
+            response = edge.to_response(edge.api_error_answer(exc))
+        else:
+            response = self.get_response(request)
+        if not response.streaming and not response.has_header("Content-Length"):
+            response.headers["Content-Length"] = str(len(response.content))
+        return response
 
     def process_exception(self, request: HttpRequest, exc: Exception) -> HttpResponse | None:
         if isinstance(exc, RequestDataTooBig):
-            return _too_large()
-        if isinstance(exc, DatabaseError | OSError):
-            response = db_error_response(exc)
-            if response is not None:
-                return response
-        if isinstance(exc, Http404 | PermissionDenied | SuspiciousOperation | BadRequest):
+            response = edge.to_response(edge.api_error_answer(edge.too_large()))
+        elif isinstance(exc, Http404 | PermissionDenied | SuspiciousOperation | BadRequest):
             return None  # Django answers these itself (404/403/400 via the handlers in urls.py)
-        logger.exception("unhandled error on %s %s", request.method, request.path)
-        return json_error(500, "internal error; the server log has the details")
+        else:
+            answer = edge.db_error_answer(exc) if isinstance(exc, DatabaseError | OSError) else None
+            if answer is None:
+                logger.exception("unhandled error on %s %s", request.method, request.path)
+                answer = edge.internal_error_answer()
+            response = edge.to_response(answer)
+        allow = _view_allow(request)  # DRF did not finalize this answer: add what it would have
+        if allow:
+            response["Allow"] = allow
+        return response

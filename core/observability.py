@@ -1,6 +1,6 @@
 """One place where every answered request is counted and logged.
 
-Both the Django middleware and the fast path (orchestrator_site.fastpath) call `observe_request`.
+Both the Django middleware and the fast path (core.fastpath, core.edge) call `observe_request`.
 The `route` label is the contract's route template (`/v1/rollouts/{plan_id}`), never a raw path.
 """
 

@@ -1,6 +1,6 @@
 """Single-pass validation of event batches and of the list query (API.md §3 "Events").
 
-Used by both request paths (the DRF views and `orchestrator_site.fastpath`), so both answer with
+Used by both request paths (the DRF views and `events/fast.py`), so both answer with
 the same error bodies. No DRF serializers per event: the measured cost of
 `Serializer(many=True)` is 35 µs per event against about 1 µs here (docs/performance.md).
 """
@@ -8,31 +8,19 @@ the same error bodies. No DRF serializers per event: the measured cost of
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 import orjson
 
-from core.errors import ApiError
+from core.errors import ApiError, malformed_json
+from core.params import MAX_ID_CHARS, parse_before, parse_limit, parse_rfc3339
 
 MAX_BATCH_EVENTS = 10_000
-MAX_ID_CHARS = 256  # event_id, event_type, node_id, lock_fingerprint, release_id
-MAX_TIMESTAMP_CHARS = 64
-DEFAULT_LIMIT = 100
-MAX_LIMIT = 1000
-MAX_CURSOR = 2**63 - 1
 
 REQUIRED_FIELDS = ("event_id", "event_type", "node_id")
 OPTIONAL_FIELDS = ("lock_fingerprint", "release_id")
-
-# RFC 3339 date-time: full date, `T` (or `t`/space, which RFC 3339 allows), time, optional
-# fraction, and a mandatory offset (`Z` or ±hh:mm). datetime.fromisoformat then checks ranges.
-_RFC3339 = re.compile(
-    r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:(\d{2})(?:\.\d{1,9})?(?:[Zz]|[+-]\d{2}:\d{2})"
-)
 
 # A validated event ready to insert: (event_id, event_type, node_id, timestamp,
 # lock_fingerprint, release_id, payload JSON text). `received_at` is added by the writer.
@@ -65,7 +53,7 @@ def parse_json_body(body: bytes) -> Any:
             return json.loads(body, parse_constant=_refuse_constant)
         return orjson.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
-        raise BodyError(f"malformed JSON body: {exc}") from None
+        raise malformed_json(exc) from None
 
 
 def _refuse_constant(name: str) -> Any:
@@ -89,21 +77,12 @@ def _event_error(index: int, field: str, message: str) -> BodyError:
 
 
 def _check_timestamp(value: Any) -> str | None:
-    """None when `value` is a valid RFC 3339 timestamp with an offset, else the reason."""
-    if not isinstance(value, str):
-        return "must be an RFC 3339 timestamp string"
-    if len(value) > MAX_TIMESTAMP_CHARS:
-        return f"must be at most {MAX_TIMESTAMP_CHARS} characters"
-    match = _RFC3339.fullmatch(value)
-    if match is None:
-        return "must be an RFC 3339 timestamp with an offset, e.g. 2026-04-07T10:00:00Z"
-    text = value
-    if match.group(1) == "60":  # RFC 3339 leap second: valid, datetime cannot hold it
-        text = value[: match.start(1)] + "59" + value[match.end(1) :]
+    """None when `value` is a valid RFC 3339 timestamp with an offset, else the reason. The text
+    is stored as sent (a leap second too: core.params.parse_rfc3339)."""
     try:
-        datetime.fromisoformat(text)
+        parse_rfc3339(value)
     except ValueError as exc:
-        return f"is not a valid date and time ({exc})"
+        return str(exc)
     return None
 
 
@@ -115,6 +94,11 @@ def validate_body(body: Any) -> list[EventRow]:
     if not isinstance(events, list):
         raise field_error("events", "this field is required and must be a list of events")
     return validate_events(events)
+
+
+def parse_body(body: bytes) -> list[EventRow]:
+    """A raw `POST /v1/events` body -> insert rows (an empty body is `{}`: "events" missing)."""
+    return validate_body(parse_json_body(body) if body.strip() else {})
 
 
 def validate_events(events: list[Any]) -> list[EventRow]:
@@ -176,48 +160,15 @@ class ListQuery:
     before: int | None
 
 
-def parse_limit(value: str | None) -> int:
-    """`limit`: default 100, a positive integer, clamped at 1000. Raises ValueError(reason)."""
-    if value is None:
-        return DEFAULT_LIMIT
-    text = value.strip()
-    if not text.isascii() or not text.isdigit() or int(text) < 1:
-        raise ValueError("must be a positive integer")
-    return min(int(text), MAX_LIMIT)
-
-
-def parse_before(value: str | None) -> int | None:
-    """`before`: the `next_before` cursor of a previous page. Raises ValueError(reason)."""
-    if value is None:
-        return None
-    text = value.strip()
-    if (
-        not text.isascii()
-        or not text.isdigit()
-        or len(text) > 19
-        or not 1 <= int(text) <= MAX_CURSOR  # an event id: a signed 64-bit integer
-    ):
-        raise ValueError("must be a cursor returned as next_before by a previous page")
-    return int(text)
-
-
 def parse_filter(value: str | None) -> str | None:
     return value if value else None
 
 
 def parse_list_query(params: Mapping[str, str]) -> ListQuery:
-    """The fast path's query parsing; the DRF path uses EventListQuerySerializer (same rules)."""
-    try:
-        limit = parse_limit(params.get("limit"))
-    except ValueError as exc:
-        raise field_error("limit", str(exc)) from None
-    try:
-        before = parse_before(params.get("before"))
-    except ValueError as exc:
-        raise field_error("before", str(exc)) from None
+    """`GET /v1/events` query parameters; both request paths call it."""
     return ListQuery(
         node_id=parse_filter(params.get("node_id")),
         event_type=parse_filter(params.get("event_type")),
-        limit=limit,
-        before=before,
+        limit=parse_limit(params),
+        before=parse_before(params),
     )

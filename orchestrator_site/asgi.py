@@ -1,4 +1,5 @@
-"""ASGI entry point: Django (with the admin's static files), behind the fast path for hot routes."""
+"""ASGI entry point: Django (with the admin's static files) behind the HTTP edge (`core.edge`:
+Host check, body limit), and the fast path (`core.fastpath`) in front for the hot routes."""
 
 import os
 
@@ -11,7 +12,9 @@ django.setup()
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 from django.core.asgi import get_asgi_application  # noqa: E402
 
-from orchestrator_site.fastpath import FastPath  # noqa: E402
+from core.edge import Guard  # noqa: E402
+from core.fastpath import FastPath  # noqa: E402
+from orchestrator_site.urls import FAST_ROUTES  # noqa: E402
 
-django_application = ASGIStaticFilesHandler(get_asgi_application())
-application = FastPath(django_application)
+django_application = Guard(ASGIStaticFilesHandler(get_asgi_application()))
+application = FastPath(django_application, FAST_ROUTES)

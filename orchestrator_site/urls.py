@@ -1,11 +1,19 @@
-"""Root URL configuration. Each app owns its routes in `<app>/api/urls.py`."""
+"""Root URL configuration. Each app owns its routes in `<app>/api/urls.py`.
+
+`FAST_ROUTES` is the one table of the routes the fast path (`core.fastpath`) answers in front of
+Django, with the handlers their apps own; each entry names the URLconf route (and so the DRF view)
+that answers the same requests on the Django path. `orchestrator_site.asgi` installs it.
+"""
 
 from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularSwaggerView
 
 from core import errors
+from core.fastpath import fast_routes
+from events import fast as events_fast
 from orchestrator_site.api_docs import OpenApiView
+from releases import fast as releases_fast
 
 urlpatterns = [
     path("admin/", admin.site.urls),
@@ -16,6 +24,17 @@ urlpatterns = [
     path("", include("rollouts.api.urls")),
     path("", include("crl.api.urls")),
 ]
+
+# (method, URL name) -> handler. Paths and `Allow` come from the URLconf entry of that name.
+FAST_ROUTES = fast_routes(
+    urlpatterns,
+    {
+        ("GET", "health"): events_fast.health,
+        ("POST", "events"): events_fast.ingest,
+        ("GET", "events"): events_fast.events,
+        ("GET", "release-latest"): releases_fast.latest,
+    },
+)
 
 handler400 = errors.handler400
 handler403 = errors.handler403

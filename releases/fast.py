@@ -1,15 +1,17 @@
 """The node poll path without Django's request machinery.
 
-`orchestrator_site.fastpath` answers `GET /v1/releases/latest` by calling
-`latest_release_answer(query)` in a worker thread with Django's DB connection available; the DRF
-view (`releases.api.views.LatestReleaseView`) gives the same status and body.
+`latest` is the fast-path handler of `GET /v1/releases/latest` (routed by `core.fastpath`, table
+in `orchestrator_site/urls.py`): the cached answer on the loop, else `latest_release_answer(query)`
+on a database thread. The DRF view (`releases.api.views.LatestReleaseView`) gives the same status,
+body and headers (tests/test_edge_parity.py).
 """
 
 from __future__ import annotations
 
-import orjson
+from typing import Any
 
-from core.errors import ApiError, error_body
+from core import dbthreads, edge
+from core.errors import ApiError
 from releases.params import parse_channel, parse_optional_node_id
 from releases.selectors import latest_cache, no_release_body, release_latest_answer
 
@@ -21,7 +23,7 @@ def latest_release_answer(query: dict[str, str]) -> tuple[int, bytes]:
         channel = parse_channel(query)
         node_id = parse_optional_node_id(query)
     except ApiError as exc:
-        return exc.status_code, orjson.dumps(error_body(exc.message, **exc.extra))
+        return exc.status_code, edge.json_bytes(exc.message, **exc.extra)
     return release_latest_answer(channel=channel, node_id=node_id)
 
 
@@ -38,7 +40,7 @@ def cached_latest_answer(query: dict[str, str]) -> tuple[int, bytes] | None:
         channel = parse_channel(query)
         node_id = parse_optional_node_id(query)
     except ApiError as exc:
-        return exc.status_code, orjson.dumps(error_body(exc.message, **exc.extra))
+        return exc.status_code, edge.json_bytes(exc.message, **exc.extra)
     if node_id is not None:
         return None
     entry = latest_cache.get(channel)
@@ -48,3 +50,16 @@ def cached_latest_answer(query: dict[str, str]) -> tuple[int, bytes] | None:
     if release is None:
         return 404, no_release_body(channel)
     return 200, body  # type: ignore[return-value]
+
+
+async def latest(scope: dict[str, Any], receive: Any, headers: dict[bytes, bytes]) -> edge.Answer:
+    """The fast-path handler of `GET /v1/releases/latest` (core.fastpath). Most polls are answered
+    from the in-process cache on the loop itself (`cached_latest_answer`, no database); the rest
+    go to a database thread."""
+    query = edge.query_params(scope)
+    cached = cached_latest_answer(query)
+    if cached is not None:
+        status, body = cached
+    else:
+        status, body = await dbthreads.run_read(latest_release_answer, query)
+    return status, body, []

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -21,6 +21,7 @@ from django.db.models.signals import post_delete, post_migrate, post_save
 from django.utils import timezone
 
 from core.errors import ApiError
+from core.params import format_rfc3339
 from events.models import Event
 from releases.models import NodeAck, Release
 
@@ -36,15 +37,6 @@ RELEASE_FIELDS = (
 )
 
 
-def rfc3339(value: datetime | None) -> str | None:
-    """`2026-04-07T10:00:00Z` (UTC; a fraction only when there is one)."""
-    if value is None:
-        return None
-    value = value.astimezone(UTC)
-    timespec = "microseconds" if value.microsecond else "seconds"
-    return value.replace(tzinfo=None).isoformat(timespec=timespec) + "Z"
-
-
 def release_as_dict(release: Release) -> dict[str, Any]:
     return {
         "release_id": release.release_id,
@@ -54,7 +46,7 @@ def release_as_dict(release: Release) -> dict[str, Any]:
         "lock_fingerprint": release.lock_fingerprint,
         "artifact_ref": release.artifact_ref,
         "metadata": release.metadata,
-        "created_at": rfc3339(release.created_at),
+        "created_at": format_rfc3339(release.created_at),
     }
 
 
@@ -65,8 +57,8 @@ def ack_as_dict(ack: NodeAck, *, release_id: str | None = None) -> dict[str, Any
         "status": ack.status,
         "lock_fingerprint": ack.lock_fingerprint,
         "message": ack.message,
-        "acked_at": rfc3339(ack.acked_at),
-        "updated_at": rfc3339(ack.updated_at),
+        "acked_at": format_rfc3339(ack.acked_at),
+        "updated_at": format_rfc3339(ack.updated_at),
     }
 
 
@@ -341,7 +333,7 @@ def fleet_summary(*, channel: str, stale_threshold: int) -> dict[str, Any]:
             {
                 "node_id": node_id,
                 "node_status": status,
-                "last_seen": rfc3339(seen),
+                "last_seen": format_rfc3339(seen),
                 "release_id": release_id,
                 "ack_status": ack_status,
                 "sequence": sequence,
@@ -349,7 +341,7 @@ def fleet_summary(*, channel: str, stale_threshold: int) -> dict[str, Any]:
         )
     return {
         "channel": channel,
-        "generated_at": rfc3339(now),
+        "generated_at": format_rfc3339(now),
         "stale_threshold": stale_threshold,
         "total": len(nodes),
         **counts,

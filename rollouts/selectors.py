@@ -10,9 +10,9 @@ from django.db import connection
 from django.db.models import Count
 
 from core.errors import ApiError
+from core.params import format_rfc3339
 from releases.models import NodeAck, Release
 from rollouts import clock
-from rollouts.clock import rfc3339
 from rollouts.cohort import display_percent, snapshot_by_pk, snapshot_of
 from rollouts.gates import StageReport, evaluate_stage, unmet_reason
 from rollouts.models import RUNNING_PHASES, Phase, RolloutPlan, RolloutTransition
@@ -103,8 +103,8 @@ def plan_summary(plan: RolloutPlan) -> dict[str, Any]:
         "phase": plan.phase,
         "current_stage_id": plan.current_stage_id,
         "digest": plan.digest,
-        "created_at": rfc3339(plan.created_at),
-        "updated_at": rfc3339(plan.updated_at),
+        "created_at": format_rfc3339(plan.created_at),
+        "updated_at": format_rfc3339(plan.updated_at),
     }
 
 
@@ -126,14 +126,14 @@ def plan_status(plan: RolloutPlan) -> dict[str, Any]:
                 "stage_id": stage.stage_id,
                 "phase": stage.phase,
                 "percent": display_percent(stage.percent),
-                "opened_at": rfc3339(stage.opened_at),
-                "promoted_at": rfc3339(stage.promoted_at),
+                "opened_at": format_rfc3339(stage.opened_at),
+                "promoted_at": format_rfc3339(stage.promoted_at),
                 "manual_approved": stage.manual_approved,
                 "halt_reason": stage.halt_reason or None,
             }
             for stage in snap.stages
         ],
-        "updated_at": rfc3339(plan.updated_at),
+        "updated_at": format_rfc3339(plan.updated_at),
         "history": [
             {
                 "action": entry.action,
@@ -142,7 +142,7 @@ def plan_status(plan: RolloutPlan) -> dict[str, Any]:
                 "stage_id": entry.stage_id or None,
                 "operator": entry.operator,
                 "reason": entry.reason,
-                "at": rfc3339(entry.at),
+                "at": format_rfc3339(entry.at),
             }
             for entry in history
         ],
@@ -179,7 +179,7 @@ def stuck_plans(*, threshold_seconds: int) -> list[dict[str, Any]]:
                 "plan_id": plan.plan_id,
                 "phase": plan.phase,
                 "current_stage_id": plan.current_stage_id,
-                "stuck_since": rfc3339(plan.updated_at),
+                "stuck_since": format_rfc3339(plan.updated_at),
                 "stuck_reason": f"no progress for {_age(now - plan.updated_at)}; "
                 + unmet_reason(report),
             }

@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from core.errors import ApiError
+from core.errors import ApiError, malformed_json
 from rollouts.gates.base import invalid_field as _bad
 from rollouts.gates.base import is_number as _is_number
 from rollouts.gates.registry import GATE_KINDS
@@ -133,7 +133,7 @@ def parse_spec(raw: bytes) -> PlanSpec:
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        raise ApiError(400, f"malformed JSON body: {exc}") from None
+        raise malformed_json(exc) from None
     if not isinstance(body, dict):
         raise ApiError(400, "the plan spec must be a JSON object")
     plan_id = body.get("plan_id")

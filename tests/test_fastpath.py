@@ -14,7 +14,9 @@ import pytest
 from django.db import OperationalError
 
 from core import dberrors, observability
-from orchestrator_site.fastpath import FastPath
+from core.edge import Guard
+from core.fastpath import FastPath
+from orchestrator_site.urls import FAST_ROUTES
 
 
 class FakeDjango:
@@ -67,7 +69,7 @@ def call(
 
 @pytest.fixture
 def app() -> FastPath:
-    return FastPath(FakeDjango())
+    return FastPath(FakeDjango(), FAST_ROUTES)
 
 
 def batch(*events: dict[str, Any]) -> bytes:
@@ -127,13 +129,19 @@ def test_release_latest_answers_from_the_cache_on_the_loop_else_on_a_db_thread(a
     assert app.app.calls == []  # and Django never saw either request
 
 
-def test_disallowed_host_goes_to_django_which_refuses_it(app, settings):
+def test_disallowed_host_is_refused_by_the_edge_on_both_paths(settings):
     settings.ALLOWED_HOSTS = ["orchestrator.example"]
-    app = FastPath(FakeDjango())
-    assert call(app, "GET", "/v1/health", headers=[(b"host", b"evil.example")])[0] == 299
-    assert (
-        call(app, "GET", "/v1/health", headers=[(b"host", b"orchestrator.example:8888")])[0] == 200
-    )
+    django = FakeDjango()
+    app = FastPath(Guard(django), FAST_ROUTES)
+    for method, path in [("GET", "/v1/health"), ("GET", "/v1/fleet")]:  # fast, Django
+        status, headers, body = call(app, method, path, headers=[(b"host", b"evil.example")])
+        assert (status, json.loads(body)) == (400, {"error": "bad request"})
+        assert headers[b"content-type"] == b"application/json"
+    assert django.calls == []
+    allowed = [(b"host", b"orchestrator.example:8888")]
+    assert call(app, "GET", "/v1/health", headers=allowed)[0] == 200
+    assert call(app, "GET", "/v1/fleet", headers=allowed)[0] == 299
+    assert django.calls == [("GET", "/v1/fleet")]
 
 
 def test_body_over_the_limit_is_413_by_length_and_while_receiving(app, settings):

@@ -13,7 +13,9 @@ import urllib.request
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from orchestrator_site import metrics
+from core import metrics
+from events.metrics import EVENTS_INGESTED, record_ingest
+from rollouts.metrics import RolloutPhaseCollector
 from tests.liveserver import ServeProcess, free_port
 from tests.pki import get
 
@@ -94,12 +96,12 @@ def test_metrics_on_both_listeners_bounded_labels_and_promtool(tmp_path):
 
 
 def test_record_ingest_counts_by_result():
-    before_inserted = metrics.EVENTS_INGESTED.labels(result="inserted")._value.get()
-    before_deduped = metrics.EVENTS_INGESTED.labels(result="deduped")._value.get()
-    metrics.record_ingest(inserted=3, deduped=2)
-    metrics.record_ingest(inserted=0, deduped=1)
-    assert metrics.EVENTS_INGESTED.labels(result="inserted")._value.get() == before_inserted + 3
-    assert metrics.EVENTS_INGESTED.labels(result="deduped")._value.get() == before_deduped + 3
+    before_inserted = EVENTS_INGESTED.labels(result="inserted")._value.get()
+    before_deduped = EVENTS_INGESTED.labels(result="deduped")._value.get()
+    record_ingest(inserted=3, deduped=2)
+    record_ingest(inserted=0, deduped=1)
+    assert EVENTS_INGESTED.labels(result="inserted")._value.get() == before_inserted + 3
+    assert EVENTS_INGESTED.labels(result="deduped")._value.get() == before_deduped + 3
 
 
 def test_rollout_phases_all_present_with_zero_defaults(monkeypatch):
@@ -107,7 +109,7 @@ def test_rollout_phases_all_present_with_zero_defaults(monkeypatch):
 
     monkeypatch.setattr(rollouts.selectors, "rollout_phase_counts", lambda: {"active": 4})
     registry = CollectorRegistry()
-    registry.register(metrics.RolloutPhaseCollector())
+    registry.register(RolloutPhaseCollector())
     text = generate_latest(registry).decode()
     assert _sample(text, "cp_rollout_plans_total", phase="active") == 4
     for phase in PHASES:

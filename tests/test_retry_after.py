@@ -6,7 +6,8 @@ import pytest
 
 import releases.fast
 from core.errors import ApiError
-from orchestrator_site.fastpath import FastPath
+from core.fastpath import FastPath
+from orchestrator_site.urls import FAST_ROUTES
 from releases import services
 from tests.test_fastpath import FakeDjango, call
 
@@ -28,7 +29,7 @@ def test_a_service_503_on_the_fast_path_has_retry_after(monkeypatch):
         raise ApiError(503, "the database is busy; retry shortly")
 
     monkeypatch.setattr(releases.fast, "cached_latest_answer", busy)
-    status, headers, body = call(FastPath(FakeDjango()), "GET", "/v1/releases/latest")
+    status, headers, body = call(FastPath(FakeDjango(), FAST_ROUTES), "GET", "/v1/releases/latest")
     assert status == 503
     assert headers[b"retry-after"] == b"1"
     assert b'"error"' in body

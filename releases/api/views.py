@@ -13,9 +13,12 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from releases import params, selectors, services
+from core.edge import json_answer
+from core.params import check_identifier, param_error, parse_limit, parse_offset
+from releases import selectors, services
 from releases.api.serializers import NodeAckSerializer, ReleasePublishSerializer
 from releases.fast import latest_release_answer
+from releases.params import parse_channel, parse_stale_threshold
 
 # Release ids must stay addressable as one path segment, and `latest` is a route of its own.
 _RESERVED_RELEASE_IDS = {"latest"}
@@ -27,15 +30,6 @@ def _validated(serializer_class: type, data: Any) -> dict[str, Any]:
     return dict(serializer.validated_data)
 
 
-def _bytes_or_data(request: Request, code: int, body: bytes) -> HttpResponse | Response:
-    """The fast path's exact bytes for JSON clients; parsed data for the browsable API."""
-    if getattr(request.accepted_renderer, "format", "json") == "json":
-        return HttpResponse(body, status=code, content_type="application/json")
-    import orjson
-
-    return Response(orjson.loads(body), status=code)
-
-
 class ReleaseListView(APIView):
     """`GET /v1/releases` (newest first; `channel`, `limit`, `offset`) and `POST /v1/releases`."""
 
@@ -43,9 +37,9 @@ class ReleaseListView(APIView):
         query = request.query_params
         channel = query.get("channel")
         page = selectors.release_list(
-            channel=None if channel is None else params.check_identifier("channel", channel),
-            limit=params.parse_limit(query),
-            offset=params.parse_offset(query),
+            channel=None if channel is None else check_identifier("channel", channel),
+            limit=parse_limit(query),
+            offset=parse_offset(query),
         )
         return Response(page.as_dict())
 
@@ -53,9 +47,9 @@ class ReleaseListView(APIView):
         data = _validated(ReleasePublishSerializer, request.data)
         release_id = data["release_id"]
         if release_id in _RESERVED_RELEASE_IDS or "/" in release_id:
-            raise params.param_error("release_id", "must not be 'latest' or contain '/'")
+            raise param_error("release_id", "must not be 'latest' or contain '/'")
         if not data["channel"]:
-            raise params.param_error("channel", "must be a non-empty string")
+            raise param_error("channel", "must be a non-empty string")
         outcome = services.release_publish(**data)
         return Response(
             selectors.release_as_dict(outcome.obj),
@@ -72,7 +66,7 @@ class LatestReleaseView(APIView):
 
     def get(self, request: Request) -> HttpResponse | Response:
         code, body = latest_release_answer(dict(request.query_params.items()))
-        return _bytes_or_data(request, code, body)
+        return json_answer(request, code, body)
 
 
 class ReleaseDetailView(APIView):
@@ -90,7 +84,7 @@ class ReleaseAcksView(APIView):
 
 
 def _node_id(value: str) -> str:
-    return params.check_identifier("node_id", value)
+    return check_identifier("node_id", value)
 
 
 class NodeAckView(APIView):
@@ -120,7 +114,7 @@ class FleetView(APIView):
         query = request.query_params
         return Response(
             selectors.fleet_summary(
-                channel=params.parse_channel(query),
-                stale_threshold=params.parse_stale_threshold(query),
+                channel=parse_channel(query),
+                stale_threshold=parse_stale_threshold(query),
             )
         )

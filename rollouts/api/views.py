@@ -11,18 +11,14 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from core.errors import ApiError
+from core.errors import ApiError, malformed_json
+from core.params import param_error, parse_int, parse_limit, parse_offset
 from rollouts import selectors, services, signing
 from rollouts.models import Phase
 
 OPERATOR_HEADER = "HTTP_X_AUTONOMY_OPERATOR"
-DEFAULT_LIMIT, MAX_LIMIT = 100, 1000
 DEFAULT_STUCK_THRESHOLD = 3600
 MAX_THRESHOLD = 100 * 365 * 86400  # a century: beyond that a datetime cannot go back
-
-
-def _bad(field: str, message: str) -> ApiError:
-    return ApiError(400, f"invalid field '{field}': {message}", field=field)
 
 
 def _action_body(request: Request) -> dict[str, Any]:
@@ -32,7 +28,7 @@ def _action_body(request: Request) -> dict[str, Any]:
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        raise ApiError(400, f"malformed JSON body: {exc}") from None
+        raise malformed_json(exc) from None
     if body is None:
         return {}
     if not isinstance(body, dict):
@@ -43,7 +39,7 @@ def _action_body(request: Request) -> dict[str, Any]:
 def _optional_text(body: dict[str, Any], key: str) -> str | None:
     value = body.get(key)
     if value is not None and not isinstance(value, str):
-        raise _bad(key, "must be a string")
+        raise param_error(key, "must be a string")
     return value
 
 
@@ -51,21 +47,6 @@ def _actor(request: Request, body: dict[str, Any]) -> tuple[str | None, str | No
     """(operator, reason): the operator from X-Autonomy-Operator, else the body's `operator`."""
     operator = (request.META.get(OPERATOR_HEADER) or "").strip() or _optional_text(body, "operator")
     return operator or None, _optional_text(body, "reason")
-
-
-def _int_param(request: Request, name: str, default: int, *, minimum: int, maximum: int) -> int:
-    raw = request.query_params.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise _bad(name, f"must be an integer, not {raw!r}") from None
-    if value < minimum:
-        raise _bad(name, f"must be >= {minimum}")
-    if value > maximum:
-        raise _bad(name, f"must be <= {maximum}")
-    return value
 
 
 def _flag(request: Request, name: str) -> bool:
@@ -76,7 +57,7 @@ def _flag(request: Request, name: str) -> bool:
         return False
     if raw in ("1", "true", "yes", "on"):
         return True
-    raise _bad(name, f"must be true or false, not {raw!r}")
+    raise param_error(name, f"must be true or false, not {raw!r}")
 
 
 def plan_detail(plan: Any) -> dict[str, Any]:
@@ -93,13 +74,11 @@ class RolloutListView(APIView):
     validate and preview the cohorts with `?dry_run=true` (200, nothing stored)."""
 
     def get(self, request: Request) -> Response:
-        limit = min(
-            _int_param(request, "limit", DEFAULT_LIMIT, minimum=1, maximum=2**62), MAX_LIMIT
-        )
-        offset = _int_param(request, "offset", 0, minimum=0, maximum=2**62)
+        limit = parse_limit(request.query_params)
+        offset = parse_offset(request.query_params)
         phase = request.query_params.get("phase") or None
         if phase is not None and phase not in Phase.values:
-            raise _bad("phase", f"must be one of {', '.join(Phase.values)}")
+            raise param_error("phase", f"must be one of {', '.join(Phase.values)}")
         plans = selectors.plan_list(limit=limit, offset=offset, phase=phase)
         return Response(
             {
@@ -183,9 +162,9 @@ class RolloutRecoverView(APIView):
         strategy = body.get("strategy")
         services.plan_get(plan_id)  # 404 before 400 for an unknown plan
         if strategy is None:
-            raise _bad("strategy", "is required: retry, rollback or skip_failed")
+            raise param_error("strategy", "is required: retry, rollback or skip_failed")
         if not isinstance(strategy, str):
-            raise _bad("strategy", "must be one of retry, rollback, skip_failed")
+            raise param_error("strategy", "must be one of retry, rollback, skip_failed")
         plan = services.rollout_recover(
             plan_id=plan_id,
             strategy=strategy,
@@ -223,8 +202,12 @@ class StageGatesApproveView(APIView):
 
 class StuckView(APIView):
     def get(self, request: Request) -> Response:
-        threshold = _int_param(
-            request, "threshold_seconds", DEFAULT_STUCK_THRESHOLD, minimum=0, maximum=MAX_THRESHOLD
+        threshold = parse_int(
+            "threshold_seconds",
+            request.query_params.get("threshold_seconds"),
+            default=DEFAULT_STUCK_THRESHOLD,
+            minimum=0,
+            maximum=MAX_THRESHOLD,
         )
         return Response(
             {

@@ -14,7 +14,7 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DatabaseError, connections
 
-from core import dberrors, pgurl
+from core import dberrors, metrics, pgurl
 from core.datadir import DataDirError, load_or_create_secret, prepare_data_dir
 from core.flags import env_default, env_list, parse_duration
 from core.logging_setup import FORMATS, LEVELS, configure_logging
@@ -31,7 +31,6 @@ from core.tls import ServerTls, TlsConfig, TlsError, make_scope_hook
 from crl.apps import CrlConfig
 from crl.services import CrlSyncConfig, CrlSyncThread
 from crl.store import CrlStore
-from orchestrator_site import metrics
 from rollouts.signing import SigningKeyError, current_key
 
 logger = logging.getLogger("orchestrator.serve")
@@ -223,7 +222,12 @@ class Command(BaseCommand):
         configure_logging(log_format, log_level)
 
         if metrics_listen is not None:
+            import events.metrics
+            import rollouts.metrics
+
             metrics.install()
+            events.metrics.install()
+            rollouts.metrics.install()
             application = metrics.with_metrics(application)
 
         periodic = []

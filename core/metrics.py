@@ -1,14 +1,10 @@
-"""Prometheus metrics: the `cp_*` families, the scrape endpoint, and the hooks that feed them.
+"""Prometheus metrics: the HTTP families, the scrape endpoint, and the exposition.
 
-For other modules:
-* `cp_events_ingested_total{result="inserted"|"deduped"}`: `install()` registers
-  `record_ingest(inserted=N, deduped=M)` with `events.services.add_ingest_hook`; code without
-  that hook can call `record_ingest` directly after each committed batch.
 * `cp_http_requests_total` / `cp_http_request_duration_seconds` are fed by
-  `observability.observe_request` through a request hook; nothing else to call.
-* `cp_rollout_plans_total{phase}` is read at scrape time from
-  `rollouts.selectors.rollout_phase_counts()` (plans now in each phase; TYPE counter, see
-  docs/metrics.md).
+  `observability.observe_request` through a request hook (`install()`); nothing else to call.
+* The apps own their families and hooks: `events/metrics.py` (`cp_events_ingested_total`) and
+  `rollouts/metrics.py` (`cp_rollout_plans_total`). The composition root (`serve`) installs all
+  three when `--metrics-addr` is set.
 
 `GET /metrics` is answered at the ASGI level (`with_metrics`, `metrics_only`), so it costs Django
 nothing and never reaches the URLconf. Labels are bounded: `route` is the contract's route
@@ -20,27 +16,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily
-from prometheus_client.registry import Collector
 
 from core import observability
 
 logger = logging.getLogger("orchestrator.metrics")
 
 METRICS_PATH = "/metrics"
-ROLLOUT_PHASES = (
-    "published",
-    "active",
-    "paused",
-    "halted",
-    "completed",
-    "cancelled",
-    "rolled_back",
-)
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 HTTP_REQUESTS = Counter(
@@ -54,25 +39,6 @@ HTTP_DURATION = Histogram(
     ["method", "route"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
 )
-EVENTS_INGESTED = Counter(
-    "cp_events_ingested_total",
-    "Events received by POST /v1/events, by result.",
-    ["result"],
-)
-for _result in ("inserted", "deduped"):
-    EVENTS_INGESTED.labels(result=_result)
-
-
-def record_ingest(*, inserted: int, deduped: int) -> None:
-    """Count one ingested batch; call it after the batch is committed."""
-    if inserted:
-        EVENTS_INGESTED.labels(result="inserted").inc(inserted)
-    if deduped:
-        EVENTS_INGESTED.labels(result="deduped").inc(deduped)
-
-
-def _on_ingest(inserted: int, deduped: int) -> None:
-    record_ingest(inserted=inserted, deduped=deduped)
 
 
 def _observe(method: str, route: str, status: int, duration: float) -> None:
@@ -81,48 +47,16 @@ def _observe(method: str, route: str, status: int, duration: float) -> None:
     HTTP_DURATION.labels(method=label, route=route).observe(duration)
 
 
-class RolloutPhaseCollector(Collector):
-    """`cp_rollout_plans_total{phase}`: plans per phase, read from the store at scrape time."""
-
-    def collect(self) -> Iterable[CounterMetricFamily]:
-        # Exposed with TYPE counter because the contract's name ends in `_total` (promtool
-        # rejects that suffix on a gauge); the value is the number of plans now in the phase.
-        family = CounterMetricFamily(
-            "cp_rollout_plans", "Rollout plans now in each phase.", labels=["phase"]
-        )
-        try:
-            from rollouts.selectors import rollout_phase_counts
-
-            counts = dict(rollout_phase_counts())
-        except Exception:
-            logger.exception("cannot read rollout phase counts for /metrics")
-            return [family]
-        for phase in (*ROLLOUT_PHASES, *sorted(set(counts) - set(ROLLOUT_PHASES))):
-            family.add_metric([phase], float(counts.get(phase, 0)))
-        return [family]
-
-    def describe(self) -> Iterable[CounterMetricFamily]:
-        return []  # collected lazily at scrape time, never at registration
-
-
-_ROLLOUT_COLLECTOR = RolloutPhaseCollector()
 _installed = False
 
 
 def install() -> None:
-    """Start counting requests and register the scrape-time collectors (idempotent)."""
+    """Start counting requests (idempotent)."""
     global _installed
     if _installed:
         return
     _installed = True
     observability.add_request_hook(_observe)
-    REGISTRY.register(_ROLLOUT_COLLECTOR)
-    try:
-        from events.services import add_ingest_hook
-    except ImportError:  # events ingestion calls record_ingest() itself then
-        logger.debug("events.services.add_ingest_hook not available", exc_info=True)
-    else:
-        add_ingest_hook(_on_ingest)
     # django-prometheus's families (its middleware creates them on first use; make them exist
     # from the first scrape).
     try:
@@ -134,7 +68,8 @@ def install() -> None:
 
 
 def render() -> bytes:
-    """The exposition text. May read the store (rollout phases): call it off the event loop."""
+    """The exposition text. Collectors may read the store (rollout phases): call it off the
+    event loop."""
     from django.db import connections
 
     try:

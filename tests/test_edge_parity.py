@@ -1,0 +1,328 @@
+"""Both request paths answer every fast route alike: the same good and bad requests go to the
+fast path (`core.fastpath` with the URLconf's `FAST_ROUTES`) and to Django/DRF behind the same edge
+(`core.edge.Guard` around Django's ASGI handler, as in orchestrator_site/asgi.py), and status, body
+bytes and headers must be identical.
+
+Headers are compared as a sorted list with lower-cased names (HTTP field names are
+case-insensitive and the order of different fields carries no meaning); nothing else is ignored.
+`Date` and `Server` do not appear at the ASGI level: daphne adds them to both paths alike.
+The one documented difference is not exercised: the fast path accepts any `Content-Type` on
+`POST /v1/events`, the DRF path wants JSON (docs/events.md), so every body here is sent as JSON.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any
+
+import pytest
+from django.core.handlers.asgi import ASGIHandler
+from django.db import OperationalError, connection
+from django.urls import resolve
+
+from core.edge import Guard
+from core.fastpath import FastPath
+from events.models import Event
+from events.services import events_store
+from orchestrator_site.urls import FAST_ROUTES
+from releases import services as release_services
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+Answer = tuple[int, list[tuple[bytes, bytes]], bytes]
+
+
+class Recorder:
+    """Stands between the fast path and Django: records which requests fell through."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.calls = 0
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        self.calls += 1
+        await self.app(scope, receive, send)
+
+
+def call(
+    app: Any,
+    method: str,
+    path: str,
+    *,
+    query: bytes = b"",
+    body: bytes = b"",
+    chunks: list[bytes] | None = None,
+    host: bytes = b"127.0.0.1",
+    length: bool = True,
+) -> Answer:
+    parts = chunks if chunks is not None else [body]
+    messages = [
+        {"type": "http.request", "body": part, "more_body": i < len(parts) - 1}
+        for i, part in enumerate(parts)
+    ]
+    headers = [(b"host", host), (b"accept", b"application/json")]
+    if method == "POST":
+        headers.append((b"content-type", b"application/json"))
+        if length:
+            headers.append((b"content-length", str(sum(map(len, parts))).encode()))
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "root_path": "",
+        "query_string": query,
+        "headers": headers,
+        "client": ["127.0.0.1", 40000],
+        "server": ["127.0.0.1", 8888],
+    }
+    sent: list[dict[str, Any]] = []
+
+    async def run() -> None:
+        async def receive() -> dict[str, Any]:
+            if messages:
+                return messages.pop(0)
+            await asyncio.Event().wait()  # the client stays connected until it has its answer
+            raise AssertionError("unreachable")
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        await app(scope, receive, send)
+
+    asyncio.run(run())
+    start = sent[0]
+    headers_out = sorted((name.lower(), value) for name, value in start["headers"])
+    return start["status"], headers_out, b"".join(m.get("body", b"") for m in sent[1:])
+
+
+@pytest.fixture(autouse=True)
+def short_lived_db_threads(monkeypatch):
+    """The fast path's database threads (the events writer, the reader pool) keep their
+    connections for the life of the process; here each call runs on a thread of its own that
+    closes its connection, so PostgreSQL can drop the test database afterwards. The functions run
+    there are the real ones (`events_store`, the selectors)."""
+
+    def on_a_thread(fn: Callable[[], Any]) -> Future:
+        future: Future = Future()
+
+        def run() -> None:
+            try:
+                future.set_result(fn())
+            except BaseException as exc:
+                future.set_exception(exc)
+            finally:
+                connection.close()
+
+        threading.Thread(target=run).start()
+        return future
+
+    def submit(rows: list[Any]) -> Future:
+        return on_a_thread(lambda: events_store(batches=[rows])[0])
+
+    async def run_read(fn: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.wrap_future(on_a_thread(lambda: fn(*args)))
+
+    monkeypatch.setattr("events.writer.submit", submit)
+    monkeypatch.setattr("core.dbthreads.run_read", run_read)
+
+
+@pytest.fixture
+def paths() -> tuple[Any, Recorder]:
+    """(the fast path with Django behind it, the Django path alone)."""
+    django = Recorder(Guard(ASGIHandler()))
+    return FastPath(django, FAST_ROUTES), django
+
+
+def _no_events() -> None:
+    Event.objects.all().delete()
+
+
+def _some_events() -> None:
+    if Event.objects.filter(event_id__startswith="seed-").count() == 5:
+        return  # the same rows (and ids, which the page cursor shows) for both paths
+    _no_events()
+    fast = FastPath(Guard(ASGIHandler()), FAST_ROUTES)
+    events = [
+        {
+            "event_id": f"seed-{i}",
+            "event_type": "boot" if i % 2 else "health",
+            "node_id": f"node-{i % 3}",
+            "timestamp": "2026-04-07T10:00:00Z",
+            "payload": {"line_sep": "a\u2028b", "big": 2**70, "ratio": 0.1, "n": i},
+        }
+        for i in range(5)
+    ]
+    status, _, _ = call(fast, "POST", "/v1/events", body=json.dumps({"events": events}).encode())
+    assert status == 200
+
+
+def _a_release() -> None:
+    release_services.release_publish(release_id="r-1", channel="stable", metadata={"k": "\u00e9"})
+
+
+def _busy(monkeypatch: pytest.MonkeyPatch) -> None:
+    def locked() -> str:
+        raise OperationalError("database is locked")
+
+    monkeypatch.setattr("events.services._insert_sql", locked)
+
+
+def _disk_full(monkeypatch: pytest.MonkeyPatch) -> None:
+    def full() -> str:
+        raise OperationalError("database or disk is full")
+
+    monkeypatch.setattr("events.services._insert_sql", full)
+
+
+def _release_store_busy(monkeypatch: pytest.MonkeyPatch) -> None:
+    def locked(**kwargs: Any) -> Any:
+        raise OperationalError("database is locked")
+
+    monkeypatch.setattr("releases.fast.release_latest_answer", locked)
+
+
+def _unexpected(monkeypatch: pytest.MonkeyPatch) -> None:
+    def bug(**kwargs: Any) -> Any:
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr("releases.fast.release_latest_answer", bug)
+
+
+GOOD_EVENT = {
+    "event_id": "e-1",
+    "event_type": "boot",
+    "node_id": "node-1",
+    "timestamp": "2026-04-07T10:00:00.123456789+02:00",
+    "release_id": None,
+    "payload": {"line_sep": "x\u2028y", "big": 2**70, "float": 1.5e-7, "text": "caf\u00e9"},
+}
+
+
+def _batch(*events: dict[str, Any]) -> bytes:
+    return json.dumps({"events": list(events)}).encode()
+
+
+EVENTS, LATEST = "/v1/events", "/v1/releases/latest"
+OUT_OF_RANGE = (
+    b'{"events": [{"event_id": "e", "event_type": "t", "node_id": "n",'
+    b' "timestamp": "2026-04-07T10:00:00Z", "x": 1e400}]}'
+)
+
+
+def post(body: bytes = b"", **kwargs: Any) -> dict[str, Any]:
+    return dict(method="POST", path=EVENTS, body=body, **kwargs)
+
+
+def get(path: str, query: bytes = b"", **kwargs: Any) -> dict[str, Any]:
+    return dict(method="GET", path=path, query=query, **kwargs)
+
+
+def event(**changes: Any) -> bytes:
+    return _batch({**GOOD_EVENT, **changes})
+
+
+# (id, request, state set up before each path's request, failure injected into both)
+CASES: list[tuple[str, dict[str, Any], Callable[[], None] | None, Any]] = [
+    ("health", get("/v1/health"), None, None),
+    ("ingest-good", post(_batch(GOOD_EVENT)), _no_events, None),
+    ("ingest-dedup", post(_batch(GOOD_EVENT, GOOD_EVENT)), _no_events, None),
+    ("ingest-leap-second", post(event(timestamp="2016-12-31T23:59:60Z")), _no_events, None),
+    ("ingest-empty-body", post(b""), None, None),
+    ("ingest-bad-json", post(b'{"events": ['), None, None),
+    ("ingest-nan", post(b'{"events": [{"x": NaN}]}'), None, None),
+    ("ingest-not-an-object", post(b"[]"), None, None),
+    ("ingest-events-not-a-list", post(b'{"events": 5}'), None, None),
+    ("ingest-missing-field", post(event(node_id=None)), None, None),
+    ("ingest-nul", post(event(node_id="n\u0000")), None, None),
+    ("ingest-bad-timestamp", post(event(timestamp="2026-04-07T10:00:00")), None, None),
+    ("ingest-number-out-of-range", post(OUT_OF_RANGE), None, None),
+    ("ingest-oversize-declared", post(b"x" * 3000), None, None),
+    ("ingest-oversize-chunked", post(chunks=[b"x" * 600] * 5, length=False), None, None),
+    ("ingest-busy", post(_batch(GOOD_EVENT)), _no_events, _busy),
+    ("ingest-disk-full", post(_batch(GOOD_EVENT)), _no_events, _disk_full),
+    ("list-good", get(EVENTS), _some_events, None),
+    ("list-filtered-page", get(EVENTS, b"node_id=node-1&limit=1"), _some_events, None),
+    ("list-limit-zero", get(EVENTS, b"limit=0"), None, None),
+    ("list-limit-empty", get(EVENTS, b"limit="), None, None),
+    ("list-limit-text", get(EVENTS, b"limit=abc"), None, None),
+    ("list-bad-cursor", get(EVENTS, b"before=x"), None, None),
+    ("latest-good", get(LATEST, b"channel=stable"), _a_release, None),
+    ("latest-good-node", get(LATEST, b"channel=stable&node_id=n1"), _a_release, None),
+    ("latest-unknown-channel", get(LATEST, b"channel=nope"), None, None),
+    ("latest-empty-channel", get(LATEST, b"channel="), None, None),
+    ("latest-long-node-id", get(LATEST, b"node_id=" + b"n" * 257), None, None),
+    ("latest-busy", get(LATEST, b"node_id=n1"), _a_release, _release_store_busy),
+    ("latest-unexpected-error", get(LATEST, b"node_id=n1"), None, _unexpected),
+    ("wrong-method", dict(method="DELETE", path=EVENTS), None, None),
+    ("wrong-method-health", dict(method="PUT", path="/v1/health"), None, None),
+    ("disallowed-host", get("/v1/health", host=b"evil.example"), None, None),
+]
+
+
+@pytest.mark.parametrize(
+    ("request_args", "state", "failure"), [c[1:] for c in CASES], ids=[c[0] for c in CASES]
+)
+def test_both_paths_answer_alike(paths, settings, monkeypatch, request_args, state, failure):
+    settings.MAX_REQUEST_BODY_BYTES = 2000
+    settings.ALLOWED_HOSTS = ["127.0.0.1", "localhost"]
+    fast, django = paths
+    if failure is not None:
+        failure(monkeypatch)
+    if state is not None:
+        state()
+    fast_answer = call(fast, **request_args)
+    fell_through = django.calls
+    if state is not None:
+        state()
+    django_answer = call(django, **request_args)
+    assert fast_answer == django_answer
+    # The fast route was answered by the fast path itself (a wrong method goes to Django).
+    answered_by_fast = request_args["method"] in ("GET", "POST")
+    assert fell_through == (0 if answered_by_fast else 1)
+
+
+def test_the_cases_cover_every_fast_route():
+    covered = {(args["method"], args["path"]) for _, args, _, _ in CASES}
+    assert {(route.method, route.path) for route in FAST_ROUTES} <= covered
+
+
+def test_good_answers_are_the_contract_s(paths, settings):
+    """The parity above is not parity of two wrong answers: spot-check the bodies."""
+    fast, _ = paths
+    _no_events()
+    status, headers, body = call(fast, "POST", "/v1/events", body=_batch(GOOD_EVENT))
+    assert (status, body) == (200, b'{"received":1,"inserted":1,"deduped":0}')
+    assert (b"allow", b"GET, POST, HEAD, OPTIONS") in headers
+    status, _, body = call(fast, "GET", "/v1/events")
+    assert status == 200
+    assert json.loads(body)["events"][0]["payload"]["big"] == 2**70
+    assert "\u2028".encode() in body  # stored and answered as sent, on both paths
+    settings.MAX_REQUEST_BODY_BYTES = 100
+    fresh = FastPath(Guard(ASGIHandler()), FAST_ROUTES)  # reads the new limit
+    status, headers, body = call(fresh, **post(chunks=[b"x" * 60] * 3, length=False))
+    assert status == 413
+    assert json.loads(body) == {
+        "error": "request body is larger than the limit of 100 bytes",
+        "limit": 100,
+    }
+
+
+def test_fast_route_table_matches_the_urlconf(paths):
+    """Every fast route is a route of the URLconf whose DRF view answers the same method."""
+    assert FAST_ROUTES
+    for route in FAST_ROUTES:
+        match = resolve(route.path)
+        assert "/" + match.route == route.path
+        assert hasattr(match.func.view_class, route.method.lower())
+        # The same Allow as DRF sends on that route (HEAD wherever GET is).
+        status, headers, _ = call(paths[1], "OPTIONS", route.path)
+        assert status == 200
+        assert (b"allow", route.allow) in headers

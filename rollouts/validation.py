@@ -12,8 +12,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
-
+from core import jsonvalues
 from core.errors import ApiError
 
 MAX_STAGES = 50
@@ -170,10 +169,7 @@ def _stage(raw: Any, index: int, previous_percent: float, seen: set[str]) -> Sta
 
 def parse_spec(raw: bytes) -> PlanSpec:
     """Validate the raw body of `POST /v1/rollouts`; raise ApiError(400) naming the field."""
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise ApiError(400, f"malformed JSON body: {exc}") from None
+    body = jsonvalues.loads(raw)  # 400 for malformed JSON or a value breaking the rule
     if not isinstance(body, dict):
         raise ApiError(400, "the plan spec must be a JSON object")
     plan_id = body.get("plan_id")

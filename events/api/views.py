@@ -10,10 +10,11 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from core.jsonvalues import JsonValueError
 from events.api.serializers import EventListQuerySerializer
 from events.selectors import event_list
 from events.services import events_ingest
-from events.validation import field_error
+from events.validation import event_value_error, field_error
 
 
 class EventsView(APIView):
@@ -32,7 +33,10 @@ class EventsView(APIView):
         return Response(page.as_data())
 
     def post(self, request: Request) -> Response:
-        body = request.data
+        try:
+            body = request.data
+        except JsonValueError as exc:  # the same answer as the fast path's
+            raise event_value_error(exc) from None
         if not isinstance(body, dict):
             raise field_error("events", 'the body must be a JSON object {"events": [...]}')
         events = body.get("events")

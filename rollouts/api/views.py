@@ -11,6 +11,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from core import jsonvalues
 from core.errors import ApiError
 from rollouts import selectors, services, signing
 from rollouts.models import Phase
@@ -29,10 +30,7 @@ def _action_body(request: Request) -> dict[str, Any]:
     raw = request.body
     if not raw.strip():
         return {}
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise ApiError(400, f"malformed JSON body: {exc}") from None
+    body = jsonvalues.loads(raw)  # 400 for malformed JSON or a value breaking the rule
     if body is None:
         return {}
     if not isinstance(body, dict):

@@ -59,6 +59,9 @@ def test_events_before_cursor_beyond_64_bits_is_a_400(api) -> None:
     assert api.get(f"/v1/events?before={2**63 - 1}").status_code == 200
 
 
+JSON = {"Content-Type": "application/json"}
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory):
     with ServeProcess(tmp_path_factory.mktemp("regressions") / "data") as srv:
@@ -240,3 +243,28 @@ def test_nesting_deeper_than_the_limit_is_a_400_and_at_the_limit_is_stored(api) 
     assert response.status_code == 400
     assert response.json()["field"].startswith("metadata.d[0]")
     assert "nest" in response.json()["error"]
+
+
+@pytest.mark.e2e
+def test_the_issue_16_reproduction_is_a_400_at_publish_over_http(server) -> None:
+    # The reproduction from the issue, against the real server (the fast path answers
+    # /v1/events and /v1/releases/latest; DRF answers the publish).
+    body = b'{"release_id":"big","channel":"c1","metadata":{"n":123456789012345678901234567890}}'
+    status, _, raw = _request(server, "POST", "/v1/releases", body, **JSON)
+    assert status == 400, raw
+    assert json.loads(raw)["field"] == "metadata.n"
+    for path in ("/v1/releases/latest?channel=c1", "/v1/releases/latest?channel=c1&node_id=n1"):
+        assert _request(server, "GET", path)[0] == 404
+    assert _request(server, "GET", "/v1/fleet?channel=c1")[0] == 200
+    event = (
+        b'{"events":[{"event_id":"big","event_type":"t","node_id":"n1",'
+        b'"timestamp":"2026-04-07T10:00:00Z","n":{"deep":[1e400]}}]}'
+    )
+    status, _, raw = _request(server, "POST", "/v1/events", event, **JSON)
+    assert status == 400, raw
+    assert json.loads(raw) == {
+        "error": "event 0: invalid field 'n.deep[0]': numbers must be finite "
+        "(at most about 1.8e308 in magnitude)",
+        "index": 0,
+        "field": "n.deep[0]",
+    }

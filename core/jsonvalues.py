@@ -55,39 +55,51 @@ class MalformedJson(ApiError):
         super().__init__(400, f"malformed JSON body: {detail}")
 
 
-def _join(path: str, key: Any) -> str:
-    if isinstance(key, int):
-        return f"{path}[{key}]"
-    return f"{path}.{key}" if path else str(key)
+def _path(trail: tuple[Any, Any] | None) -> str:
+    """`metadata.n[3]` from the (parent trail, key) chain the walk keeps."""
+    keys = []
+    while trail is not None:
+        trail, key = trail
+        keys.append(key)
+    path = ""
+    for key in reversed(keys):
+        if isinstance(key, int):
+            key = f"[{key}]"
+        elif path:
+            key = f".{key}"
+        path += key
+    return path
 
 
-def problem(value: Any, path: str = "", depth: int = 1) -> tuple[str, str] | None:
+def problem(value: Any, *, numbers: bool = True) -> tuple[str, str] | None:
     """(field path, reason) of the first value breaking the rule, or None. Iterative, so any
-    nesting the parsers accepted is walked without recursion."""
-    stack: list[tuple[Any, str, int]] = [(value, path, depth)]
+    nesting the parsers accepted is walked without recursion; paths are built only for the
+    answer. `numbers=False` checks the nesting alone (for what orjson parsed without a long
+    digit run, every number already fits)."""
+    stack: list[tuple[Any, tuple[Any, Any] | None, int]] = [(value, None, 1)]
     pop, push = stack.pop, stack.append
     while stack:
-        item, where, level = pop()
+        item, trail, level = pop()
         kind = type(item)
         if kind is dict or kind is list:
             if level > MAX_DEPTH:
-                return where, f"arrays and objects may nest at most {MAX_DEPTH} levels deep"
+                return _path(trail), f"arrays and objects may nest at most {MAX_DEPTH} levels deep"
             pairs = item.items() if kind is dict else enumerate(item)
             for key, child in reversed(list(pairs)):
                 ck = type(child)
-                if ck is dict or ck is list or ck is int or ck is float:
-                    push((child, _join(where, key), level + 1))
+                if ck is dict or ck is list or (numbers and (ck is int or ck is float)):
+                    push((child, (trail, key), level + 1))
         elif kind is int:
             if not MIN_INT <= item <= MAX_INT:
-                return where, "integers must fit in 64 bits (-2^63 to 2^63-1)"
+                return _path(trail), "integers must fit in 64 bits (-2^63 to 2^63-1)"
         elif kind is float and not math.isfinite(item):
-            return where, "numbers must be finite (at most about 1.8e308 in magnitude)"
+            return _path(trail), "numbers must be finite (at most about 1.8e308 in magnitude)"
     return None
 
 
-def check(value: Any, path: str = "") -> None:
+def check(value: Any, *, numbers: bool = True) -> None:
     """Raise JsonValueError for the first value `problem` finds."""
-    found = problem(value, path)
+    found = problem(value, numbers=numbers)
     if found is not None:
         raise JsonValueError(*found)
 
@@ -110,10 +122,13 @@ def loads(raw: bytes | str) -> Any:
         with contextlib.suppress(ValueError, RecursionError):
             check(_stdlib(raw))
         raise MalformedJson(str(exc)) from None
-    check(value)
     data = raw.encode() if isinstance(raw, str) else raw
+    if data.count(b"[") + data.count(b"{") > MAX_DEPTH:  # else it cannot nest too deep
+        check(value, numbers=False)
     if data.translate(_DIGITS_AS_ZERO).find(_LONG_DIGIT_RUN) >= 0:
-        value = _stdlib(raw)  # depth is bounded by now, so no RecursionError
+        # orjson read an integer of 19+ digits as a float if it is beyond 64 bits; the stdlib
+        # reads it exactly (the depth is bounded by now, so it cannot recurse too deep).
+        value = _stdlib(raw)
         check(value)
     return value
 

@@ -7,14 +7,15 @@ the same error bodies. No DRF serializers per event: the measured cost of
 
 from __future__ import annotations
 
-import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
-from core.errors import ApiError, malformed_json
+from core import jsonvalues
+from core.errors import ApiError
 from core.params import MAX_ID_CHARS, parse_before, parse_limit, parse_rfc3339
 
 MAX_BATCH_EVENTS = 10_000
@@ -39,37 +40,36 @@ def field_error(field: str, message: str) -> BodyError:
     return BodyError(f"invalid field '{field}': {message}", field=field)
 
 
-# orjson reads an integer beyond 64 bits as a float; a run of 19+ digits anywhere in the body
-# (a cheap byte scan) sends the body to the stdlib parser, which keeps such integers exactly.
-_DIGITS_AS_ZERO = bytes.maketrans(b"123456789", b"000000000")
-_LONG_DIGIT_RUN = b"0" * 19
-
-
 def parse_json_body(body: bytes) -> Any:
-    """Parse a request body with orjson, or the stdlib where orjson would lose precision.
-    NaN/Infinity are not JSON and are refused."""
+    """Parse a request body under the JSON-values rule (core.jsonvalues: 64-bit integers,
+    finite numbers, bounded nesting); a value breaking it is a 400 naming the event and field."""
     try:
-        if body.translate(_DIGITS_AS_ZERO).find(_LONG_DIGIT_RUN) >= 0:
-            return json.loads(body, parse_constant=_refuse_constant)
-        return orjson.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise malformed_json(exc) from None
+        return jsonvalues.loads(body)
+    except jsonvalues.MalformedJson as exc:
+        raise BodyError(exc.message) from None
+    except jsonvalues.JsonValueError as exc:
+        raise event_value_error(exc) from None
 
 
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
+_EVENT_PATH = re.compile(r"events\[(\d+)\](?:\.(.*))?", re.DOTALL)
+
+
+def event_value_error(exc: jsonvalues.JsonValueError) -> BodyError:
+    """The rule's error in the shape of the other event errors: `index` and the field inside
+    the event (`{"error": "event 3: invalid field 'extra.n': ...", "index": 3, ...}`)."""
+    match = _EVENT_PATH.fullmatch(exc.path)
+    if match is None:
+        return BodyError(exc.message, **exc.extra)
+    index, field = int(match.group(1)), match.group(2) or "events"
+    return _event_error(index, field, f"invalid field '{field}': {exc.reason}")
 
 
 def _dump(event: dict[str, Any], index: int) -> str:
     try:
         return orjson.dumps(event).decode()
-    except TypeError:  # e.g. an integer beyond 64 bits: the stdlib keeps it exactly
-        try:
-            return json.dumps(event, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-        except ValueError:  # a number such as 1e400 that only fits as infinity
-            raise _event_error(
-                index, "events", "invalid field 'events': a number is out of range"
-            ) from None
+    except TypeError:  # a caller that did not parse through jsonvalues (an over-large integer)
+        field, reason = jsonvalues.problem(event) or ("events", "is not serializable as JSON")
+        raise _event_error(index, field or "events", f"invalid field '{field}': {reason}") from None
 
 
 def _event_error(index: int, field: str, message: str) -> BodyError:

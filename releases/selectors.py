@@ -20,6 +20,7 @@ from django.db.models.functions import RowNumber
 from django.db.models.signals import post_delete, post_migrate, post_save
 from django.utils import timezone
 
+from core import jsonvalues
 from core.errors import ApiError
 from core.params import format_rfc3339
 from events.models import Event
@@ -45,7 +46,7 @@ def release_as_dict(release: Release) -> dict[str, Any]:
         "policy_ref": release.policy_ref,
         "lock_fingerprint": release.lock_fingerprint,
         "artifact_ref": release.artifact_ref,
-        "metadata": release.metadata,
+        "metadata": jsonvalues.from_store(release.metadata),
         "created_at": format_rfc3339(release.created_at),
     }
 

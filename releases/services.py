@@ -11,6 +11,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Max
 from django.utils import timezone
 
+from core import jsonvalues
 from core.errors import ApiError
 from releases.models import NodeAck, Release
 from releases.selectors import latest_cache, release_get
@@ -34,7 +35,15 @@ class Outcome:
 
 
 def _check_same(existing: Release, wanted: dict[str, Any]) -> None:
-    differing = [name for name in COMPARED_FIELDS if getattr(existing, name) != wanted[name]]
+    differing = [
+        name
+        for name in COMPARED_FIELDS
+        if not (
+            jsonvalues.same(existing.metadata, wanted[name])  # as stored: jsonb spells numbers anew
+            if name == "metadata"
+            else getattr(existing, name) == wanted[name]
+        )
+    ]
     if differing:
         raise ApiError(
             409,

@@ -12,9 +12,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
-
-from core.errors import ApiError, malformed_json
+from core import jsonvalues
+from core.errors import ApiError
 from rollouts.gates.base import invalid_field as _bad
 from rollouts.gates.base import is_number as _is_number
 from rollouts.gates.registry import GATE_KINDS
@@ -130,10 +129,7 @@ def _stage(raw: Any, index: int, previous_percent: float, seen: set[str]) -> Sta
 
 def parse_spec(raw: bytes) -> PlanSpec:
     """Validate the raw body of `POST /v1/rollouts`; raise ApiError(400) naming the field."""
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise malformed_json(exc) from None
+    body = jsonvalues.loads(raw)  # 400 for malformed JSON or a value breaking the rule
     if not isinstance(body, dict):
         raise ApiError(400, "the plan spec must be a JSON object")
     plan_id = body.get("plan_id")

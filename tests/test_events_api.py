@@ -39,7 +39,8 @@ def test_ingest_then_list_returns_each_event_exactly_as_received(api):
         lock_fingerprint="sha256:ab",
         release_id=None,
         custom={"nested": [1, 2.5, "x", None, True]},
-        big=12345678901234567890123,
+        big=2**63 - 1,  # the largest integer the JSON-values rule accepts
+        small=-(2**63),
         text="é ✓",
     )
     response = post(api, {"events": [odd, ev("e-2", node_id="node-b")]})
@@ -54,6 +55,18 @@ def test_ingest_then_list_returns_each_event_exactly_as_received(api):
     assert body["next_before"] is None
     assert body["events"] == [ev("e-2", node_id="node-b"), odd]
     assert list(body["events"][1]) == list(odd)  # same keys, same order
+
+
+@pytest.mark.parametrize("raw", ["9223372036854775808", "-9223372036854775809", "1e400"])
+def test_a_number_no_store_can_serve_back_is_a_400_naming_event_and_field(api, raw):
+    bad = json.dumps(ev("bad", extra={"n": [0, 0]})).replace("[0, 0]", f"[0, {raw}]")
+    body = '{"events":[' + json.dumps(ev("ok")) + "," + bad + "]}"
+    response = api.post("/v1/events", data=body, content_type="application/json")
+    assert response.status_code == 400
+    assert response.json()["index"] == 1
+    assert response.json()["field"] == "extra.n[1]"
+    assert response.json()["error"].startswith("event 1: invalid field 'extra.n[1]'")
+    assert not Event.objects.exists()
 
 
 def test_duplicates_against_store_and_inside_batch_are_counted_and_first_copy_wins(api):

@@ -28,7 +28,7 @@ def ev(event_id: str, node: str = "node-a", **extra: Any) -> dict[str, Any]:
 
 def test_ingest_query_restart_and_find_the_data(tmp_path):
     data = tmp_path / "data"
-    odd = ev("e-1", extra={"k": [1, 2.5, None]}, big=2**70, text="ünï")
+    odd = ev("e-1", extra={"k": [1, 2.5, None]}, big=-(2**63), text="ünï")
     with ServeProcess(data) as srv, requests.Session() as http:
         url = srv.url("/v1/events")
         first = http.post(
@@ -141,7 +141,7 @@ def test_ingest_and_list_on_postgresql(tmp_path):
         args = ("--postgres-url", url)
         with ServeProcess(tmp_path / "data", *args) as srv, requests.Session() as http:
             events_url = srv.url("/v1/events")
-            body = {"events": [ev("p-1", big=2**70), ev("p-2"), ev("p-1"), ev("p-3", "node-b")]}
+            body = {"events": [ev("p-1", big=-(2**63)), ev("p-2"), ev("p-1"), ev("p-3", "node-b")]}
             first = http.post(events_url, json=body, timeout=TIMEOUT)
             assert first.status_code == 200, first.text
             assert first.json() == {"received": 4, "inserted": 3, "deduped": 1}
@@ -156,7 +156,7 @@ def test_ingest_and_list_on_postgresql(tmp_path):
                 params={"node_id": "node-a", "before": page["next_before"]},
                 timeout=TIMEOUT,
             ).json()
-            assert rest["events"] == [ev("p-1", big=2**70)]
+            assert rest["events"] == [ev("p-1", big=-(2**63))]
         with ServeProcess(tmp_path / "data2", *args) as srv:
             listed = requests.get(srv.url("/v1/events"), timeout=TIMEOUT).json()
             assert listed["count"] == 4

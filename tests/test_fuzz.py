@@ -13,8 +13,10 @@ including the state-changing rollout actions. Each response must:
 - on an error status, be a JSON object with an `error` string (the contract's error body).
 
 Examples per operation: `AUTONOMY_FUZZ_EXAMPLES` (default 20, about 40 s per store for the whole
-API); a longer run is `AUTONOMY_FUZZ_EXAMPLES=500 pytest tests/test_fuzz.py`. The run is
-derandomized (the same examples every time) unless `AUTONOMY_FUZZ_RANDOM=1`.
+API); a longer run is `AUTONOMY_FUZZ_EXAMPLES=500 pytest tests/test_fuzz.py`, and a hunt of N
+minutes with the stateful phase is bench/fuzz_hunt.py. Every run draws new random examples from a
+fresh seed, printed when the server starts and on every failure; `AUTONOMY_FUZZ_SEED=<seed>` replays
+one. A failure found this way becomes a regression test in tests/test_fuzz_regressions.py.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import urllib.error
 import urllib.request
 from typing import Any
@@ -29,6 +32,7 @@ from typing import Any
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
+from hypothesis import seed as hypothesis_seed
 from hypothesis import strategies as st
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
@@ -53,6 +57,8 @@ if not hasattr(pytest.Function, "_nodeid"):
     )
 
 FUZZ_EXAMPLES = int(os.environ.get("AUTONOMY_FUZZ_EXAMPLES", "20"))
+# New examples on every run; the seed makes a failing run reproducible.
+FUZZ_SEED = int(os.environ.get("AUTONOMY_FUZZ_SEED") or random.SystemRandom().getrandbits(64))
 
 # Objects the session server is seeded with; path parameters are often drawn from these. Each
 # plan has a release of its own (one live plan per release), so that the generated actions find
@@ -151,6 +157,15 @@ def seed(base_url: str) -> None:
 STORES = [pytest.param("sqlite"), pytest.param("postgres", marks=pytest.mark.postgres)]
 
 
+def _say(request: pytest.FixtureRequest, line: str) -> None:
+    """A line on the terminal on every run (not only in a failure's captured output)."""
+    plugins = request.config.pluginmanager
+    reporter, capture = plugins.get_plugin("terminalreporter"), plugins.get_plugin("capturemanager")
+    if reporter is not None and capture is not None:
+        with capture.global_and_fixture_disabled():
+            reporter.write_line(line)
+
+
 @pytest.fixture(scope="session", params=STORES)
 def fuzz_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
     data_dir = tmp_path_factory.mktemp("fuzz") / "data"
@@ -161,6 +176,7 @@ def fuzz_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPat
             from tests.pg import temp_database
 
             args += ["--postgres-url", stack.enter_context(temp_database("test_fuzz"))]
+        _say(request, f"fuzz seed ({request.param}): AUTONOMY_FUZZ_SEED={FUZZ_SEED}")
         server = stack.enter_context(ServeProcess(data_dir, *args))
         seed(server.base_url)
         yield server
@@ -246,11 +262,15 @@ schema = schemathesis.pytest.from_fixture("api_schema")
         HealthCheck.filter_too_much,
         HealthCheck.data_too_large,
     ],
-    # Reproducible in CI; AUTONOMY_FUZZ_RANDOM=1 explores new examples on every run.
-    derandomize=os.environ.get("AUTONOMY_FUZZ_RANDOM") != "1",
+    derandomize=False,
     database=None,
 )
+@hypothesis_seed(FUZZ_SEED)
 def test_every_operation_conforms_to_the_schema(case: Any, fuzz_server: ServeProcess) -> None:
     if names_a_literal_route(case):
         return  # another operation of the schema; it is fuzzed there
-    case.call_and_validate(base_url=fuzz_server.base_url, checks=CHECKS, timeout=30)
+    try:
+        case.call_and_validate(base_url=fuzz_server.base_url, checks=CHECKS, timeout=30)
+    except Exception as exc:
+        exc.add_note(f"fuzz seed: replay with AUTONOMY_FUZZ_SEED={FUZZ_SEED}")
+        raise

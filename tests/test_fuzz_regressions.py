@@ -59,6 +59,9 @@ def test_events_before_cursor_beyond_64_bits_is_a_400(api) -> None:
     assert api.get(f"/v1/events?before={2**63 - 1}").status_code == 200
 
 
+JSON = {"Content-Type": "application/json"}
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory):
     with ServeProcess(tmp_path_factory.mktemp("regressions") / "data") as srv:
@@ -163,3 +166,105 @@ def test_an_acked_at_that_leaves_the_calendar_in_utc_is_a_400(api, acked_at: str
     )
     assert response.status_code == 400
     assert response.json()["field"] == "acked_at"
+
+
+# Found by random (not derandomized) fuzzing, issue 16: a release whose metadata held an integer
+# beyond 64 bits was stored (201), then every `GET /v1/releases/latest` and `/v1/fleet` of its
+# channel was a 500 (orjson cannot write it). The JSON-values rule (core/jsonvalues.py) now
+# refuses it at the door, on every route that stores client JSON.
+BEYOND_64_BITS = "123456789012345678901234567890"
+ROUTES_STORING_JSON = [
+    ("/v1/releases", '{"release_id":"big","channel":"c1","metadata":{"n":%s}}', "metadata.n"),
+    ("/v1/nodes/n1/ack", '{"release_id":"rel-ok","status":"active","x":[%s]}', "x[0]"),
+    (
+        "/v1/rollouts",
+        '{"release_id":"rel-ok","stages":[{"stage_id":"s","percent":5,"k":%s}]}',
+        "stages[0].k",
+    ),
+    ("/v1/rollouts/plan-ok/pause", '{"reason":"r","extra":{"a":%s}}', "extra.a"),
+]
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(("path", "template", "field"), ROUTES_STORING_JSON)
+@pytest.mark.parametrize("number", [BEYOND_64_BITS, str(-(2**63) - 1), str(2**64), "1e400"])
+def test_a_number_no_store_can_serve_back_is_a_400_naming_the_field(
+    api, path: str, template: str, field: str, number: str
+) -> None:
+    api.post("/v1/releases", {"release_id": "rel-ok", "channel": "c0"}, format="json")
+    api.post(
+        "/v1/rollouts",
+        {"plan_id": "plan-ok", "release_id": "rel-ok", "stages": [{"stage_id": "s", "percent": 5}]},
+        format="json",
+    )
+    response = api.post(path, template % number, content_type="application/json")
+    assert response.status_code == 400, response.content
+    assert response.json() == {
+        "error": response.json()["error"],
+        "field": field,
+    }
+    assert response.json()["error"].startswith(f"invalid field '{field}': ")
+    assert api.get("/v1/releases/latest?channel=c1").status_code == 404
+    assert api.get("/v1/fleet?channel=c0").status_code == 200
+
+
+@pytest.mark.django_db
+def test_a_release_stored_before_the_rule_with_a_huge_integer_is_still_served(api) -> None:
+    from django.utils import timezone
+
+    from releases.models import Release
+
+    Release.objects.create(
+        release_id="old",
+        channel="c1",
+        sequence=1,
+        metadata={"n": int(BEYOND_64_BITS)},
+        created_at=timezone.now(),
+    )
+    for path in ("/v1/releases/latest?channel=c1", "/v1/fleet?channel=c1", "/v1/releases/old"):
+        response = api.get(path)
+        assert response.status_code == 200, (path, response.content)
+    latest = api.get("/v1/releases/latest?channel=c1&node_id=n1").json()
+    assert latest["metadata"] == {"n": float(BEYOND_64_BITS)}  # the nearest double
+
+
+@pytest.mark.django_db
+def test_nesting_deeper_than_the_limit_is_a_400_and_at_the_limit_is_stored(api) -> None:
+    from core.jsonvalues import MAX_DEPTH
+
+    def nested(levels: int) -> str:  # `levels` arrays inside the metadata object (level 2)
+        return "[" * levels + "]" * levels
+
+    ok = '{"release_id":"deep","metadata":{"d":' + nested(MAX_DEPTH - 2) + "}}"
+    response = api.post("/v1/releases", ok, content_type="application/json")
+    assert response.status_code == 201, response.content
+    too_deep = '{"release_id":"deeper","metadata":{"d":' + nested(MAX_DEPTH - 1) + "}}"
+    response = api.post("/v1/releases", too_deep, content_type="application/json")
+    assert response.status_code == 400
+    assert response.json()["field"].startswith("metadata.d[0]")
+    assert "nest" in response.json()["error"]
+
+
+@pytest.mark.e2e
+def test_the_issue_16_reproduction_is_a_400_at_publish_over_http(server) -> None:
+    # The reproduction from the issue, against the real server (the fast path answers
+    # /v1/events and /v1/releases/latest; DRF answers the publish).
+    body = b'{"release_id":"big","channel":"c1","metadata":{"n":123456789012345678901234567890}}'
+    status, _, raw = _request(server, "POST", "/v1/releases", body, **JSON)
+    assert status == 400, raw
+    assert json.loads(raw)["field"] == "metadata.n"
+    for path in ("/v1/releases/latest?channel=c1", "/v1/releases/latest?channel=c1&node_id=n1"):
+        assert _request(server, "GET", path)[0] == 404
+    assert _request(server, "GET", "/v1/fleet?channel=c1")[0] == 200
+    event = (
+        b'{"events":[{"event_id":"big","event_type":"t","node_id":"n1",'
+        b'"timestamp":"2026-04-07T10:00:00Z","n":{"deep":[1e400]}}]}'
+    )
+    status, _, raw = _request(server, "POST", "/v1/events", event, **JSON)
+    assert status == 400, raw
+    assert json.loads(raw) == {
+        "error": "event 0: invalid field 'n.deep[0]': numbers must be finite "
+        "(at most about 1.8e308 in magnitude)",
+        "index": 0,
+        "field": "n.deep[0]",
+    }

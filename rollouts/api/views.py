@@ -11,7 +11,8 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from core.errors import ApiError, malformed_json
+from core import jsonvalues
+from core.errors import ApiError
 from core.params import param_error, parse_int, parse_limit, parse_offset
 from rollouts import selectors, services, signing
 from rollouts.models import Phase
@@ -25,10 +26,7 @@ def _action_body(request: Request) -> dict[str, Any]:
     raw = request.body
     if not raw.strip():
         return {}
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise malformed_json(exc) from None
+    body = jsonvalues.loads(raw)  # 400 for malformed JSON or a value breaking the rule
     if body is None:
         return {}
     if not isinstance(body, dict):

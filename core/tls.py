@@ -30,6 +30,8 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
+from core.auth import cert_identity
+
 logger = logging.getLogger("orchestrator.tls")
 
 # Warn about a CRL's nextUpdate this long before it passes (or a quarter of the CRL's validity
@@ -457,6 +459,10 @@ def _peer_identity(transport: Any, server_cert_pem: str | None) -> dict[str, Any
     tls["client_cert_name"] = peer.subject.rfc4514_string()
     # Beyond the asgiref spec: the serial, for logs and for revocation audits.
     tls["client_cert_serial"] = format(peer.serial_number, "x")
+    # Also beyond it: subject CN, O values and SAN URIs, parsed once per connection for
+    # core.auth.principal_from_tls (keys client_cert_cn, client_cert_organizations,
+    # client_cert_uris).
+    tls.update(cert_identity(peer))
     return tls
 
 

@@ -15,6 +15,7 @@ urlpatterns = [
     path("", include("releases.api.urls")),
     path("", include("rollouts.api.urls")),
     path("", include("crl.api.urls")),
+    path("", include("access.api.urls")),
 ]
 
 handler400 = errors.handler400

@@ -11,7 +11,7 @@ from django.http import HttpRequest
 from access.models import ApiToken, AuditRecord
 
 
-class ReadOnlyAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+class ReadOnlyAdmin(admin.ModelAdmin):
     actions = None
 
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:

@@ -24,7 +24,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from cryptography import x509
-from cryptography.x509.oid import ExtensionOID, NameOID
+from cryptography.x509.oid import NameOID
 
 
 class Role(enum.IntEnum):
@@ -137,7 +137,7 @@ def cert_identity(cert: x509.Certificate) -> dict[str, Any]:
     cns = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     orgs = cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)
     try:
-        san = cert.extensions.get_extension_for_oid(ExtensionOID.SUBJECT_ALTERNATIVE_NAME).value
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         uris = [str(u) for u in san.get_values_for_type(x509.UniformResourceIdentifier)]
     except x509.ExtensionNotFound:
         uris = []
@@ -275,7 +275,9 @@ def authorize(
     read for node principals on a BODY-scoped route). `policy` defaults to core.policy.POLICY.
     """
     if policy is None:
-        from core.policy import POLICY as policy  # the one table
+        from core.policy import POLICY  # the one table (core.policy imports this module)
+
+        policy = POLICY
     rule = lookup(policy, method, route_template)
     if rule.role is None:
         return ALLOW

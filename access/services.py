@@ -343,8 +343,10 @@ class DenialRecorder:
         at = timezone.now()
         key = (self._who(denial), denial.route or "", denial.reason)
         with self._lock:
-            self._expire(now)
             window = self._windows.get(key)
+            if window is not None and now - window.started >= self.window_seconds:
+                self._close(key, window)  # this key's window ended: its summary, then anew
+                window = None
             if window is None and len(self._windows) >= self.max_keys:
                 key = ("overflow", "*", denial.reason)
                 window = self._windows.get(key)
@@ -384,25 +386,30 @@ class DenialRecorder:
             self._dropped += 1
         self._pending.append(entry)
 
+    def _close(self, key: tuple[str, str, str], window: _Window) -> None:
+        """End one window: queue its summary when it counted more denials. Lock held."""
+        del self._windows[key]
+        if window.suppressed:
+            entry = dict(window.sample)
+            entry["detail"] = {
+                **window.sample["detail"],
+                "count": window.suppressed,
+                "summary": True,
+                "window_seconds": self.window_seconds,
+                "first_at": _iso(window.first_at),
+                "last_at": _iso(window.last_at),
+            }
+            entry["at"] = window.last_at
+            if key[0] == "overflow":
+                entry["detail"]["overflow"] = True
+            self._queue(entry)
+
     def _expire(self, now: float, force: bool = False) -> None:
-        """Queue a summary for every window that ended (all when `force`). Lock held."""
+        """End every window that is over (all when `force`). Lock held; drain() only, so the
+        request path never walks all keys."""
         for key, window in list(self._windows.items()):
             if force or now - window.started >= self.window_seconds:
-                del self._windows[key]
-                if window.suppressed:
-                    entry = dict(window.sample)
-                    entry["detail"] = {
-                        **window.sample["detail"],
-                        "count": window.suppressed,
-                        "summary": True,
-                        "window_seconds": self.window_seconds,
-                        "first_at": _iso(window.first_at),
-                        "last_at": _iso(window.last_at),
-                    }
-                    entry["at"] = window.last_at
-                    if key[0] == "overflow":
-                        entry["detail"]["overflow"] = True
-                    self._queue(entry)
+                self._close(key, window)
 
     def drain(self, *, force: bool = False) -> int:
         """Write what is queued (and, with `force`, the summaries of open windows). Returns the

@@ -334,3 +334,19 @@ def test_audit_export_json_lines(tmp_path):
     bad = cli("audit", "export", "--since", "last week", "--data-dir", data)
     assert bad.returncode != 0
     assert len(bad.stderr.strip().splitlines()) == 1 and "--since" in bad.stderr
+
+
+def test_a_key_whose_window_ended_reports_and_restarts_on_its_next_denial():
+    clock = Clock()
+    written = []
+    recorder = DenialRecorder(window_seconds=60, clock=clock, writer=written.extend)
+    for _ in range(3):
+        recorder.record(_denial())
+    clock.now += 60
+    recorder.record(_denial())  # no drain in between: the summary is queued by this denial
+    recorder.drain()
+    assert [(e["detail"]["count"], e["detail"].get("summary", False)) for e in written] == [
+        (1, False),
+        (2, True),
+        (1, False),
+    ]

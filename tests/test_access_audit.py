@@ -350,3 +350,24 @@ def test_a_key_whose_window_ended_reports_and_restarts_on_its_next_denial():
         (2, True),
         (1, False),
     ]
+
+
+@pytest.mark.django_db
+def test_a_rolled_back_change_leaves_no_record_and_no_log_line(
+    caplog, django_capture_on_commit_callbacks
+):
+    """audit_write joins the change's transaction: both commit or neither."""
+    caplog.set_level("INFO", logger="orchestrator.audit")
+    with (
+        django_capture_on_commit_callbacks(execute=True),
+        pytest.raises(RuntimeError),
+        transaction.atomic(),
+    ):
+        _write(target="plan-rolled-back")
+        raise RuntimeError("the change failed after the record was written")
+    assert not AuditRecord.objects.filter(target="plan-rolled-back").exists()
+    assert not [r for r in caplog.records if r.name == "orchestrator.audit"]
+    with django_capture_on_commit_callbacks(execute=True), transaction.atomic():
+        _write(target="plan-kept")
+    [line] = [json.loads(r.getMessage()) for r in caplog.records if r.name == "orchestrator.audit"]
+    assert line["target"] == "plan-kept" and line["principal"] == "carol"

@@ -17,7 +17,15 @@ from access.models import AppendOnlyError, AuditRecord
 from access.services import Denial, DenialRecorder, audit_write
 from core.auth import ANONYMOUS, Kind, Principal, Role
 from tests import pg
-from tests.liveserver import cli
+from tests.liveserver import cli as _cli
+
+# The console script chooses its own store (--data-dir / --postgres-url), never the test run's.
+_OWN_STORE = {"AUTONOMY_TEST_DATABASE": "", "AUTONOMY_POSTGRES_URL": ""}
+
+
+def cli(*args: str):
+    return _cli(*args, env=_OWN_STORE)
+
 
 CAROL = Principal(Kind.TOKEN, "carol", Role.OPERATOR)
 ROOT = Principal(Kind.CERT, "root", Role.ADMIN)
@@ -311,6 +319,7 @@ def test_audit_api_is_admin_only_once_the_edge_names_the_principal(principal, st
 # --- audit export (the real CLI) ---------------------------------------------------------------
 
 
+@pytest.mark.e2e
 def test_audit_export_json_lines(tmp_path):
     data = str(tmp_path / "data")
     for name in ("a", "b"):

@@ -7,7 +7,17 @@ import sqlite3
 
 import pytest
 
-from tests.liveserver import cli
+from tests.liveserver import cli as _cli
+
+# The console script chooses its own store (--data-dir / --postgres-url), never the test run's.
+_OWN_STORE = {"AUTONOMY_TEST_DATABASE": "", "AUTONOMY_POSTGRES_URL": ""}
+
+
+def cli(*args: str):
+    return _cli(*args, env=_OWN_STORE)
+
+
+pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture

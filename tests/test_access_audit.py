@@ -380,3 +380,29 @@ def test_a_rolled_back_change_leaves_no_record_and_no_log_line(
         _write(target="plan-kept")
     [line] = [json.loads(r.getMessage()) for r in caplog.records if r.name == "orchestrator.audit"]
     assert line["target"] == "plan-kept" and line["principal"] == "carol"
+
+
+@pytest.mark.e2e
+@pytest.mark.postgres
+def test_migrate_copies_tokens_and_audit_records_and_reruns(tmp_path):
+    """`migrate` carries tokens and the audit log to PostgreSQL; a re-run (insert-or-skip) does
+    not trip the append-only triggers."""
+    data = str(tmp_path / "data")
+    assert (
+        cli("token", "create", "--name", "ops", "--role", "operator", "--data-dir", data).returncode
+        == 0
+    )
+    assert cli("token", "revoke", "ops", "--data-dir", data).returncode == 0
+    with pg.temp_database("test_audit_mig") as url:
+        for _ in range(2):
+            done = cli("migrate", "--sqlite-dir", data, "--postgres-url", url)
+            assert done.returncode == 0, done.stderr
+        with psycopg.connect(url) as conn:
+            rows = conn.execute(
+                "SELECT event_name, target FROM access_auditrecord ORDER BY id"
+            ).fetchall()
+            assert rows == [("auth.token.created", "ops"), ("auth.token.revoked", "ops")]
+            assert (
+                pg.scalar(conn, "SELECT count(*) FROM access_apitoken WHERE revoked_at IS NOT NULL")
+                == 1
+            )

@@ -26,6 +26,8 @@ from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
+from core.auth import cert_identity
+
 logger = logging.getLogger("orchestrator.tls")
 
 # TLS 1.2 suites: forward secrecy and AEAD only (Mozilla "intermediate"); TLS 1.3 suites are
@@ -284,6 +286,10 @@ def _peer_identity(transport: Any, server_cert_pem: str | None) -> dict[str, Any
     tls["client_cert_name"] = peer.subject.rfc4514_string()
     # Beyond the asgiref spec: the serial, for logs and for revocation audits.
     tls["client_cert_serial"] = format(peer.serial_number, "x")
+    # Also beyond it: subject CN, O values and SAN URIs, parsed once per connection for
+    # core.auth.principal_from_tls (keys client_cert_cn, client_cert_organizations,
+    # client_cert_uris).
+    tls.update(cert_identity(peer))
     return tls
 
 

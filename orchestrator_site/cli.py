@@ -24,10 +24,13 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "version": ("version", "print version, build SHA, build date, tier and platform"),
     "signing-key": ("signing_key", "print the public key (PEM) that signs rollout plan specs"),
     "createsuperuser": ("createsuperuser", "create an admin user for /admin/"),
+    "token": ("token", "create, list or revoke API bearer tokens"),
+    "audit": ("audit", "export the audit log (audit export --since 24h) as JSON lines"),
 }
 
 # Management commands whose database is the serving store chosen by --data-dir/--postgres-url.
 _STORE_COMMANDS = {"serve", "signing_key", "signing-key", "createsuperuser", "changepassword"}
+_STORE_COMMANDS |= {"token", "audit"}
 _STORE_FLAGS = {"--data-dir": "AUTONOMY_DATA_DIR", "--postgres-url": "AUTONOMY_POSTGRES_URL"}
 
 USAGE = """\

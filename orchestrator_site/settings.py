@@ -43,6 +43,7 @@ INSTALLED_APPS = [
     "releases",
     "rollouts",
     "crl",
+    "access",
 ]
 
 MIDDLEWARE = [

@@ -23,6 +23,7 @@ urlpatterns = [
     path("", include("releases.api.urls")),
     path("", include("rollouts.api.urls")),
     path("", include("crl.api.urls")),
+    path("", include("access.api.urls")),
 ]
 
 # (method, URL name) -> handler. Paths and `Allow` come from the URLconf entry of that name.

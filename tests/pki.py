@@ -95,12 +95,22 @@ def make_leaf(
     ca_key: ec.EllipticCurvePrivateKey,
     *,
     server: bool = False,
+    organizations: tuple[str, ...] = (),
+    uris: tuple[str, ...] = (),
 ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    """A leaf signed by `ca`. `organizations` replaces the subject's O values (API.md §6 groups
+    such as `autonomy:operators`); `uris` become SAN URIs (`urn:autonomy:node:<id>`)."""
     key = _key()
     now = datetime.now(UTC)
+    subject = _name(cn)
+    if organizations:
+        subject = x509.Name(
+            [x509.NameAttribute(NameOID.ORGANIZATION_NAME, o) for o in organizations]
+            + [x509.NameAttribute(NameOID.COMMON_NAME, cn)]
+        )
     builder = (
         x509.CertificateBuilder()
-        .subject_name(_name(cn))
+        .subject_name(subject)
         .issuer_name(ca.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
@@ -123,6 +133,11 @@ def make_leaf(
                     x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
                 ]
             ),
+            critical=False,
+        )
+    if uris and not server:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName([x509.UniformResourceIdentifier(u) for u in uris]),
             critical=False,
         )
     builder = builder.add_extension(x509.ExtendedKeyUsage(usages), critical=False)

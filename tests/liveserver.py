@@ -25,6 +25,13 @@ BIN = Path(sys.executable).with_name("autonomy-orchestrator")
 START_TIMEOUT = 30.0
 
 
+def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of a subprocess: this one's, less AUTONOMY_TEST_DATABASE (a child that
+    inherited it would serve from, and migrate, the PostgreSQL admin database), plus EXTRA."""
+    env = {k: v for k, v in os.environ.items() if k != "AUTONOMY_TEST_DATABASE"}
+    return {**env, **(extra or {})}
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
@@ -40,7 +47,7 @@ def cli(
         capture_output=True,
         text=True,
         timeout=timeout,
-        env={**os.environ, **(env or {})},
+        env=child_env(env),
         input=input,
     )
 
@@ -88,7 +95,7 @@ class ServeProcess:
 
     def start(self) -> ServeProcess:
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, **self.env}
+        env = child_env(self.env)
         with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
             self.proc = subprocess.Popen(self.args(), stdout=out, stderr=err, env=env)
         if self.wait:

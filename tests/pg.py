@@ -29,6 +29,8 @@ import pytest
 from django.db.models import Model
 from psycopg import sql
 
+from tests.liveserver import child_env
+
 REPO = Path(__file__).resolve().parent.parent
 
 ADMIN_URL = os.environ.get(
@@ -120,7 +122,7 @@ def migrated_store(data_dir: Path) -> Path:
     """A data dir whose SQLite store has the full schema, made by the real `manage.py migrate`
     with serve's settings (WAL, as `serve` leaves it); returns the .sqlite3 path."""
     data_dir.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "AUTONOMY_DATA_DIR": str(data_dir)}
+    env = {**child_env(), "AUTONOMY_DATA_DIR": str(data_dir)}
     env.pop("AUTONOMY_POSTGRES_URL", None)
     env.pop("AUTONOMY_TEST_DATABASE", None)
     subprocess.run(

@@ -313,7 +313,7 @@ def test_audit_api_is_admin_only_once_the_edge_names_the_principal(principal, st
     if status == 401:
         assert response["WWW-Authenticate"] == "Bearer"
     if status == 403:
-        assert response.data["required_role"] == "admin"
+        assert json.loads(response.content)["required_role"] == "admin"
 
 
 # --- audit export (the real CLI) ---------------------------------------------------------------

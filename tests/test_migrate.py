@@ -20,7 +20,7 @@ import pytest
 from django.core.management import CommandError, call_command
 
 from tests import pg
-from tests.liveserver import BIN, cli
+from tests.liveserver import BIN, child_env, cli
 
 pytestmark = pytest.mark.postgres
 
@@ -128,7 +128,7 @@ def start_and_interrupt(args: list[str], target: str, sig: int) -> subprocess.Po
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env={**os.environ, "AUTONOMY_POSTGRES_URL": ""},
+        env={**child_env(), "AUTONOMY_POSTGRES_URL": ""},
     )
     try:
         deadline = time.monotonic() + 60
@@ -338,7 +338,7 @@ def test_progress_on_a_terminal_is_one_updating_line(store: Path, target: str):
     import pty
 
     primary, secondary = pty.openpty()
-    env = {**os.environ, "AUTONOMY_POSTGRES_URL": ""}
+    env = {**child_env(), "AUTONOMY_POSTGRES_URL": ""}
     proc = subprocess.Popen(
         [
             str(BIN),
@@ -416,7 +416,7 @@ def test_the_source_alias_cannot_write(store: Path, live: bool):
         capture_output=True,
         text=True,
         timeout=60,
-        env={**os.environ, "AUTONOMY_DATA_DIR": str(store)},
+        env={**child_env(), "AUTONOMY_DATA_DIR": str(store)},
     )
     if holder is not None:
         holder.close()

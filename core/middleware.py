@@ -60,10 +60,12 @@ def _too_large() -> HttpResponse:
 
 def db_error_response(exc: BaseException) -> HttpResponse | None:
     kind = dberrors.classify(exc)
-    if kind == dberrors.BUSY:
+    if kind in (dberrors.BUSY, dberrors.UNAVAILABLE):
         return json_error(
             503,
-            "the database is busy; retry shortly",
+            "the database is busy; retry shortly"
+            if kind == dberrors.BUSY
+            else dberrors.UNAVAILABLE_MESSAGE,
             headers={"Retry-After": str(dberrors.RETRY_AFTER_SECONDS)},
         )
     if kind == dberrors.FULL:

@@ -85,12 +85,23 @@ ASGI_APPLICATION = "orchestrator_site.asgi.application"
 SQLITE_BUSY_TIMEOUT_SECONDS = env.float("AUTONOMY_SQLITE_BUSY_TIMEOUT", default=5.0)
 
 if POSTGRES_URL:
-    _pg = env.db_url_config(POSTGRES_URL)
-    _pg["ENGINE"] = "django.db.backends.postgresql"
-    _pg["CONN_MAX_AGE"] = 0
-    _pg["CONN_HEALTH_CHECKS"] = True
-    _pg["OPTIONS"] = {"pool": {"min_size": 1, "max_size": 20, "timeout": 10}}
-    DATABASES = {"default": _pg}
+    # Every libpq option of the URL reaches psycopg, next to the pool's (core.pgconf). `serve`
+    # validates --db-pool-size/--db-pool-timeout (AUTONOMY_DB_POOL_*) and applies them again.
+    from core import pgconf
+
+    try:
+        _pool_size = pgconf.parse_pool_size(env.str("AUTONOMY_DB_POOL_SIZE", default="20"))
+    except ValueError:
+        _pool_size = pgconf.DEFAULT_POOL_SIZE
+    try:
+        _pool_timeout = pgconf.parse_pool_timeout(env.str("AUTONOMY_DB_POOL_TIMEOUT", default="3"))
+    except ValueError:
+        _pool_timeout = pgconf.DEFAULT_POOL_TIMEOUT_SECONDS
+    DATABASES = {
+        "default": pgconf.database_settings(
+            POSTGRES_URL, pool_size=_pool_size, pool_timeout=_pool_timeout
+        )
+    }
 else:
     DATABASES = {
         "default": {

@@ -15,6 +15,7 @@ urlpatterns = [
     path("", include("releases.api.urls")),
     path("", include("rollouts.api.urls")),
     path("", include("crl.api.urls")),
+    path("", include("core.readiness")),  # /v1/health/read-ready, /v1/health/write-ready
 ]
 
 handler400 = errors.handler400

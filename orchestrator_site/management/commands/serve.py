@@ -13,7 +13,7 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DatabaseError, connections
 
-from core import dberrors
+from core import dberrors, pgconf, pglock
 from core.datadir import DataDirError, load_or_create_secret, prepare_data_dir
 from core.flags import env_default, env_list, parse_duration
 from core.logging_setup import FORMATS, LEVELS, configure_logging
@@ -57,6 +57,18 @@ class Command(BaseCommand):
             default=env_default("postgres-url", ""),
             help="serve from this PostgreSQL database instead of SQLite, after `migrate` "
             "(AUTONOMY_POSTGRES_URL)",
+        )
+        parser.add_argument(
+            "--db-pool-timeout",
+            default=env_default("db-pool-timeout", "3"),
+            help="PostgreSQL: seconds a request waits for a pooled connection before it is "
+            "answered 503 with Retry-After (default 3; AUTONOMY_DB_POOL_TIMEOUT)",
+        )
+        parser.add_argument(
+            "--db-pool-size",
+            default=env_default("db-pool-size", "20"),
+            help="PostgreSQL: most connections this replica opens (default 20; "
+            "AUTONOMY_DB_POOL_SIZE)",
         )
         parser.add_argument(
             "--metrics-addr",
@@ -146,6 +158,7 @@ class Command(BaseCommand):
         listen = parse_listen(options["listen"])
         metrics_addr = str(options["metrics_addr"] or "").strip()
         metrics_listen = parse_listen(metrics_addr, "--metrics-addr") if metrics_addr else None
+        pool_size, pool_timeout = self._pool(options)
         server_tls = self._tls(options)
         sync_config = self._crl_sync(options, server_tls)
 
@@ -173,6 +186,8 @@ class Command(BaseCommand):
         if not os.environ.get("AUTONOMY_SECRET_KEY"):
             settings.SECRET_KEY = load_or_create_secret(data_dir)
 
+        if using_postgres:
+            pgconf.configure_pool(size=pool_size, timeout=pool_timeout)
         self._migrate(using_postgres)
 
         from orchestrator_site.asgi import application
@@ -233,6 +248,17 @@ class Command(BaseCommand):
             if syncer is not None:
                 syncer.stop()
 
+    def _pool(self, options: dict[str, Any]) -> tuple[int, float]:
+        try:
+            timeout = pgconf.parse_pool_timeout(str(options["db_pool_timeout"]))
+        except ValueError as exc:
+            raise ServeError(f"--db-pool-timeout {exc}") from None
+        try:
+            size = pgconf.parse_pool_size(str(options["db_pool_size"]))
+        except ValueError as exc:
+            raise ServeError(f"--db-pool-size {exc}") from None
+        return size, timeout
+
     def _tls(self, options: dict[str, Any]) -> ServerTls | None:
         config = TlsConfig.from_flags(
             cert_file=str(options["tls_cert_file"] or "").strip(),
@@ -288,7 +314,13 @@ class Command(BaseCommand):
 
     def _migrate(self, using_postgres: bool) -> None:
         try:
-            call_command("migrate", interactive=False, verbosity=0)
+            if using_postgres:
+                # Replicas started together on an empty database: one migrates, the others
+                # wait for it and then find nothing left to do.
+                with pglock.advisory_lock(pglock.MIGRATE_LOCK_KEY, settings.DATABASES["default"]):
+                    call_command("migrate", interactive=False, verbosity=0)
+            else:
+                call_command("migrate", interactive=False, verbosity=0)
         except DatabaseError as exc:
             kind = dberrors.classify(exc)
             if kind == dberrors.CORRUPT:

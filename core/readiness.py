@@ -104,7 +104,11 @@ def _sqlite_writable() -> Verdict:
     name = str(connection.settings_dict.get("NAME") or "")
     if not name or "memory" in name:
         return Verdict(True)
-    directory = Path(name).parent
+    return data_dir_writable(Path(name).parent)
+
+
+def data_dir_writable(directory: Path) -> Verdict:
+    """Room on the disk of `directory`, and a small file can be written and synced there."""
     try:
         free = shutil.disk_usage(directory).free
     except OSError as exc:

@@ -13,7 +13,7 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DatabaseError, connections
 
-from core import dberrors, pgconf, pglock
+from core import dberrors, dbpool_metrics, pgconf, pglock
 from core.datadir import DataDirError, load_or_create_secret, prepare_data_dir
 from core.flags import env_default, env_list, parse_duration
 from core.logging_setup import FORMATS, LEVELS, configure_logging
@@ -199,6 +199,7 @@ class Command(BaseCommand):
 
         if metrics_listen is not None:
             metrics.install()
+            dbpool_metrics.install()
             application = metrics.with_metrics(application)
 
         periodic = []

@@ -43,9 +43,8 @@ _UNAVAILABLE_SQLSTATES = frozenset(
     }
 )
 RETRYABLE_SQLSTATES = frozenset({"40001", "40P01"})  # worth an immediate retry of the transaction
-# psycopg/libpq messages without a SQLSTATE (the connection itself failed or was lost).
-_UNAVAILABLE_MARKERS = (
-    "couldn't get a connection after",  # psycopg_pool.PoolTimeout
+# psycopg/libpq messages without a SQLSTATE: the connection failed or was lost.
+_LOST_MARKERS = (
     "server closed the connection",
     "connection is lost",
     "connection is closed",
@@ -60,6 +59,10 @@ _UNAVAILABLE_MARKERS = (
     "terminating connection",
     "the database system is",
     "ssl connection has been closed unexpectedly",
+)
+_UNAVAILABLE_MARKERS = (
+    "couldn't get a connection after",  # psycopg_pool.PoolTimeout
+    *_LOST_MARKERS,
     "read-only transaction",
     "deadlock detected",
     "could not serialize access",
@@ -115,6 +118,22 @@ def is_pool_timeout(exc: BaseException) -> bool:
         type(e).__name__ == "PoolTimeout" or "couldn't get a connection after" in str(e).lower()
         for e in _chain(exc)
     )
+
+
+_LOST_SQLSTATES = frozenset({"57P01", "57P02", "57P03"})
+
+
+def is_connection_lost(exc: BaseException) -> bool:
+    """The connection broke under the call (server restart, failover, network): a retry on a new
+    connection may succeed. The connection Django holds afterwards proves nothing: `atomic()`
+    closes a broken one and its exit may already have taken a fresh one from the pool."""
+    for e in _chain(exc):
+        sqlstate = getattr(e, "sqlstate", None)
+        if isinstance(sqlstate, str) and (sqlstate in _LOST_SQLSTATES or sqlstate[:2] == "08"):
+            return True
+        if sqlstate is None and any(m in str(e).lower() for m in _LOST_MARKERS):
+            return True
+    return False
 
 
 def is_retryable_conflict(exc: BaseException) -> bool:

@@ -49,18 +49,21 @@ def reset_broken_connection(exc: BaseException | None = None) -> bool:
     """After `exc` failed a call (PostgreSQL): close this thread's connection if it is broken and
     say whether one retry on a fresh connection is worth it.
 
-    A connection already closed counts as broken: `transaction.atomic()` closes the connection
-    when the rollback after a lost connection fails, so the failed call leaves None behind. Never
-    after a pool timeout: a retry would only wait as long again.
+    Decided by the error first: after a lost connection `transaction.atomic()` closes it, and
+    its exit may already have taken a fresh, healthy one from the pool, which proves nothing
+    about the failed call. Never after a pool timeout: a retry would only wait as long again.
     """
     if connection.vendor == "sqlite":
         return False
     if exc is not None and dberrors.is_pool_timeout(exc):
         return False
-    try:
-        usable = connection.connection is not None and connection.is_usable()
-    except DatabaseError:
+    if exc is not None and dberrors.is_connection_lost(exc):
         usable = False
+    else:
+        try:
+            usable = connection.connection is not None and connection.is_usable()
+        except DatabaseError:
+            usable = False
     if not usable:
         logger.warning("database connection broke; reconnecting")
         with contextlib.suppress(DatabaseError):
@@ -77,14 +80,16 @@ def call_with_reconnect(fn: Callable[..., T], *args: Any) -> T:
     """
     try:
         return fn(*args)
-    except (InterfaceError, OperationalError) as exc:
-        if not reset_broken_connection(exc):
+    except DatabaseError as exc:
+        if not isinstance(exc, InterfaceError | OperationalError) or not reset_broken_connection(
+            exc
+        ):
             if dberrors.classify(exc) == dberrors.UNAVAILABLE:
                 raise dberrors.unavailable_error(exc) from exc
             raise
     try:
         return fn(*args)
-    except (InterfaceError, OperationalError) as exc:
+    except DatabaseError as exc:
         if dberrors.classify(exc) == dberrors.UNAVAILABLE:
             with contextlib.suppress(DatabaseError):
                 connection.close()

@@ -17,10 +17,11 @@ import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
-from django.db import DatabaseError, InterfaceError, OperationalError, connection
+from django.db import DatabaseError, connection
 
 from core import dberrors
 from core.dbthreads import reset_broken_connection
+from core.errors import ApiError
 from events.services import IngestResult, events_store
 from events.validation import EventRow
 
@@ -75,6 +76,16 @@ class EventWriter:
                 count += len(job.rows)
         return jobs
 
+    def _take_queued(self) -> list[_Job]:
+        jobs: list[_Job] = []
+        while True:
+            try:
+                job = self._queue.get_nowait()
+            except queue.Empty:
+                return jobs
+            if job.future.set_running_or_notify_cancel():
+                jobs.append(job)
+
     def _run(self) -> None:
         while True:
             jobs = self._take_group()
@@ -82,6 +93,10 @@ class EventWriter:
             try:
                 results = store_with_retries(batches)
             except BaseException as exc:
+                if isinstance(exc, ApiError) and exc.status_code == 503:
+                    # The store is unreachable: what queued meanwhile gets the same answer now
+                    # instead of waiting another pool timeout of its own.
+                    jobs += self._take_queued()
                 for job in jobs:
                     job.future.set_exception(exc)
                 continue
@@ -100,7 +115,7 @@ def store_with_retries(batches: list[list[EventRow]]) -> list[IngestResult]:
     while True:
         try:
             return events_store(batches=batches)
-        except (InterfaceError, OperationalError) as exc:
+        except DatabaseError as exc:  # also InternalError: "read-only transaction" is one
             if dberrors.is_retryable_conflict(exc) and conflicts < CONFLICT_RETRIES:
                 conflicts += 1
                 logger.info("ingest transaction hit a lock conflict (%s); retrying", exc)

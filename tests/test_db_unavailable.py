@@ -125,6 +125,27 @@ def test_serve_refuses_a_bad_pool_setting(tmp_path: Any, flag: str, value: str) 
     assert "Traceback" not in done.stderr
 
 
+@pytest.mark.django_db(transaction=True)
+def test_a_lost_connection_is_retried_even_when_a_fresh_one_is_held_already() -> None:
+    """atomic() closes the broken connection and its exit may take a healthy one from the pool:
+    the retry decision follows the error, not the connection held afterwards."""
+    from django.db import connection
+
+    from core.dbthreads import reset_broken_connection
+
+    lost = django_error(psycopg.OperationalError("consuming input failed: server closed"))
+    timeout = django_error(PoolTimeout("couldn't get a connection after 1.00 sec"))
+    other = django_error(pgerrors.UniqueViolation("duplicate key value"))
+    connection.ensure_connection()
+    if connection.vendor == "sqlite":
+        assert reset_broken_connection(lost) is False  # SQLite never reconnects
+        return
+    assert reset_broken_connection(lost) is True
+    connection.ensure_connection()
+    assert reset_broken_connection(timeout) is False  # a retry would only wait again
+    assert reset_broken_connection(other) is False
+
+
 # --- the events writer's retries ---------------------------------------------------------------
 
 

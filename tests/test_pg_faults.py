@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from tests.liveserver import ServeProcess
+from tests.liveserver import ServeProcess, free_port
 from tests.pgcluster import PgCluster
 
 pytestmark = [pytest.mark.e2e]
@@ -219,8 +219,15 @@ def test_read_ready_and_write_ready_follow_the_database(
 def test_three_replicas_started_together_on_an_empty_database_all_come_up(
     tmp_path: Path, cluster: PgCluster, database: str
 ) -> None:
+    # Also every libpq option of the URL: a multi-host list whose first host refuses
+    # connections, target_session_attrs, and an application_name visible in pg_stat_activity.
+    name = database.rsplit("/", 1)[1]
+    url = (
+        f"postgresql://postgres@127.0.0.1:{free_port()},127.0.0.1:{cluster.port}/{name}"
+        "?target_session_attrs=read-write&application_name=orch-replica&connect_timeout=3"
+    )
     replicas = [
-        ServeProcess(tmp_path / f"r{i}" / "data", "--postgres-url", database, wait=False)
+        ServeProcess(tmp_path / f"r{i}" / "data", "--postgres-url", url, wait=False)
         for i in range(3)
     ]
     try:
@@ -234,9 +241,14 @@ def test_three_replicas_started_together_on_an_empty_database_all_come_up(
         rows = cluster.sql(
             "SELECT app, name, count(*) FROM django_migrations GROUP BY app, name "
             "HAVING count(*) > 1",
-            dbname=database.rsplit("/", 1)[1],
+            dbname=name,
         )
         assert rows == []  # every migration applied once
+        sessions = cluster.sql(
+            f"SELECT count(*) FROM pg_stat_activity WHERE datname = '{name}' "
+            "AND application_name = 'orch-replica'"
+        )
+        assert sessions[0][0] >= 3  # each replica's pool keeps at least one
     finally:
         for srv in replicas:
             srv.stop()

@@ -253,3 +253,46 @@ def test_pool_families_are_exposed() -> None:
         "cp_db_pool_timeouts_total",
     ):
         assert f"\n{family} " in text, family
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_groups_in_opposite_orders_never_deadlock() -> None:
+    """Two writers storing the same new events in opposite orders at the same moment: on
+    PostgreSQL each group is inserted in event_id order, so neither can wait on the other in a
+    cycle (unsorted, this deadlocks almost every round). Exactly one writer inserts each event."""
+    import threading
+
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        pytest.skip("one SQLite writer at a time cannot deadlock; runs in the PostgreSQL run")
+    rounds = 15
+    barrier = threading.Barrier(2)
+    errors: list[BaseException] = []
+    inserted = [0, 0]
+
+    def worker(index: int) -> None:
+        try:
+            for r in range(rounds):
+                rows = [_row(f"dl-{r:02d}-{k:03d}") for k in range(150)]
+                if index:
+                    rows.reverse()
+                barrier.wait(10)
+                results = events_store(batches=[rows[:75], rows[75:]])
+                inserted[index] += sum(r.inserted for r in results)
+        except BaseException as exc:
+            errors.append(exc)
+            barrier.abort()
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert errors == []
+    assert sum(inserted) == rounds * 150
+    from events.models import Event
+
+    assert Event.objects.filter(event_id__startswith="dl-").count() == rounds * 150

@@ -10,6 +10,7 @@ The pool's own options are merged in next to them, never instead of them.
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 DEFAULT_POOL_SIZE = 20
@@ -38,16 +39,33 @@ def parse_pool_size(text: str) -> int:
     return int(raw)
 
 
+class UrlError(ValueError):
+    """--postgres-url is not a PostgreSQL connection URL (the message never repeats the URL,
+    which may hold a password)."""
+
+
+def parse_url(url: str) -> dict[str, Any]:
+    """libpq's reading of the URL: {parameter: value}; UrlError when libpq refuses it."""
+    import psycopg
+    from psycopg.conninfo import conninfo_to_dict
+
+    if not url.startswith(("postgresql://", "postgres://")):
+        raise UrlError("it must start with postgresql:// (or postgres://)")
+    try:
+        return {k: v for k, v in conninfo_to_dict(url).items() if v is not None}
+    except psycopg.Error as exc:
+        reason = re.split(r"\s+(?:in URI|in connection info string|after)\b", str(exc))[0]
+        raise UrlError(reason.strip() or "libpq cannot read it") from None
+
+
 def database_settings(
     url: str,
     *,
     pool_size: int = DEFAULT_POOL_SIZE,
     pool_timeout: float = DEFAULT_POOL_TIMEOUT_SECONDS,
 ) -> dict[str, Any]:
-    """Django's DATABASES["default"] for a postgresql:// URL (or a libpq key=value string)."""
-    from psycopg.conninfo import conninfo_to_dict
-
-    params: dict[str, Any] = {k: v for k, v in conninfo_to_dict(url).items() if v is not None}
+    """Django's DATABASES["default"] for a postgresql:// URL; UrlError when it is not one."""
+    params = parse_url(url)
     name = params.pop("dbname", None) or params.get("user") or "postgres"
     user = params.pop("user", "")
     password = params.pop("password", "")

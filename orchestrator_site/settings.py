@@ -20,6 +20,7 @@ env = environ.Env()
 BASE_DIR = Path(__file__).resolve().parent.parent
 DATA_DIR = data_dir_from_env()
 POSTGRES_URL = env.str("AUTONOMY_POSTGRES_URL", default="").strip()
+POSTGRES_URL_ERROR = ""  # set below when POSTGRES_URL is not a PostgreSQL URL
 
 # The secret key only signs admin sessions and CSRF tokens. `serve` keeps one in the data dir
 # (see core.datadir) so logins survive restarts; an explicit env var wins.
@@ -97,11 +98,18 @@ if POSTGRES_URL:
         _pool_timeout = pgconf.parse_pool_timeout(env.str("AUTONOMY_DB_POOL_TIMEOUT", default="3"))
     except ValueError:
         _pool_timeout = pgconf.DEFAULT_POOL_TIMEOUT_SECONDS
-    DATABASES = {
-        "default": pgconf.database_settings(
-            POSTGRES_URL, pool_size=_pool_size, pool_timeout=_pool_timeout
-        )
-    }
+    try:
+        DATABASES = {
+            "default": pgconf.database_settings(
+                POSTGRES_URL, pool_size=_pool_size, pool_timeout=_pool_timeout
+            )
+        }
+    except pgconf.UrlError as _exc:
+        # `serve` refuses to start with this reason (one line, no traceback).
+        POSTGRES_URL_ERROR = str(_exc)
+        DATABASES = {
+            "default": {"ENGINE": "django.db.backends.postgresql", "NAME": "", "OPTIONS": {}}
+        }
 else:
     DATABASES = {
         "default": {

@@ -146,6 +146,18 @@ def test_a_lost_connection_is_retried_even_when_a_fresh_one_is_held_already() ->
     assert reset_broken_connection(other) is False
 
 
+@pytest.mark.e2e
+@pytest.mark.parametrize(
+    "url", ["postgresql://orch:s3cret@[::1/db", "postgresql://orch:s3cret@db/x?bogus=1", "db=x"]
+)
+def test_serve_refuses_a_url_libpq_cannot_read_in_one_line(tmp_path: Any, url: str) -> None:
+    done = run_serve_expect_exit(tmp_path / "data", "--postgres-url", url)
+    assert done.returncode != 0
+    assert "--postgres-url is not usable" in done.stderr
+    assert "s3cret" not in done.stderr
+    assert "Traceback" not in done.stderr
+
+
 # --- the events writer's retries ---------------------------------------------------------------
 
 

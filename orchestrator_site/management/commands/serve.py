@@ -158,6 +158,8 @@ class Command(BaseCommand):
         listen = parse_listen(options["listen"])
         metrics_addr = str(options["metrics_addr"] or "").strip()
         metrics_listen = parse_listen(metrics_addr, "--metrics-addr") if metrics_addr else None
+        if settings.POSTGRES_URL_ERROR:
+            raise ServeError(f"--postgres-url is not usable: {settings.POSTGRES_URL_ERROR}")
         pool_size, pool_timeout = self._pool(options)
         server_tls = self._tls(options)
         sync_config = self._crl_sync(options, server_tls)

@@ -27,6 +27,8 @@ from typing import Any, TypeVar
 
 from django.db import DatabaseError, InterfaceError, OperationalError, connection
 
+from core import dberrors
+
 logger = logging.getLogger("orchestrator.db")
 
 T = TypeVar("T")
@@ -43,14 +45,25 @@ def readers() -> ThreadPoolExecutor:
     return _readers
 
 
-def reset_broken_connection() -> bool:
-    """Close this thread's connection if it is unusable (PostgreSQL); True when it was."""
+def reset_broken_connection(exc: BaseException | None = None) -> bool:
+    """After `exc` failed a call (PostgreSQL): close this thread's connection if it is broken and
+    say whether one retry on a fresh connection is worth it.
+
+    Decided by the error first: after a lost connection `transaction.atomic()` closes it, and
+    its exit may already have taken a fresh, healthy one from the pool, which proves nothing
+    about the failed call. Never after a pool timeout: a retry would only wait as long again.
+    """
     if connection.vendor == "sqlite":
         return False
-    try:
-        usable = connection.connection is None or connection.is_usable()
-    except DatabaseError:
+    if exc is not None and dberrors.is_pool_timeout(exc):
+        return False
+    if exc is not None and dberrors.is_connection_lost(exc):
         usable = False
+    else:
+        try:
+            usable = connection.connection is not None and connection.is_usable()
+        except DatabaseError:
+            usable = False
     if not usable:
         logger.warning("database connection broke; reconnecting")
         with contextlib.suppress(DatabaseError):
@@ -60,13 +73,28 @@ def reset_broken_connection() -> bool:
 
 
 def call_with_reconnect(fn: Callable[..., T], *args: Any) -> T:
-    """Run `fn` in this thread; on PostgreSQL retry once on a fresh connection if it broke."""
+    """Run `fn` in this thread; on PostgreSQL retry once on a fresh connection if it broke.
+
+    A store that stays unreachable answers the contract's 503 + Retry-After (an ApiError), never
+    a 500, and never after more than about one pool timeout.
+    """
     try:
         return fn(*args)
-    except (InterfaceError, OperationalError):
-        if not reset_broken_connection():
+    except DatabaseError as exc:
+        if not isinstance(exc, InterfaceError | OperationalError) or not reset_broken_connection(
+            exc
+        ):
+            if dberrors.classify(exc) == dberrors.UNAVAILABLE:
+                raise dberrors.unavailable_error(exc) from exc
             raise
-    return fn(*args)
+    try:
+        return fn(*args)
+    except DatabaseError as exc:
+        if dberrors.classify(exc) == dberrors.UNAVAILABLE:
+            with contextlib.suppress(DatabaseError):
+                connection.close()
+            raise dberrors.unavailable_error(exc) from exc
+        raise
 
 
 async def run_read(fn: Callable[..., T], *args: Any) -> T:

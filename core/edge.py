@@ -49,6 +49,7 @@ BAD_CONTENT_LENGTH = "invalid Content-Length header"
 # Status and message of each database failure dberrors.classify names (CORRUPT ends the process).
 _DB_ANSWERS = {
     dberrors.BUSY: (503, "the database is busy; retry shortly"),
+    dberrors.UNAVAILABLE: (503, dberrors.UNAVAILABLE_MESSAGE),
     dberrors.FULL: (507, "the disk holding the database is full; nothing was stored"),
     dberrors.NUL: (400, dberrors.NUL_MESSAGE),
 }

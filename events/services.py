@@ -3,9 +3,11 @@ insert itself, used directly by the in-process writer thread of the fast path).
 
 One short transaction per call (`BEGIN IMMEDIATE` on SQLite, set in settings), a raw
 `INSERT ... ON CONFLICT (event_id) DO NOTHING` through `cursor.executemany`, and the inserted count
-taken from the insert itself (`rowcount`, the sum over the batch on sqlite3 and psycopg 3).
+taken from the insert itself (`rowcount`, the sum over the batch on sqlite3 and psycopg 3). On
+PostgreSQL one `INSERT ... SELECT FROM unnest(...) ... RETURNING event_id` per group instead.
 Duplicates, against stored events or inside the batch, are simply not inserted: the first copy
-wins and a stored event never changes.
+wins and a stored event never changes. On PostgreSQL the events of a group are inserted sorted by
+event_id (one lock order for every replica: no deadlocks between concurrent ingests).
 """
 
 from __future__ import annotations
@@ -54,22 +56,23 @@ def add_ingest_hook(hook: Callable[[int, int], None]) -> None:
 
 
 _INSERT_SQL: str | None = None
+# The columns of an EventRow, in its order (received_at is added at insert time).
+_ROW_COLUMNS = (
+    "event_id",
+    "event_type",
+    "node_id",
+    "timestamp",
+    "lock_fingerprint",
+    "release_id",
+    "payload",
+)
 
 
 def _insert_sql() -> str:
     global _INSERT_SQL
     if _INSERT_SQL is None:
         qn = connection.ops.quote_name
-        columns = (
-            "event_id",
-            "event_type",
-            "node_id",
-            "timestamp",
-            "lock_fingerprint",
-            "release_id",
-            "payload",
-            "received_at",
-        )
+        columns = (*_ROW_COLUMNS, "received_at")
         _INSERT_SQL = (
             f"INSERT INTO {qn(Event._meta.db_table)} ({', '.join(qn(c) for c in columns)}) "
             f"VALUES ({', '.join(['%s'] * len(columns))}) "
@@ -92,6 +95,8 @@ def events_store(*, batches: list[list[EventRow]]) -> list[IngestResult]:
     own counts, and a later batch sees an earlier one's events as already stored.
     """
     received_at = connection.ops.adapt_datetimefield_value(timezone.now())
+    if connection.vendor == "postgresql":
+        return _store_in_key_order(batches, received_at)
     sql = _insert_sql()
     results: list[IngestResult] = []
     with transaction.atomic(), connection.cursor() as cursor:
@@ -103,6 +108,55 @@ def events_store(*, batches: list[list[EventRow]]) -> list[IngestResult]:
             results.append(IngestResult(received=len(rows), inserted=max(cursor.rowcount, 0)))
     _after_commit(results)
     return results
+
+
+def _store_in_key_order(batches: list[list[EventRow]], received_at: Any) -> list[IngestResult]:
+    """PostgreSQL: insert the whole group's events in ONE statement, sorted by event_id, so that
+    every transaction (of every replica) takes the unique index's locks in one order and two
+    ingests can never deadlock. Each batch keeps its own counts: an event counts as inserted for
+    the first batch of the group that carries it, when the insert stored it (`RETURNING`)."""
+    owner: dict[str, int] = {}
+    unique: list[EventRow] = []
+    for index, rows in enumerate(batches):
+        for row in rows:
+            if row[0] not in owner:
+                owner[row[0]] = index
+                unique.append(row)
+    unique.sort(key=lambda row: row[0])
+    inserted = [0] * len(batches)
+    if unique:
+        columns = [list(column) for column in zip(*unique, strict=True)]
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute(_sorted_insert_sql(), [received_at, *columns])
+            for (event_id,) in cursor.fetchall():
+                inserted[owner[event_id]] += 1
+    results = [
+        IngestResult(received=len(rows), inserted=inserted[index])
+        for index, rows in enumerate(batches)
+    ]
+    _after_commit(results)
+    return results
+
+
+_SORTED_INSERT_SQL: str | None = None
+
+
+def _sorted_insert_sql() -> str:
+    """INSERT … SELECT FROM unnest(one array per column) in the arrays' (sorted) order."""
+    global _SORTED_INSERT_SQL
+    if _SORTED_INSERT_SQL is None:
+        qn = connection.ops.quote_name
+        columns = _ROW_COLUMNS
+        arrays = ", ".join(["%s::text[]"] * len(columns))
+        _SORTED_INSERT_SQL = (
+            f"INSERT INTO {qn(Event._meta.db_table)} "
+            f"({', '.join(qn(c) for c in (*columns, 'received_at'))}) "
+            f"SELECT {', '.join('u.' + qn(c) for c in columns)}, %s::timestamptz "
+            f"FROM unnest({arrays}) WITH ORDINALITY "
+            f"AS u({', '.join(qn(c) for c in columns)}, ord) ORDER BY u.ord "
+            f"ON CONFLICT ({qn('event_id')}) DO NOTHING RETURNING {qn('event_id')}"
+        )
+    return _SORTED_INSERT_SQL
 
 
 def _after_commit(results: list[IngestResult]) -> None:

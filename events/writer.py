@@ -9,21 +9,27 @@ is answered only after its transaction committed.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
+import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
-from django.db import InterfaceError, OperationalError
+from django.db import DatabaseError, connection
 
+from core import dberrors
 from core.dbthreads import reset_broken_connection
+from core.errors import ApiError
 from events.services import IngestResult, events_store
 from events.validation import EventRow
 
 logger = logging.getLogger("orchestrator.events")
 
 GROUP_MAX_EVENTS = 2000
+CONFLICT_RETRIES = 3
+CONFLICT_BACKOFF_SECONDS = 0.02
 
 
 @dataclass
@@ -70,25 +76,59 @@ class EventWriter:
                 count += len(job.rows)
         return jobs
 
+    def _take_queued(self) -> list[_Job]:
+        jobs: list[_Job] = []
+        while True:
+            try:
+                job = self._queue.get_nowait()
+            except queue.Empty:
+                return jobs
+            if job.future.set_running_or_notify_cancel():
+                jobs.append(job)
+
     def _run(self) -> None:
         while True:
             jobs = self._take_group()
             batches = [job.rows for job in jobs]
             try:
-                try:
-                    results = events_store(batches=batches)
-                except (InterfaceError, OperationalError):
-                    # PostgreSQL: a connection that broke while idle gets one retry. The insert is
-                    # idempotent, so a retry can never store an event twice.
-                    if not reset_broken_connection():
-                        raise
-                    results = events_store(batches=batches)
+                results = store_with_retries(batches)
             except BaseException as exc:
+                if isinstance(exc, ApiError) and exc.status_code == 503:
+                    # The store is unreachable: what queued meanwhile gets the same answer now
+                    # instead of waiting another pool timeout of its own.
+                    jobs += self._take_queued()
                 for job in jobs:
                     job.future.set_exception(exc)
                 continue
             for job, result in zip(jobs, results, strict=True):
                 job.future.set_result(result)
+
+
+def store_with_retries(batches: list[list[EventRow]]) -> list[IngestResult]:
+    """`events_store`, retried where a retry is safe (the insert is idempotent: a retry can never
+    store an event twice): once on a fresh connection when the connection broke (a database
+    restart or failover, also when it happened while idle or during COMMIT), and up to
+    CONFLICT_RETRIES times after a deadlock or serialization failure. What still fails because
+    the database is unavailable becomes the contract's 503 + Retry-After."""
+    reconnected = False
+    conflicts = 0
+    while True:
+        try:
+            return events_store(batches=batches)
+        except DatabaseError as exc:  # also InternalError: "read-only transaction" is one
+            if dberrors.is_retryable_conflict(exc) and conflicts < CONFLICT_RETRIES:
+                conflicts += 1
+                logger.info("ingest transaction hit a lock conflict (%s); retrying", exc)
+                time.sleep(CONFLICT_BACKOFF_SECONDS * conflicts)
+                continue
+            if not reconnected and reset_broken_connection(exc):
+                reconnected = True
+                continue
+            if dberrors.classify(exc) == dberrors.UNAVAILABLE:
+                with contextlib.suppress(DatabaseError):
+                    connection.close()  # the next group starts on a fresh connection
+                raise dberrors.unavailable_error(exc) from exc
+            raise
 
 
 _writer = EventWriter()

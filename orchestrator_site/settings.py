@@ -20,6 +20,7 @@ env = environ.Env()
 BASE_DIR = Path(__file__).resolve().parent.parent
 DATA_DIR = data_dir_from_env()
 POSTGRES_URL = env.str("AUTONOMY_POSTGRES_URL", default="").strip()
+POSTGRES_URL_ERROR = ""  # set below when POSTGRES_URL is not a PostgreSQL URL
 
 # The secret key only signs admin sessions and CSRF tokens. `serve` keeps one in the data dir
 # (see core.datadir) so logins survive restarts; an explicit env var wins.
@@ -86,15 +87,30 @@ ASGI_APPLICATION = "orchestrator_site.asgi.application"
 SQLITE_BUSY_TIMEOUT_SECONDS = env.float("AUTONOMY_SQLITE_BUSY_TIMEOUT", default=5.0)
 
 if POSTGRES_URL:
+    # Every libpq option of the URL reaches psycopg, next to the pool's (core.pgconf). `serve`
+    # validates --db-pool-size/--db-pool-timeout (AUTONOMY_DB_POOL_*) and applies them again.
+    from core import pgconf
+
     try:
-        _pg = env.db_url_config(POSTGRES_URL)
-    except ValueError:  # e.g. a port that is no number: `serve` (core.pgurl) reports it in one line
-        _pg = {"NAME": ""}
-    _pg["ENGINE"] = "django.db.backends.postgresql"
-    _pg["CONN_MAX_AGE"] = 0
-    _pg["CONN_HEALTH_CHECKS"] = True
-    _pg["OPTIONS"] = {"pool": {"min_size": 1, "max_size": 20, "timeout": 10}}
-    DATABASES = {"default": _pg}
+        _pool_size = pgconf.parse_pool_size(env.str("AUTONOMY_DB_POOL_SIZE", default="20"))
+    except ValueError:
+        _pool_size = pgconf.DEFAULT_POOL_SIZE
+    try:
+        _pool_timeout = pgconf.parse_pool_timeout(env.str("AUTONOMY_DB_POOL_TIMEOUT", default="3"))
+    except ValueError:
+        _pool_timeout = pgconf.DEFAULT_POOL_TIMEOUT_SECONDS
+    try:
+        DATABASES = {
+            "default": pgconf.database_settings(
+                POSTGRES_URL, pool_size=_pool_size, pool_timeout=_pool_timeout
+            )
+        }
+    except pgconf.UrlError as _exc:
+        # `serve` refuses to start with this reason (one line, no traceback).
+        POSTGRES_URL_ERROR = str(_exc)
+        DATABASES = {
+            "default": {"ENGINE": "django.db.backends.postgresql", "NAME": "", "OPTIONS": {}}
+        }
 else:
     DATABASES = {
         "default": {

@@ -24,6 +24,7 @@ urlpatterns = [
     path("", include("rollouts.api.urls")),
     path("", include("crl.api.urls")),
     path("", include("access.api.urls")),
+    path("", include("core.readiness")),  # /v1/health/read-ready, /v1/health/write-ready
 ]
 
 # (method, URL name) -> handler. Paths and `Allow` come from the URLconf entry of that name.

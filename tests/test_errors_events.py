@@ -24,12 +24,20 @@ def post(api, body):
 
 
 def _raise_on_executemany(monkeypatch, message: str) -> None:
-    """The database driver fails the insert with `message` (on SQLite and PostgreSQL alike)."""
+    """The database driver fails the insert with `message` (on SQLite and PostgreSQL alike:
+    SQLite inserts with executemany, PostgreSQL with one INSERT ... SELECT FROM unnest)."""
+    execute = CursorWrapper.execute
 
     def executemany(self, query, param_list):
         raise OperationalError(message)
 
+    def execute_insert(self, sql, params=None):
+        if sql.lstrip().upper().startswith("INSERT"):
+            raise OperationalError(message)
+        return execute(self, sql, params)
+
     monkeypatch.setattr(CursorWrapper, "executemany", executemany)
+    monkeypatch.setattr(CursorWrapper, "execute", execute_insert)
 
 
 @pytest.mark.django_db

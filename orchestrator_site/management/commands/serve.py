@@ -14,7 +14,7 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DatabaseError, connections
 
-from core import dberrors, metrics, pgurl
+from core import dberrors, dbpool_metrics, metrics, pgconf, pglock, pgurl
 from core.datadir import DataDirError, load_or_create_secret, prepare_data_dir
 from core.flags import env_default, env_list, parse_duration
 from core.logging_setup import FORMATS, LEVELS, configure_logging
@@ -66,6 +66,18 @@ class Command(BaseCommand):
             help="serve from this PostgreSQL database instead of SQLite, "
             "postgresql://user:pass@host:port/db?libpq-options (default empty = SQLite; "
             "AUTONOMY_POSTGRES_URL)",
+        )
+        parser.add_argument(
+            "--db-pool-timeout",
+            default=env_default("db-pool-timeout", "3"),
+            help="PostgreSQL: seconds a request waits for a pooled connection before it is "
+            "answered 503 with Retry-After (default 3; AUTONOMY_DB_POOL_TIMEOUT)",
+        )
+        parser.add_argument(
+            "--db-pool-size",
+            default=env_default("db-pool-size", "20"),
+            help="PostgreSQL: most connections this replica opens (default 20; "
+            "AUTONOMY_DB_POOL_SIZE)",
         )
         parser.add_argument(
             "--metrics-addr",
@@ -174,6 +186,9 @@ class Command(BaseCommand):
                 raise ServeError(str(exc)) from None
         metrics_addr = str(options["metrics_addr"] or "").strip()
         metrics_listen = parse_listen(metrics_addr, "--metrics-addr") if metrics_addr else None
+        if settings.POSTGRES_URL_ERROR:
+            raise ServeError(f"--postgres-url is not usable: {settings.POSTGRES_URL_ERROR}")
+        pool_size, pool_timeout = self._pool(options)
         server_tls, crl_store = self._tls(options)
         sync_config = self._crl_sync(options, server_tls, crl_store)
 
@@ -208,6 +223,8 @@ class Command(BaseCommand):
         if not os.environ.get("AUTONOMY_SECRET_KEY"):
             settings.SECRET_KEY = load_or_create_secret(data_dir)
 
+        if using_postgres:
+            pgconf.configure_pool(size=pool_size, timeout=pool_timeout)
         self._migrate(using_postgres)
         try:
             current_key()  # the rollout signing key: created on the first start, checked after
@@ -228,6 +245,7 @@ class Command(BaseCommand):
             metrics.install()
             events.metrics.install()
             rollouts.metrics.install()
+            dbpool_metrics.install()
             application = metrics.with_metrics(application)
 
         periodic = []
@@ -276,6 +294,17 @@ class Command(BaseCommand):
         finally:
             if syncer is not None:
                 syncer.stop()
+
+    def _pool(self, options: dict[str, Any]) -> tuple[int, float]:
+        try:
+            timeout = pgconf.parse_pool_timeout(str(options["db_pool_timeout"]))
+        except ValueError as exc:
+            raise ServeError(f"--db-pool-timeout {exc}") from None
+        try:
+            size = pgconf.parse_pool_size(str(options["db_pool_size"]))
+        except ValueError as exc:
+            raise ServeError(f"--db-pool-size {exc}") from None
+        return size, timeout
 
     def _tls(self, options: dict[str, Any]) -> tuple[ServerTls | None, CrlStore | None]:
         """The TLS context factory and, with --tls-crl-file, the CRL store it enforces."""
@@ -343,7 +372,13 @@ class Command(BaseCommand):
 
     def _migrate(self, using_postgres: bool) -> None:
         try:
-            call_command("migrate", interactive=False, verbosity=0)
+            if using_postgres:
+                # Replicas started together on an empty database: one migrates, the others
+                # wait for it and then find nothing left to do.
+                with pglock.advisory_lock(pglock.MIGRATE_LOCK_KEY, settings.DATABASES["default"]):
+                    call_command("migrate", interactive=False, verbosity=0)
+            else:
+                call_command("migrate", interactive=False, verbosity=0)
         except DatabaseError as exc:
             kind = dberrors.classify(exc)
             if kind == dberrors.CORRUPT:

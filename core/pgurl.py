@@ -8,6 +8,7 @@ reported at once instead of through the connection pool's retries.
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import psycopg
 from psycopg import conninfo
@@ -89,7 +90,9 @@ def check(url: str, flag: str = "--postgres-url") -> dict[str, str]:
 def probe(url: str, flag: str = "--postgres-url") -> None:
     """Connect once (no pool, no retries) and disconnect; PostgresUrlError names the cause."""
     params = check(url, flag)
-    extra = {} if "connect_timeout" in params else {"connect_timeout": DEFAULT_CONNECT_TIMEOUT}
+    extra: dict[str, Any] = (
+        {} if "connect_timeout" in params else {"connect_timeout": DEFAULT_CONNECT_TIMEOUT}
+    )
     try:
         psycopg.connect(url.strip(), **extra).close()
     except psycopg.Error as exc:

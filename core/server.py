@@ -180,7 +180,7 @@ def _no_form_parsing_in_twisted() -> None:
             self._parsePOSTFormSubmission = False
 
     # HTTPFactory.buildProtocol() looks the request class up in daphne's module by name.
-    daphne_http.WebRequest = WebRequest  # type: ignore[misc]
+    daphne_http.WebRequest = WebRequest
 
 
 def _server_from_string(reactor: Any, description: str) -> Any:
@@ -203,13 +203,18 @@ def run_daphne(
     (seconds, callable) run on the reactor thread: never touch the ORM from them.
     """
     import daphne.server as daphne_server  # installs the asyncio reactor first
-    from twisted.internet import reactor
+    from twisted.internet import reactor as _reactor
+
+    # The installed reactor (asyncio): its module-level name is typed as the bare module.
+    reactor: Any = _reactor
 
     # daphne builds endpoints with serverFromString(); ours are pre-bound sockets.
-    daphne_server.serverFromString = _server_from_string  # type: ignore[attr-defined]
+    daphne_server.serverFromString = _server_from_string
     _no_form_parsing_in_twisted()
 
-    class OrchestratorServer(daphne_server.Server):  # type: ignore[misc]
+    class OrchestratorServer(daphne_server.Server):
+        application: Any  # set by daphne.Server.__init__
+
         def create_application(self, protocol: Any, scope: dict[str, Any]) -> Any:
             for hook in SCOPE_HOOKS:
                 hook(protocol, scope)

@@ -20,7 +20,7 @@ import contextlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -191,6 +191,8 @@ class ServerTls:
             context.set_verify(context.get_verify_mode(), _log_refused_client)
         if crl is not None:
             store = context.get_cert_store()
+            if store is None:  # pyOpenSSL gives None only for a context without a store
+                raise TlsError("cannot enforce the CRL: the TLS context has no certificate store")
             store.add_crl(crl)
             store.set_flags(crypto.X509StoreFlags.CRL_CHECK)
         return options
@@ -214,7 +216,7 @@ class ServerTls:
         from zope.interface import directlyProvides
 
         directlyProvides(self, IOpenSSLServerConnectionCreator)
-        return TLSMemoryBIOFactory(self, False, factory)
+        return TLSMemoryBIOFactory(cast(Any, self), False, factory)  # provides it (above)
 
 
 # X509_V_ERR_* codes an operator meets with client certificates.
@@ -307,7 +309,8 @@ def make_scope_hook(server_tls: ServerTls) -> Any:
         if cached is None:
             cached = _peer_identity(transport, pem)
             with contextlib.suppress(AttributeError):
-                transport._orchestrator_tls = cached
+                # Our per-connection cache on Twisted's protocol object (not a declared attribute).
+                transport._orchestrator_tls = cached  # type: ignore[attr-defined]
         scope.setdefault("extensions", {})["tls"] = dict(cached)
 
     return hook

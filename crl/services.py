@@ -77,10 +77,11 @@ class _HTTPSConnection(http.client.HTTPSConnection):
     ) -> None:
         super().__init__(host, port, context=context, timeout=timeout)
         self._server_name = server_name
+        self._tls_context = context
 
     def connect(self) -> None:
         http.client.HTTPConnection.connect(self)
-        self.sock = self._context.wrap_socket(self.sock, server_hostname=self._server_name)
+        self.sock = self._tls_context.wrap_socket(self.sock, server_hostname=self._server_name)
 
 
 def _client_context(config: CrlSyncConfig) -> ssl.SSLContext:

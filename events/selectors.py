@@ -25,7 +25,7 @@ class EventPage:
         cursor = b"null" if self.next_before is None else b'"%s"' % self.next_before.encode()
         payloads = self.payloads
         if payloads and isinstance(payloads[0], bytes):
-            joined = b",".join(payloads)  # type: ignore[arg-type]
+            joined = b",".join(payloads)
         else:
             joined = ",".join(payloads).encode()  # type: ignore[arg-type]
         return b'{"events":[%s],"count":%d,"next_before":%s}' % (

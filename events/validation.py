@@ -148,7 +148,7 @@ def validate_events(events: list[Any]) -> list[EventRow]:
                 )
             values.append(value)
         values.append(_dump(event, index))
-        append(tuple(values))  # type: ignore[arg-type]
+        append(tuple(values))
     return rows
 
 

@@ -65,7 +65,7 @@ class NodeAckAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     search_fields = ("node_id", "release__release_id")
     list_select_related = ("release",)
 
-    def lookup_allowed(self, lookup: str, value: str, request: HttpRequest) -> bool:
+    def lookup_allowed(self, lookup: str, value: str, request: HttpRequest | None = None) -> bool:
         # the link from a release's page: its acks
         return lookup == "release__release_id" or super().lookup_allowed(lookup, value, request)
 

@@ -244,8 +244,9 @@ class RolloutPlanAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
 
     @admin.display(description="progress")
     def progress(self, plan: RolloutPlan) -> str:
-        percent = 0.0 if plan.phase in NO_NEW_NODES else (plan.live_percent or 0.0)
-        return progress_text(done=plan.stages_done, total=plan.stages_total, percent=percent)
+        row: Any = plan  # get_queryset() annotates live_percent, stages_done, stages_total
+        percent = 0.0 if plan.phase in NO_NEW_NODES else (row.live_percent or 0.0)
+        return progress_text(done=row.stages_done, total=row.stages_total, percent=percent)
 
     @admin.display(description="spec")
     def spec_pretty(self, plan: RolloutPlan) -> str:

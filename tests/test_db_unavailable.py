@@ -76,7 +76,7 @@ def _show(settings_dict: dict[str, Any], *names: str) -> list[str]:
             return values
     finally:
         wrapper.close()
-        wrapper.close_pool()
+        wrapper.close_pool()  # type: ignore[attr-defined]  # psycopg backend only; stubs lack it
 
 
 @pytest.mark.postgres

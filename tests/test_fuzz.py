@@ -64,13 +64,13 @@ FUZZ_SEED = int(os.environ.get("AUTONOMY_FUZZ_SEED") or random.SystemRandom().ge
 # plan has a release of its own (one live plan per release), so that the generated actions find
 # plans in several phases before they all end up terminal.
 NODES = ["node-a", "node-b", "node-c"]
-RELEASES = [
+RELEASES: list[dict[str, Any]] = [
     {"release_id": "rel-003", "channel": "stable"},
     {"release_id": "rel-004", "channel": "stable", "metadata": {"notes": "fourth"}},
     {"release_id": "rel-b1", "channel": "beta"},
     *({"release_id": f"rel-p{n}", "channel": "stable"} for n in range(1, 6)),
 ]
-PLANS = [
+PLANS: list[dict[str, Any]] = [
     {
         "plan_id": "plan-2026-11-web",
         "release_id": "rel-004",

@@ -38,7 +38,8 @@ class EventsView(APIView):
     def post(self, request: Request) -> HttpResponse | Response:
         raw = request.body
         # Unlike the fast path, the DRF path (browsers) wants a JSON Content-Type (docs/events.md).
-        if raw and request.negotiator.select_parser(request, request.parsers) is None:
+        negotiator = request.negotiator
+        if raw and negotiator and negotiator.select_parser(request, request.parsers or []) is None:
             raise UnsupportedMediaType(request.content_type)
         (result,) = events_store(batches=[parse_body(raw)])
         return json_answer(request, 200, result.as_json())

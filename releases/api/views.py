@@ -65,7 +65,7 @@ class LatestReleaseView(APIView):
     """
 
     def get(self, request: Request) -> HttpResponse | Response:
-        code, body = latest_release_answer(dict(request.query_params.items()))
+        code, body = latest_release_answer(request.query_params.dict())
         return json_answer(request, code, body)
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeGuard
 
 from core.errors import ApiError
 
@@ -35,7 +35,7 @@ def invalid_field(field_path: str, message: str) -> ApiError:
     return ApiError(400, f"invalid field '{field_path}': {message}", field=field_path)
 
 
-def is_number(value: Any) -> bool:
+def is_number(value: Any) -> TypeGuard[int | float]:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 

@@ -225,7 +225,7 @@ class Command(BaseCommand):
     def _count_table(
         self, counts: list[pgmigrate.CountRow], headers: tuple[str, ...], dry: bool
     ) -> None:
-        rows = []
+        rows: list[tuple[str, ...]] = []
         for row in counts:
             target = "-" if row.target is None else str(row.target)
             if dry:

@@ -231,7 +231,9 @@ class Command(BaseCommand):
         except SigningKeyError as exc:
             raise ServeError(str(exc)) from None
 
-        from orchestrator_site.asgi import application
+        from orchestrator_site.asgi import application as site_application
+
+        application: Any = site_application  # wrapped below (metrics)
         from rollouts.evaluator import start_background_evaluator
 
         # asgi.py runs django.setup() again, whose dictConfig resets the loggers we tuned

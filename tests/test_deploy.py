@@ -198,6 +198,8 @@ def base_image(docker_daemon: None, tmp_path_factory: pytest.TempPathFactory) ->
 
 def _ignore(directory: str, names: list[str]) -> set[str]:
     skip = {".git", ".venv", "__pycache__", ".pytest_cache", ".ruff_cache", ".hypothesis"}
+    if Path(directory) == REPO:  # a wheelhouse of the checkout's own would mix with ours
+        skip |= {"wheelhouse", "build", "dist", "data"}
     return {n for n in names if n in skip or n.endswith(".egg-info")}
 
 

@@ -121,14 +121,20 @@ SEGMENT_PATTERN = "^[^/\\x00]+$"
 NO_NUL_PATTERN = "^[^\\x00]*$"
 
 
-def limit_parameter(default: int = 100, maximum: int = 1000) -> OpenApiParameter:
-    """The contract's `limit`: default 100; larger values are clamped (not refused)."""
+def limit_parameter(
+    default: int = 100, clamp: int = 1000, maximum: int | None = None
+) -> OpenApiParameter:
+    """The contract's `limit`: default 100; values above `clamp` are clamped (not refused);
+    `maximum`: the largest value the route's parser reads at all."""
+    schema: dict[str, Any] = {"type": "integer", "minimum": 1, "default": default}
+    if maximum is not None:
+        schema["maximum"] = maximum
     return OpenApiParameter(
         "limit",
-        {"type": "integer", "minimum": 1, "default": default},
+        schema,
         description=(
-            f"Page size: at least 1, default {default}; values above {maximum} are clamped "
-            f"to {maximum}."
+            f"Page size: at least 1, default {default}; values above {clamp} are clamped "
+            f"to {clamp}."
         ),
     )
 
@@ -172,13 +178,8 @@ def path_id(
 
 
 def query_id(name: str, description: str, default: str | None = None) -> OpenApiParameter:
-    """An optional id in the query string: 1-256 characters, no NUL."""
-    schema: dict[str, Any] = {
-        "type": "string",
-        "minLength": 1,
-        "maxLength": MAX_ID_CHARS,
-        "pattern": "^[^\\x00]+$",
-    }
+    """An optional id in the query string: 1-256 characters."""
+    schema: dict[str, Any] = {"type": "string", "minLength": 1, "maxLength": MAX_ID_CHARS}
     if default is not None:
         schema["default"] = default
     return OpenApiParameter(name, schema, description=description)

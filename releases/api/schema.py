@@ -143,7 +143,7 @@ class ReleaseListViewSchema(OpenApiViewExtension):
                 tags=["releases"],
                 parameters=[
                     query_id("channel", "Only this channel's releases."),
-                    limit_parameter(DEFAULT_LIMIT, MAX_LIMIT),
+                    limit_parameter(DEFAULT_LIMIT, MAX_LIMIT, maximum=10**18 - 1),
                     offset_parameter(10**18 - 1),
                 ],
                 responses={200: ReleasePageSerializer, **errors(400)},

@@ -425,10 +425,13 @@ class RolloutListViewSchema(OpenApiViewExtension):
                 summary="Rollout plans, newest first",
                 tags=["rollouts"],
                 parameters=[
-                    limit_parameter(DEFAULT_LIMIT, MAX_LIMIT),
+                    limit_parameter(DEFAULT_LIMIT, MAX_LIMIT, maximum=2**62),
                     offset_parameter(2**62),
+                    # The one phase enum (the model's choices), not an inline copy.
                     OpenApiParameter(
-                        "phase", str, enum=Phase.values, description="Only this phase."
+                        "phase",
+                        {"$ref": "#/components/schemas/PlanPhaseEnum"},
+                        description="Only this phase.",
                     ),
                 ],
                 responses={200: PlanListSerializer, **errors(400)},

@@ -31,11 +31,13 @@ from core.openapi import (
 )
 from releases.api.serializers import _RFC3339, NodeAckSerializer, ReleasePublishSerializer
 from releases.models import NodeAck
-from releases.params import DEFAULT_CHANNEL, DEFAULT_LIMIT, MAX_LIMIT
+from releases.params import DEFAULT_CHANNEL, DEFAULT_LIMIT, DEFAULT_STALE_THRESHOLD, MAX_LIMIT
 
 # `latest` is a route of its own (`/v1/releases/latest`), never a release id.
 RESERVED_RELEASE_IDS = ("latest",)
 NODE_STATUSES = ["up", "stale", "unknown"]
+# releases.params reads integers of at most 18 digits.
+MAX_PARSED_INT = 10**18 - 1
 CHANNEL_PARAMETER = query_id("channel", "The release channel.", default=DEFAULT_CHANNEL)
 NO_NUL = "^[^\\x00]*$"
 
@@ -143,7 +145,7 @@ class ReleaseListViewSchema(OpenApiViewExtension):
                 tags=["releases"],
                 parameters=[
                     query_id("channel", "Only this channel's releases."),
-                    limit_parameter(DEFAULT_LIMIT, MAX_LIMIT, maximum=10**18 - 1),
+                    limit_parameter(DEFAULT_LIMIT, MAX_LIMIT, maximum=MAX_PARSED_INT),
                     offset_parameter(10**18 - 1),
                 ],
                 responses={200: ReleasePageSerializer, **errors(400)},
@@ -314,7 +316,8 @@ class FleetViewSchema(OpenApiViewExtension):
                         "stale_threshold",
                         "Seconds since the newest event after which a node is `stale`.",
                         minimum=1,
-                        default=60,
+                        default=DEFAULT_STALE_THRESHOLD,
+                        maximum=MAX_PARSED_INT,
                     ),
                 ],
                 responses={200: FleetSerializer, **errors(400)},

@@ -64,6 +64,10 @@ SPEC_HEADERS = {
 }
 
 
+# The largest integer the spec parser (orjson) reads as an integer; beyond it, a float.
+MAX_JSON_INT = 2**64 - 1
+
+
 def _ratio(description: str) -> dict[str, Any]:
     return {"type": "number", "minimum": 0, "maximum": 1, "description": description}
 
@@ -95,7 +99,7 @@ GATE_SCHEMA: dict[str, Any] = {
             "At least `min_acks` stage acks, and `active` acks / stage acks >= `min_ratio`.",
             ["min_ratio"],
             min_ratio=_ratio("Required share of `active` acks."),
-            min_acks={"type": "integer", "minimum": 0, "default": 1},
+            min_acks={"type": "integer", "minimum": 0, "maximum": MAX_JSON_INT, "default": 1},
         ),
         _gate(
             "ack_failure",
@@ -110,7 +114,7 @@ GATE_SCHEMA: dict[str, Any] = {
             ["event_type", "max_ratio"],
             event_type={"type": "string", "minLength": 1, "maxLength": 256},
             max_ratio=_ratio("Tolerated share of nodes sending the event."),
-            min_nodes={"type": "integer", "minimum": 1, "default": 1},
+            min_nodes={"type": "integer", "minimum": 1, "maximum": MAX_JSON_INT, "default": 1},
         ),
     ]
 }

@@ -48,8 +48,10 @@ def _optional_text(body: dict[str, Any], key: str) -> str | None:
 
 
 def _actor(request: Request, body: dict[str, Any]) -> tuple[str | None, str | None]:
-    """(operator, reason): the operator from X-Autonomy-Operator, else the body's `operator`."""
-    operator = (request.META.get(OPERATOR_HEADER) or "").strip() or _optional_text(body, "operator")
+    """(operator, reason): the operator from X-Autonomy-Operator, else the body's `operator`
+    (which must be a string or null either way)."""
+    from_body = _optional_text(body, "operator")
+    operator = (request.META.get(OPERATOR_HEADER) or "").strip() or from_body
     return operator or None, _optional_text(body, "reason")
 
 

@@ -23,6 +23,7 @@ import contextlib
 import json
 import os
 import urllib.error
+import urllib.parse
 import urllib.request
 from typing import Any
 
@@ -279,11 +280,13 @@ EMPTY_INTEGER_QUERY = {"limit", "offset", "threshold_seconds"}
 
 
 def _empty_integer_query_on_rollouts(response: Any, case: Any) -> bool:
-    query = case.query or {}
+    """What went on the wire: `?limit=` (generated as "" or as an empty object or array)."""
+    sent = urllib.parse.urlsplit(response.request.url)
+    query = urllib.parse.parse_qs(sent.query, keep_blank_values=True)
     return (
-        case.path.startswith("/v1/rollouts")
+        sent.path.startswith("/v1/rollouts")
         and response.status_code < 300
-        and any(query.get(name) == "" for name in EMPTY_INTEGER_QUERY)
+        and any("" in query.get(name, ()) for name in EMPTY_INTEGER_QUERY)
     )
 
 

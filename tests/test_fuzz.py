@@ -5,11 +5,14 @@ PostgreSQL) and seeded over HTTP (releases, acks, events, rollout plans), so gen
 name real objects.
 Every operation of `/v1/openapi.json` then gets generated requests, valid and invalid
 (schemathesis' positive and negative modes, plus the schema's examples and its coverage phase),
-including the state-changing rollout actions. Each response must:
+including the state-changing rollout actions. Each response must pass every check schemathesis
+has (`CHECKS` below), among them:
 
 - not be a 5xx (and leave no traceback in the server log);
 - for a method the schema does not list on a path, be a 405 with `Allow`;
 - match the schema: a documented status code, the documented content type, headers and body;
+- refuse (4xx) what the schema calls invalid, and not refuse with a 400 what it calls valid
+  (with the stated exceptions below);
 - on an error status, be a JSON object with an `error` string (the contract's error body).
 
 Examples per operation: `AUTONOMY_FUZZ_EXAMPLES` (default 20, about 40 s per store for the whole

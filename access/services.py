@@ -30,6 +30,7 @@ from django.utils import timezone
 from access.models import ApiToken, AuditRecord
 from core.auth import Kind, Principal, Role
 from core.flags import parse_duration
+from core.params import parse_rfc3339
 
 audit_logger = logging.getLogger("orchestrator.audit")
 logger = logging.getLogger("orchestrator.access")
@@ -53,15 +54,15 @@ def parse_span(text: str) -> timedelta:
     """`90d`, `2w`, or a Go-style duration (`12h`, `30m`, `1h30m`) → timedelta (> 0)."""
     value = (text or "").strip()
     match = _DAYS.match(value)
-    if match:
-        span = timedelta(days=int(match.group(1)) * (7 if match.group(2) == "w" else 1))
-    else:
-        try:
+    try:
+        if match:
+            span = timedelta(days=int(match.group(1)) * (7 if match.group(2) == "w" else 1))
+        else:
             span = timedelta(seconds=parse_duration(value))
-        except ValueError:
-            raise TokenError(
-                f"{text!r} is not a duration; write it like 90d, 2w, 12h or 30m"
-            ) from None
+    except ValueError:
+        raise TokenError(f"{text!r} is not a duration; write it like 90d, 2w, 12h or 30m") from None
+    except OverflowError:
+        raise TokenError(f"{text!r} is longer than any date can go back or ahead") from None
     if span <= timedelta(0):
         raise TokenError(f"{text!r} is not a positive duration")
     return span
@@ -71,19 +72,21 @@ def parse_since(text: str, now: datetime | None = None) -> datetime:
     """A duration back from now (`24h`, `7d`) or an RFC 3339 instant → aware UTC datetime."""
     value = (text or "").strip()
     try:
-        return (now or timezone.now()) - parse_span(value)
+        span = parse_span(value)
     except TokenError:
-        pass
+        span = None
+    if span is not None:
+        try:
+            return (now or timezone.now()) - span
+        except OverflowError:  # further back than any record: all of them
+            return datetime.min.replace(tzinfo=UTC)
     try:
-        moment = datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
-    except ValueError:
-        moment = None
-    if moment is None or moment.tzinfo is None:
+        return parse_rfc3339(value).astimezone(UTC)
+    except (ValueError, OverflowError):
         raise TokenError(
             f"{text!r} is neither a duration (24h, 7d) nor an RFC 3339 time with an offset "
             "(2026-04-07T10:00:00Z)"
-        )
-    return moment.astimezone(UTC)
+        ) from None
 
 
 # --- tokens ------------------------------------------------------------------------------------

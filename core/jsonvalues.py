@@ -30,6 +30,10 @@ from core.errors import ApiError
 MAX_DEPTH = 64
 MIN_INT = -(2**63)
 MAX_INT = 2**63 - 1
+INT_REASON = "integers must fit in 64 bits (-2^63 to 2^63-1)"
+FINITE_REASON = "numbers must be finite (at most about 1.8e308 in magnitude)"
+DEPTH_REASON = f"arrays and objects may nest at most {MAX_DEPTH} levels deep"
+REASONS = (INT_REASON, FINITE_REASON, DEPTH_REASON)
 
 # orjson reads an integer beyond 64 bits as a float; a run of 19+ digits anywhere in the body
 # (a cheap byte scan) sends the body to the stdlib parser too, which keeps such integers exact.
@@ -83,7 +87,7 @@ def problem(value: Any, *, numbers: bool = True) -> tuple[str, str] | None:
         kind = type(item)
         if kind is dict or kind is list:
             if level > MAX_DEPTH:
-                return _path(trail), f"arrays and objects may nest at most {MAX_DEPTH} levels deep"
+                return _path(trail), DEPTH_REASON
             pairs = item.items() if kind is dict else enumerate(item)
             for key, child in reversed(list(pairs)):
                 ck = type(child)
@@ -91,9 +95,9 @@ def problem(value: Any, *, numbers: bool = True) -> tuple[str, str] | None:
                     push((child, (trail, key), level + 1))
         elif kind is int:
             if not MIN_INT <= item <= MAX_INT:
-                return _path(trail), "integers must fit in 64 bits (-2^63 to 2^63-1)"
+                return _path(trail), INT_REASON
         elif kind is float and not math.isfinite(item):
-            return _path(trail), "numbers must be finite (at most about 1.8e308 in magnitude)"
+            return _path(trail), FINITE_REASON
     return None
 
 

@@ -18,12 +18,13 @@ DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000  # a larger `limit` is clamped to this
 MAX_CURSOR = 2**63 - 1  # `before` is a row id: a signed 64-bit integer
 _MAX_DIGITS = 18  # integer parameters fit in 64 bits
+MAX_PARSED_INT = 10**_MAX_DIGITS - 1  # the largest integer parameter parse_int reads
 
 TIMESTAMP_FORMAT = "must be an RFC 3339 timestamp with an offset, e.g. 2026-04-07T10:00:00Z"
 
 # RFC 3339 date-time: full date, `T` (or `t`/space, which RFC 3339 allows), time, optional
 # fraction, and a mandatory offset (`Z` or ±hh:mm). datetime.fromisoformat then checks ranges.
-_RFC3339 = re.compile(
+RFC3339 = re.compile(
     r"(\d{4}-\d{2}-\d{2})[Tt ](\d{2}:\d{2}):(\d{2})(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})"
 )
 
@@ -95,7 +96,7 @@ def parse_rfc3339(value: object) -> datetime:
         raise ValueError("must be an RFC 3339 timestamp string")
     if len(value) > MAX_TIMESTAMP_CHARS:
         raise ValueError(f"must be at most {MAX_TIMESTAMP_CHARS} characters")
-    match = _RFC3339.fullmatch(value)
+    match = RFC3339.fullmatch(value)
     if match is None:
         raise ValueError(TIMESTAMP_FORMAT)
     date, hours_minutes, seconds, fraction, offset = match.groups()

@@ -19,3 +19,7 @@ class CrlConfig(AppConfig):
 
     def use_store(self, store: CrlStore | None) -> None:
         self.store = store
+
+    def ready(self) -> None:
+        # Registers this app's OpenAPI annotations with drf-spectacular.
+        from crl.api import schema  # noqa: F401

@@ -1,5 +1,9 @@
 """The OpenAPI document (`GET /v1/openapi.json`, YAML with `?format=yaml` or
-`Accept: application/yaml`) and the offline Swagger UI page (`GET /v1/docs`)."""
+`Accept: application/yaml`) and the offline Swagger UI page (`GET /v1/docs`).
+
+Each app describes its own routes in `<app>/api/schema.py`; `/metrics`, answered by the ASGI
+wrapper of this project (orchestrator_site.metrics), is described here.
+"""
 
 from drf_spectacular.renderers import (
     OpenApiJsonRenderer,
@@ -9,8 +13,30 @@ from drf_spectacular.renderers import (
 )
 from drf_spectacular.views import SpectacularAPIView
 
-# Importing the annotations registers them with drf-spectacular (OpenApiViewExtension).
-from orchestrator_site import openapi  # noqa: F401
+from core.openapi import NO_DATABASE, register_route
+
+register_route(
+    "/metrics",
+    "get",
+    {
+        "operationId": "metrics",
+        "summary": "Prometheus metrics",
+        "description": (
+            "Prometheus text exposition (`cp_*` families plus django-prometheus'). Served "
+            "only when `serve --metrics-addr` is set (on that listener and on this one); "
+            "otherwise 404."
+        ),
+        "tags": ["operations"],
+        "responses": {
+            "200": {
+                "description": "The metrics.",
+                "content": {"text/plain": {"schema": {"type": "string"}}},
+            },
+            "404": {"$error": "Metrics are disabled (no `--metrics-addr`)."},
+        },
+        **NO_DATABASE,
+    },
+)
 
 
 class OpenApiView(SpectacularAPIView):

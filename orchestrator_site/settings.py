@@ -183,16 +183,18 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
-    # Route annotations and these hooks live in orchestrator_site/openapi.py (docs/api.md).
+    # Each app's route annotations live in <app>/api/schema.py; the shared error body and this
+    # hook in core/openapi.py (docs/api.md).
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
-        "orchestrator_site.openapi.postprocess_schema",
+        "core.openapi.postprocess_schema",
     ],
+    # The models' own choices, so the schema's enums are what the server stores and accepts.
     "ENUM_NAME_OVERRIDES": {
-        "AckStatusEnum": "orchestrator_site.openapi.ACK_STATUSES",
+        "AckStatusEnum": "releases.models.NodeAck.Status",
         "HealthStatusEnum": ["ok"],
-        "PlanPhaseEnum": "orchestrator_site.openapi.PLAN_PHASES",
-        "StagePhaseEnum": "orchestrator_site.openapi.STAGE_PHASES",
+        "PlanPhaseEnum": "rollouts.models.Phase",
+        "StagePhaseEnum": "rollouts.models.StagePhase",
     },
 }
 

@@ -541,6 +541,17 @@ def test_header_operator_wins_over_body(api):
     assert history["history"][-1]["operator"] == "erin"
 
 
+def test_a_body_operator_that_is_not_a_string_is_a_400_even_with_the_header(api):
+    # Found by the schema fuzzer: with the header set, `"operator": 1.6e16` was not looked at
+    # and the action ran, while the schema says `operator` is a string or null.
+    RolloutPlanFactory(plan_id="p1")
+    response = do(api, "p1", "pause", operator=16731714941132756, HTTP_X_AUTONOMY_OPERATOR="erin")
+    assert response.status_code == 400
+    assert response.json()["field"] == "operator"
+    assert stage_phases(api, "p1")[0] == "open"
+    assert api.get("/v1/rollouts/p1/status").json()["phase"] == "published"
+
+
 def test_409_body_names_the_phase(api):
     plan_in_phase(api, "completed")
     response = do(api, "p1", "pause")

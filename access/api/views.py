@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import serializers
 from rest_framework.request import Request
@@ -15,20 +14,12 @@ from access.api.permissions import PolicyViewMixin, RoutePolicyPermission
 from access.selectors import AUDIT_DEFAULT_LIMIT, AUDIT_MAX_LIMIT, audit_list
 from access.services import TokenError, audit_dict, parse_since
 from core.errors import ApiError
+from core.openapi import before_parameter, limit_parameter, query_id
+from core.params import check_identifier, parse_before, parse_int
 
 
 def _field(name: str, message: str) -> ApiError:
     return ApiError(400, f"invalid field '{name}': {message}", field=name)
-
-
-def _int(params: dict[str, str], name: str) -> int | None:
-    raw = params.get(name)
-    if raw is None or raw == "":
-        return None
-    try:
-        return int(raw)
-    except ValueError:
-        raise _field(name, "must be an integer") from None
 
 
 _RECORD = inline_serializer(
@@ -65,18 +56,20 @@ class AuditView(PolicyViewMixin, APIView):
         tags=["audit"],
         parameters=[
             OpenApiParameter(
-                "since", OpenApiTypes.STR, description="a duration back (24h, 7d) or RFC 3339"
+                "since",
+                {
+                    "anyOf": [
+                        {"type": "string", "pattern": "^[1-9][0-9]{0,5}[smhdw]$"},
+                        {"type": "string", "format": "date-time"},
+                    ]
+                },
+                description="A duration back from now (`24h`, `7d`, also Go style `1h30m`) or "
+                "an RFC 3339 instant with an offset.",
             ),
-            OpenApiParameter("event_name", OpenApiTypes.STR, description="exact event name"),
-            OpenApiParameter("principal", OpenApiTypes.STR, description="exact principal name"),
-            OpenApiParameter(
-                "limit",
-                OpenApiTypes.INT,
-                description=f"default {AUDIT_DEFAULT_LIMIT}, max {AUDIT_MAX_LIMIT} (clamped)",
-            ),
-            OpenApiParameter(
-                "before", OpenApiTypes.INT, description="cursor: `next_before` of the last page"
-            ),
+            query_id("event_name", "exact event name"),
+            query_id("principal", "exact principal name"),
+            limit_parameter(AUDIT_DEFAULT_LIMIT, AUDIT_MAX_LIMIT),
+            before_parameter(),
         ],
         responses={
             200: inline_serializer(
@@ -92,27 +85,26 @@ class AuditView(PolicyViewMixin, APIView):
     def get(self, request: Request) -> Response:
         params = request.query_params.dict()
         since = None
-        if params.get("since"):
+        if params.get("since") is not None:  # given but empty is a 400, like `limit=`
             try:
                 since = parse_since(params["since"])
             except TokenError as exc:
                 raise _field("since", str(exc)) from None
-        limit = _int(params, "limit")
-        if limit is None:
-            limit = AUDIT_DEFAULT_LIMIT
-        elif limit < 1:
-            raise _field("limit", "must be at least 1")
-        before = _int(params, "before")
+        limit = min(
+            parse_int("limit", params.get("limit"), default=AUDIT_DEFAULT_LIMIT, minimum=1),
+            AUDIT_MAX_LIMIT,
+        )
+        event_name, principal = params.get("event_name"), params.get("principal")
         records = audit_list(
             since=since,
-            event_name=params.get("event_name") or None,
-            principal=params.get("principal") or None,
-            limit=min(limit, AUDIT_MAX_LIMIT),
-            before=before,
+            event_name=None if event_name is None else check_identifier("event_name", event_name),
+            principal=None if principal is None else check_identifier("principal", principal),
+            limit=limit,
+            before=parse_before(params),
         )
         data: dict[str, Any] = {
             "records": [audit_dict(r) for r in records],
             "count": len(records),
-            "next_before": records[-1].pk if len(records) == min(limit, AUDIT_MAX_LIMIT) else None,
+            "next_before": records[-1].pk if len(records) == limit else None,
         }
         return Response(data)

@@ -63,7 +63,7 @@ class ReleasePublishSerializer(serializers.Serializer):
 
 class NodeAckSerializer(serializers.Serializer):
     release_id = StrictCharField(max_length=MAX_ID_CHARS)
-    status = serializers.ChoiceField(choices=NodeAck.Status.values)
+    status = serializers.ChoiceField(choices=NodeAck.Status.choices)
     lock_fingerprint = StrictCharField(
         max_length=256, required=False, allow_null=True, allow_blank=True, default=None
     )

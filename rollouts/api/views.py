@@ -42,8 +42,10 @@ def _optional_text(body: dict[str, Any], key: str) -> str | None:
 
 
 def _actor(request: Request, body: dict[str, Any]) -> tuple[str | None, str | None]:
-    """(operator, reason): the operator from X-Autonomy-Operator, else the body's `operator`."""
-    operator = (request.META.get(OPERATOR_HEADER) or "").strip() or _optional_text(body, "operator")
+    """(operator, reason): the operator from X-Autonomy-Operator, else the body's `operator`
+    (which must be a string or null either way)."""
+    from_body = _optional_text(body, "operator")
+    operator = (request.META.get(OPERATOR_HEADER) or "").strip() or from_body
     return operator or None, _optional_text(body, "reason")
 
 
@@ -74,7 +76,7 @@ class RolloutListView(APIView):
     def get(self, request: Request) -> Response:
         limit = parse_limit(request.query_params)
         offset = parse_offset(request.query_params)
-        phase = request.query_params.get("phase") or None
+        phase = request.query_params.get("phase")  # given but empty is a 400, like `limit=`
         if phase is not None and phase not in Phase.values:
             raise param_error("phase", f"must be one of {', '.join(Phase.values)}")
         plans = selectors.plan_list(limit=limit, offset=offset, phase=phase)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from core.jsonvalues import MAX_INT  # the JSON-values rule (docs/api.md)
 from releases.models import NodeAck
 from rollouts.gates.base import (
     GateKind,
@@ -27,7 +28,7 @@ class AckSuccess(GateKind):
     defaults = {"min_acks": 1}
     properties = {
         "min_ratio": ratio_schema("Required share of `active` acks."),
-        "min_acks": {"type": "integer", "minimum": 0, "default": 1},
+        "min_acks": {"type": "integer", "minimum": 0, "maximum": MAX_INT, "default": 1},
     }
     needs_acks = True
 

@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from core.jsonvalues import MAX_INT  # the JSON-values rule (docs/api.md)
 from events.models import Event
 from releases.models import NodeAck
 from rollouts.gates.base import (
@@ -53,7 +54,7 @@ class EventThreshold(GateKind):
     properties = {
         "event_type": {"type": "string", "minLength": 1, "maxLength": 256},
         "max_ratio": ratio_schema("Tolerated share of nodes sending the event."),
-        "min_nodes": {"type": "integer", "minimum": 1, "default": 1},
+        "min_nodes": {"type": "integer", "minimum": 1, "maximum": MAX_INT, "default": 1},
     }
     halts = True
     needs_acks = True

@@ -1,0 +1,375 @@
+"""The OpenAPI description of the releases, acks and fleet routes (`releases/api/views.py`).
+
+Answers are described by the documentation serializers below; requests by the views' own input
+serializers (`releases/api/serializers.py`), with what the views check by hand after them added
+by `ReleasePublishSchema`. Registered by `ReleasesConfig.ready()`; shared pieces are in
+core/openapi.py.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from drf_spectacular.extensions import (
+    OpenApiSerializerExtension,
+    OpenApiSerializerFieldExtension,
+    OpenApiViewExtension,
+)
+from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema
+from rest_framework import serializers
+
+from core.openapi import (
+    errors,
+    excluding,
+    int_parameter,
+    limit_parameter,
+    offset_parameter,
+    path_id,
+    query_id,
+    replace,
+)
+from core.params import DEFAULT_LIMIT, MAX_LIMIT, MAX_PARSED_INT, RFC3339
+from releases.api.serializers import NodeAckSerializer, ReleasePublishSerializer
+from releases.models import NodeAck
+from releases.params import DEFAULT_CHANNEL, DEFAULT_STALE_THRESHOLD
+
+# `latest` is a route of its own (`/v1/releases/latest`), never a release id.
+RESERVED_RELEASE_IDS = ("latest",)
+NODE_STATUSES = ["up", "stale", "unknown"]
+# releases.params reads integers of at most 18 digits.
+CHANNEL_PARAMETER = query_id("channel", "The release channel.", default=DEFAULT_CHANNEL)
+NO_NUL = "^[^\\x00]*$"
+
+
+class ReleaseSerializer(serializers.Serializer):
+    """A published release."""
+
+    release_id = serializers.CharField()
+    channel = serializers.CharField()
+    sequence = serializers.IntegerField(
+        min_value=1, help_text="Assigned by the server: 1, 2, 3, ... per channel, no gaps."
+    )
+    policy_ref = serializers.CharField(allow_null=True)
+    lock_fingerprint = serializers.CharField(allow_null=True)
+    artifact_ref = serializers.CharField(allow_null=True)
+    metadata = serializers.DictField(help_text="Free-form object, as published.")
+    created_at = serializers.DateTimeField()
+
+
+class ReleasePageSerializer(serializers.Serializer):
+    releases = ReleaseSerializer(many=True, help_text="Newest (last published) first.")
+    count = serializers.IntegerField(min_value=0, help_text="Releases in this response.")
+    limit = serializers.IntegerField(min_value=1)
+    offset = serializers.IntegerField(min_value=0)
+    next_offset = serializers.IntegerField(
+        allow_null=True, help_text="`offset` of the next page; null on the last page."
+    )
+
+
+class AckSerializer(serializers.Serializer):
+    """A node's stored ack for a release."""
+
+    node_id = serializers.CharField()
+    release_id = serializers.CharField()
+    status = serializers.ChoiceField(choices=NodeAck.Status.choices)
+    lock_fingerprint = serializers.CharField(allow_null=True)
+    message = serializers.CharField(allow_null=True)
+    acked_at = serializers.DateTimeField()
+    updated_at = serializers.DateTimeField()
+
+
+class ReleaseAcksSerializer(serializers.Serializer):
+    release_id = serializers.CharField()
+    acks = AckSerializer(many=True, help_text="Ordered by `node_id`.")
+    count = serializers.IntegerField(min_value=0)
+
+
+class NodeAcksSerializer(serializers.Serializer):
+    node_id = serializers.CharField()
+    acks = AckSerializer(many=True, help_text="Most recently updated first.")
+    count = serializers.IntegerField(min_value=0)
+
+
+class FleetNodeSerializer(serializers.Serializer):
+    node_id = serializers.CharField()
+    node_status = serializers.ChoiceField(
+        choices=NODE_STATUSES,
+        help_text="`up`: an event within `stale_threshold` s; `stale`: older; "
+        "`unknown`: acks only, never an event.",
+    )
+    last_seen = serializers.DateTimeField(
+        allow_null=True, help_text="Arrival time of the node's newest event."
+    )
+    release_id = serializers.CharField(
+        allow_null=True, help_text="From the node's newest ack for a release of this channel."
+    )
+    ack_status = serializers.ChoiceField(choices=NodeAck.Status.choices, allow_null=True)
+    sequence = serializers.IntegerField(allow_null=True)
+
+
+class FleetSerializer(serializers.Serializer):
+    channel = serializers.CharField()
+    generated_at = serializers.DateTimeField()
+    stale_threshold = serializers.IntegerField(min_value=1)
+    total = serializers.IntegerField(min_value=0)
+    up = serializers.IntegerField(min_value=0)
+    stale = serializers.IntegerField(min_value=0)
+    unknown = serializers.IntegerField(min_value=0)
+    latest_release = ReleaseSerializer(
+        allow_null=True, help_text="The channel's latest release; null when it has none."
+    )
+    nodes = FleetNodeSerializer(many=True, help_text="Every known node, whatever its channel.")
+
+
+RELEASE_EXAMPLE = {
+    "release_id": "rel-004",
+    "channel": "stable",
+    "policy_ref": "policies/web@v4",
+    "artifact_ref": "registry.example/web:4.0.0",
+    "metadata": {"notes": "fourth release"},
+}
+
+
+class ReleaseListViewSchema(OpenApiViewExtension):
+    target_class = "releases.api.views.ReleaseListView"
+
+    def view_replacement(self) -> type:
+
+        return replace(
+            self.target_class,
+            get=extend_schema(
+                operation_id="releases_list",
+                description="Newest (last published) first; optionally one channel.",
+                summary="Published releases, newest first",
+                tags=["releases"],
+                parameters=[
+                    query_id("channel", "Only this channel's releases."),
+                    limit_parameter(DEFAULT_LIMIT, MAX_LIMIT),
+                    offset_parameter(),
+                ],
+                responses={200: ReleasePageSerializer, **errors(400)},
+            ),
+            post=extend_schema(
+                operation_id="releases_publish",
+                summary="Publish a desired-state release",
+                description=(
+                    "The server assigns `sequence` (per channel, without gaps) and "
+                    "`created_at`. Publishing the same `release_id` again with the same fields "
+                    "(after defaults) answers 200 with the stored release; anything different, "
+                    "including another channel, is a 409. `release_id` must not be `latest` "
+                    "or contain `/`."
+                ),
+                tags=["releases"],
+                request=ReleasePublishSerializer,
+                responses={
+                    201: OpenApiResponse(ReleaseSerializer, description="Published."),
+                    200: OpenApiResponse(
+                        ReleaseSerializer, description="Already published with the same fields."
+                    ),
+                    **errors(
+                        400,
+                        e409="The `release_id` exists with different fields (named in `fields`).",
+                    ),
+                },
+                examples=[
+                    OpenApiExample("release", value=RELEASE_EXAMPLE, request_only=True),
+                ],
+            ),
+        )
+
+
+class LatestReleaseViewSchema(OpenApiViewExtension):
+    target_class = "releases.api.views.LatestReleaseView"
+
+    def view_replacement(self) -> type:
+        return replace(
+            self.target_class,
+            get=extend_schema(
+                operation_id="releases_latest",
+                summary="The release a channel (or one node) should run",
+                description=(
+                    "The release with the highest `sequence` in the channel. With `node_id`: "
+                    "the release **that node** should run, rollout-aware (a node outside a "
+                    "running rollout of the latest release gets the previous one). This is "
+                    "the nodes' poll route."
+                ),
+                tags=["releases"],
+                parameters=[
+                    CHANNEL_PARAMETER,
+                    query_id("node_id", "Answer for this node (rollout-aware)."),
+                ],
+                responses={
+                    200: ReleaseSerializer,
+                    **errors(
+                        400,
+                        e404="The channel has no release (or none for this node yet).",
+                    ),
+                },
+            ),
+        )
+
+
+class ReleaseDetailViewSchema(OpenApiViewExtension):
+    target_class = "releases.api.views.ReleaseDetailView"
+
+    def view_replacement(self) -> type:
+        return replace(
+            self.target_class,
+            get=extend_schema(
+                operation_id="releases_get",
+                description="The stored release, as `POST /v1/releases` answered it.",
+                summary="One release",
+                tags=["releases"],
+                parameters=[path_id("release_id", "The release.", reserved=RESERVED_RELEASE_IDS)],
+                responses={200: ReleaseSerializer, **errors(e404="No such release.")},
+            ),
+        )
+
+
+class ReleaseAcksViewSchema(OpenApiViewExtension):
+    target_class = "releases.api.views.ReleaseAcksView"
+
+    def view_replacement(self) -> type:
+        return replace(
+            self.target_class,
+            get=extend_schema(
+                operation_id="releases_acks",
+                description="Every node's ack for this release, ordered by `node_id`.",
+                summary="All node acks for a release",
+                tags=["acks"],
+                parameters=[path_id("release_id", "The release.")],
+                responses={200: ReleaseAcksSerializer, **errors(e404="No such release.")},
+            ),
+        )
+
+
+class NodeAckViewSchema(OpenApiViewExtension):
+    target_class = "releases.api.views.NodeAckView"
+
+    def view_replacement(self) -> type:
+
+        return replace(
+            self.target_class,
+            post=extend_schema(
+                operation_id="nodes_ack",
+                summary="Upsert a node's ack for a release",
+                description=(
+                    "One ack per (node, release): the first answers 201, later ones replace it "
+                    "and answer 200. Omitted optional fields become null; `acked_at` defaults "
+                    "to now. Open rollout stages are re-evaluated after every ack."
+                ),
+                tags=["acks"],
+                parameters=[path_id("node_id", "The acknowledging node.")],
+                request=NodeAckSerializer,
+                responses={
+                    201: OpenApiResponse(AckSerializer, description="First ack of this release."),
+                    200: OpenApiResponse(AckSerializer, description="Ack updated."),
+                    **errors(400, e404="The `release_id` does not exist."),
+                },
+                examples=[
+                    OpenApiExample(
+                        "active",
+                        value={"release_id": "rel-004", "status": "active"},
+                        request_only=True,
+                    ),
+                ],
+            ),
+        )
+
+
+class NodeAcksViewSchema(OpenApiViewExtension):
+    target_class = "releases.api.views.NodeAcksView"
+
+    def view_replacement(self) -> type:
+        return replace(
+            self.target_class,
+            get=extend_schema(
+                operation_id="nodes_acks",
+                summary="All acks submitted by a node",
+                description="A node with no acks: 200 with an empty list.",
+                tags=["acks"],
+                parameters=[path_id("node_id", "The node.")],
+                responses={200: NodeAcksSerializer, **errors(400)},
+            ),
+        )
+
+
+class FleetViewSchema(OpenApiViewExtension):
+    target_class = "releases.api.views.FleetView"
+
+    def view_replacement(self) -> type:
+        return replace(
+            self.target_class,
+            get=extend_schema(
+                operation_id="fleet",
+                summary="Per-node observational summary",
+                description=(
+                    "Every node that sent an event or an ack, computed at read time. "
+                    "`release_id`, `ack_status` and `sequence` come from the node's newest ack "
+                    "for a release of `channel`."
+                ),
+                tags=["fleet"],
+                parameters=[
+                    CHANNEL_PARAMETER,
+                    int_parameter(
+                        "stale_threshold",
+                        "Seconds since the newest event after which a node is `stale`.",
+                        minimum=1,
+                        default=DEFAULT_STALE_THRESHOLD,
+                        maximum=MAX_PARSED_INT,
+                    ),
+                ],
+                responses={200: FleetSerializer, **errors(400)},
+            ),
+        )
+
+
+class ReleasePublishSchema(OpenApiSerializerExtension):
+    """What `ReleaseListView.post` checks by hand after the serializer: one path segment, not
+    the literal route `latest`. DRF's CharField refuses NUL in every string."""
+
+    target_class = "releases.api.serializers.ReleasePublishSerializer"
+
+    def map_serializer(self, auto_schema: Any, direction: Any) -> dict[str, Any]:
+        schema = auto_schema._map_serializer(self.target, direction, bypass_extensions=True)
+        _no_nul(schema)
+        schema["properties"]["release_id"].update(
+            {
+                "minLength": 1,
+                # a path segment without NUL (DRF's CharField refuses NUL on every store)
+                "pattern": excluding("^[^/\\x00]+$", RESERVED_RELEASE_IDS),
+                "not": {"enum": list(RESERVED_RELEASE_IDS)},
+            }
+        )
+        schema["properties"]["channel"]["minLength"] = 1
+        return dict(schema)
+
+
+class NodeAckRequestSchema(OpenApiSerializerExtension):
+    target_class = "releases.api.serializers.NodeAckSerializer"
+
+    def map_serializer(self, auto_schema: Any, direction: Any) -> dict[str, Any]:
+        schema = auto_schema._map_serializer(self.target, direction, bypass_extensions=True)
+        _no_nul(schema)
+        schema["properties"]["release_id"]["minLength"] = 1
+        return dict(schema)
+
+
+def _no_nul(schema: dict[str, Any]) -> None:
+    for prop in schema.get("properties", {}).values():
+        if prop.get("type") == "string" and "enum" not in prop and "format" not in prop:
+            prop.setdefault("pattern", NO_NUL)
+
+
+class Rfc3339FieldSchema(OpenApiSerializerFieldExtension):
+    """The releases app's strict timestamp field is an RFC 3339 date-time string."""
+
+    target_class = "releases.api.serializers.Rfc3339Field"
+
+    def map_serializer_field(self, auto_schema: Any, direction: str) -> dict[str, Any]:
+        return {
+            "type": "string",
+            "format": "date-time",
+            "maxLength": 64,
+            "pattern": f"^{RFC3339.pattern}$",
+        }

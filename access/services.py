@@ -20,6 +20,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -183,7 +184,7 @@ def token_revoke(*, name: str, principal: Principal | None = None) -> ApiToken:
     return token
 
 
-def token_resolve(secret: str) -> Principal | None:
+def token_resolve(secret: str, *, touch: bool = True) -> Principal | None:
     """The principal of a presented bearer token, or None (unknown, revoked or expired)."""
     if not secret.startswith(TOKEN_PREFIX):
         return None
@@ -197,11 +198,42 @@ def token_resolve(secret: str) -> Principal | None:
     if token.revoked_at is not None or (token.expires_at is not None and token.expires_at <= now):
         return None
     if token.last_used_at is None or now - token.last_used_at >= LAST_USED_RESOLUTION:
-        # A conditional update: concurrent requests of one token write it once per minute.
-        ApiToken.objects.filter(pk=token.pk, last_used_at=token.last_used_at).update(
-            last_used_at=now
-        )
+        if touch:
+            _touch(token.pk, token.last_used_at, now)
+        else:
+            _touch_later(token.pk, token.last_used_at, now)
     return Principal(Kind.TOKEN, token.name, Role.parse(token.role), node_id=token.node_id or None)
+
+
+def _touch(pk: int, seen: datetime | None, now: datetime) -> None:
+    # A conditional update: concurrent requests of one token write it once per minute.
+    ApiToken.objects.filter(pk=pk, last_used_at=seen).update(last_used_at=now)
+
+
+_toucher: ThreadPoolExecutor | None = None
+_toucher_lock = threading.Lock()
+
+
+def _touch_later(pk: int, seen: datetime | None, now: datetime) -> None:
+    """`last_used_at` written by one background thread, off the request path."""
+    global _toucher
+    with _toucher_lock:
+        if _toucher is None:
+            _toucher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="token-last-used")
+
+    def run() -> None:
+        try:
+            _touch(pk, seen, now)
+        except Exception:
+            logger.warning("could not record a token's last use", exc_info=True)
+
+    _toucher.submit(run)
+
+
+def edge_token_resolver(secret: str) -> Principal | None:
+    """The resolver the HTTP edge holds (core.edge.configure_auth): a read; the last-used time
+    is written in the background."""
+    return token_resolve(secret, touch=False)
 
 
 # --- audit -------------------------------------------------------------------------------------

@@ -95,3 +95,16 @@ class ApiErrorMiddleware:
         if allow:
             response["Allow"] = allow
         return response
+
+
+class PrincipalMiddleware:
+    """`request.principal`: the principal the HTTP edge resolved (core.edge.AuthGate), None when
+    the request did not come through the edge (Django's test client)."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        scope = getattr(request, "scope", None)
+        request.principal = scope.get("principal") if isinstance(scope, dict) else None  # type: ignore[attr-defined]
+        return self.get_response(request)

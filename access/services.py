@@ -10,6 +10,7 @@ line is emitted on commit only. Denials do not go through it directly on the req
 from __future__ import annotations
 
 import collections
+import contextlib
 import getpass
 import hashlib
 import hmac
@@ -19,7 +20,7 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -29,7 +30,8 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from access.models import ApiToken, AuditRecord
-from core.auth import Kind, Principal, Role
+from core.auth import REQUEST_CONTEXT, Kind, Principal, Role
+from core.errors import ApiError
 from core.flags import parse_duration
 
 audit_logger = logging.getLogger("orchestrator.audit")
@@ -279,6 +281,10 @@ def audit_write(
     records (same transaction: both commit or neither). The `orchestrator.audit` JSON log line
     follows on commit."""
     detail = dict(detail or {})
+    context = REQUEST_CONTEXT.get()
+    if context is not None:
+        route = route or context[0]
+        source_ip = source_ip or context[1]
     if principal.claimed_operator:
         detail.setdefault("claimed_operator", principal.claimed_operator)
     if principal.node_id and principal.role is Role.NODE:
@@ -498,3 +504,27 @@ def _write_denials(batch: list[dict[str, Any]]) -> None:
                 source_ip=entry["source_ip"],
                 at=entry["at"],
             )
+
+
+@contextlib.contextmanager
+def audited_failure(
+    event_name: str, principal: Principal, target: str | None = None
+) -> Iterator[None]:
+    """Around a state-changing call whose success the service audits itself: a refusal
+    (ApiError: 400, 404, 409, …) is audited as `outcome: failure` in a transaction of its own
+    (the change's own transaction rolled back)."""
+    try:
+        yield
+    except ApiError as exc:
+        try:
+            with transaction.atomic():
+                audit_write(
+                    event_name=event_name,
+                    outcome=AuditRecord.Outcome.FAILURE,
+                    principal=principal,
+                    target=target,
+                    detail={"status": exc.status_code, "error": exc.message},
+                )
+        except Exception:
+            logger.exception("could not write the audit record of a failed %s", event_name)
+        raise

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework.authentication import BaseAuthentication
 from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
@@ -66,3 +67,13 @@ class RoutePolicyPermission(BasePermission):
         body = decision.body()
         error = body.pop("error")
         raise ApiError(decision.status, error, **body)
+
+
+class EdgeAuthenticationScheme(OpenApiAuthenticationExtension):
+    """The OpenAPI document names the bearer scheme (client certificates are TLS, not HTTP)."""
+
+    target_class = EdgeAuthentication
+    name = "bearerAuth"
+
+    def get_security_definition(self, auto_schema: Any) -> dict[str, str]:
+        return {"type": "http", "scheme": "bearer"}

@@ -16,6 +16,7 @@ from django.db import DatabaseError
 from django.http import Http404, HttpRequest, HttpResponse
 
 from core import edge
+from core.auth import REQUEST_CONTEXT
 from core.errors import ApiError
 from core.observability import (
     client_identity_from_scope,
@@ -107,4 +108,14 @@ class PrincipalMiddleware:
     def __call__(self, request: HttpRequest) -> HttpResponse:
         scope = getattr(request, "scope", None)
         request.principal = scope.get("principal") if isinstance(scope, dict) else None  # type: ignore[attr-defined]
-        return self.get_response(request)
+        token = REQUEST_CONTEXT.set((None, request.META.get("REMOTE_ADDR")))
+        try:
+            return self.get_response(request)
+        finally:
+            REQUEST_CONTEXT.reset(token)
+
+    def process_view(self, request: HttpRequest, *args: object) -> None:
+        match = getattr(request, "resolver_match", None)
+        REQUEST_CONTEXT.set(
+            (route_template(match.route) if match else None, request.META.get("REMOTE_ADDR"))
+        )

@@ -745,7 +745,15 @@ class HistoryEntrySerializer(serializers.Serializer):
     from_phase = serializers.CharField(allow_null=True)
     to_phase = serializers.CharField()
     stage_id = serializers.CharField(allow_null=True)
-    operator = serializers.CharField()
+    operator = serializers.CharField(
+        help_text="The authenticated principal (token name, certificate CN, admin user); "
+        "`evaluator` for the server's own actions; in open loopback mode the claimed operator."
+    )
+    claimed_operator = serializers.CharField(
+        allow_null=True,
+        help_text="X-Autonomy-Operator (or body `operator`, spec `created_by`) when it named "
+        "someone other than `operator`; null otherwise.",
+    )
     reason = serializers.CharField(allow_blank=True)
     at = serializers.DateTimeField()
 
@@ -862,7 +870,8 @@ OPERATOR_HEADER = OpenApiParameter(
     "X-Autonomy-Operator",
     str,
     OpenApiParameter.HEADER,
-    description="Who acts; recorded in the plan's history.",
+    description="Who claims to act: recorded as the history's `claimed_operator` when it differs "
+    "from the authenticated principal (in open loopback mode it names the actor).",
 )
 PLAN_ID = _path_id("plan_id", "The rollout plan.", not_="stuck")
 STAGE_ID = _path_id("stage_id", "A stage of the plan.")

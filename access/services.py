@@ -10,6 +10,7 @@ line is emitted on commit only. Denials do not go through it directly on the req
 from __future__ import annotations
 
 import collections
+import contextlib
 import getpass
 import hashlib
 import hmac
@@ -19,7 +20,8 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -28,7 +30,8 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from access.models import ApiToken, AuditRecord
-from core.auth import Kind, Principal, Role
+from core.auth import REQUEST_CONTEXT, Kind, Principal, Role
+from core.errors import ApiError
 from core.flags import parse_duration
 from core.params import parse_rfc3339
 
@@ -186,7 +189,7 @@ def token_revoke(*, name: str, principal: Principal | None = None) -> ApiToken:
     return token
 
 
-def token_resolve(secret: str) -> Principal | None:
+def token_resolve(secret: str, *, touch: bool = True) -> Principal | None:
     """The principal of a presented bearer token, or None (unknown, revoked or expired)."""
     if not secret.startswith(TOKEN_PREFIX):
         return None
@@ -200,11 +203,42 @@ def token_resolve(secret: str) -> Principal | None:
     if token.revoked_at is not None or (token.expires_at is not None and token.expires_at <= now):
         return None
     if token.last_used_at is None or now - token.last_used_at >= LAST_USED_RESOLUTION:
-        # A conditional update: concurrent requests of one token write it once per minute.
-        ApiToken.objects.filter(pk=token.pk, last_used_at=token.last_used_at).update(
-            last_used_at=now
-        )
+        if touch:
+            _touch(token.pk, token.last_used_at, now)
+        else:
+            _touch_later(token.pk, token.last_used_at, now)
     return Principal(Kind.TOKEN, token.name, Role.parse(token.role), node_id=token.node_id or None)
+
+
+def _touch(pk: int, seen: datetime | None, now: datetime) -> None:
+    # A conditional update: concurrent requests of one token write it once per minute.
+    ApiToken.objects.filter(pk=pk, last_used_at=seen).update(last_used_at=now)
+
+
+_toucher: ThreadPoolExecutor | None = None
+_toucher_lock = threading.Lock()
+
+
+def _touch_later(pk: int, seen: datetime | None, now: datetime) -> None:
+    """`last_used_at` written by one background thread, off the request path."""
+    global _toucher
+    with _toucher_lock:
+        if _toucher is None:
+            _toucher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="token-last-used")
+
+    def run() -> None:
+        try:
+            _touch(pk, seen, now)
+        except Exception:
+            logger.warning("could not record a token's last use", exc_info=True)
+
+    _toucher.submit(run)
+
+
+def edge_token_resolver(secret: str) -> Principal | None:
+    """The resolver the HTTP edge holds (core.edge.configure_auth): a read; the last-used time
+    is written in the background."""
+    return token_resolve(secret, touch=False)
 
 
 # --- audit -------------------------------------------------------------------------------------
@@ -250,6 +284,10 @@ def audit_write(
     records (same transaction: both commit or neither). The `orchestrator.audit` JSON log line
     follows on commit."""
     detail = dict(detail or {})
+    context = REQUEST_CONTEXT.get()
+    if context is not None:
+        route = route or context[0]
+        source_ip = source_ip or context[1]
     if principal.claimed_operator:
         detail.setdefault("claimed_operator", principal.claimed_operator)
     if principal.node_id and principal.role is Role.NODE:
@@ -469,3 +507,27 @@ def _write_denials(batch: list[dict[str, Any]]) -> None:
                 source_ip=entry["source_ip"],
                 at=entry["at"],
             )
+
+
+@contextlib.contextmanager
+def audited_failure(
+    event_name: str, principal: Principal, target: str | None = None
+) -> Iterator[None]:
+    """Around a state-changing call whose success the service audits itself: a refusal
+    (ApiError: 400, 404, 409, …) is audited as `outcome: failure` in a transaction of its own
+    (the change's own transaction rolled back)."""
+    try:
+        yield
+    except ApiError as exc:
+        try:
+            with transaction.atomic():
+                audit_write(
+                    event_name=event_name,
+                    outcome=AuditRecord.Outcome.FAILURE,
+                    principal=principal,
+                    target=target,
+                    detail={"status": exc.status_code, "error": exc.message},
+                )
+        except Exception:
+            logger.exception("could not write the audit record of a failed %s", event_name)
+        raise

@@ -16,6 +16,7 @@ loopback mode (`auth_mode()` says OPEN) it asks `open_mode_refusal()` instead.
 
 from __future__ import annotations
 
+import contextvars
 import enum
 import ipaddress
 from collections.abc import Iterable, Mapping, Sequence
@@ -114,8 +115,35 @@ def system(name: str = "evaluator") -> Principal:
 
 def open_mode_principal(claimed_operator: str | None = None) -> Principal:
     """Open loopback mode: the local user, named by `X-Autonomy-Operator` as before (§6)."""
-    name = (claimed_operator or "").strip() or "local"
+    name = (claimed_operator or "").strip() or "anonymous"
     return Principal(Kind.ANONYMOUS, name, Role.ADMIN)
+
+
+RESERVED_ACTORS = frozenset({"evaluator"})
+
+# (route template, source IP) of the request being served, for audit records written by the
+# services (set by core.middleware.PrincipalMiddleware; None outside a request).
+REQUEST_CONTEXT: contextvars.ContextVar[tuple[str | None, str | None] | None] = (
+    contextvars.ContextVar("autonomy_request_context", default=None)
+)
+
+
+def is_open_mode(principal: Principal) -> bool:
+    """The local operator of open loopback mode or `--auth off` (no credential, all rights)."""
+    return principal.kind is Kind.ANONYMOUS and principal.role is not None
+
+
+def acting(principal: Principal | None, claimed: str | None) -> Principal:
+    """Who acts in a request: the authenticated principal, keeping a differing
+    `X-Autonomy-Operator` / body `operator` as `claimed_operator`. Without a credential (open
+    loopback mode, `--auth off`, or no edge at all) the claim names the actor as before, except
+    a reserved name (`evaluator`) which a client may not take: it stays a claim of `anonymous`."""
+    claimed = (claimed or "").strip() or None
+    if principal is None or is_open_mode(principal):
+        if claimed in RESERVED_ACTORS:
+            return Principal(Kind.ANONYMOUS, "anonymous", Role.ADMIN, claimed_operator=claimed)
+        return open_mode_principal(claimed)
+    return principal.with_claim(claimed)
 
 
 # --- certificates ------------------------------------------------------------------------------

@@ -22,8 +22,9 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlencode
 
 import orjson
 from django.conf import settings
@@ -35,8 +36,26 @@ from rest_framework.response import Response
 from rest_framework.views import exception_handler
 
 from core import dberrors
+from core.auth import (
+    ANONYMOUS,
+    Enforcement,
+    Kind,
+    Principal,
+    Role,
+    authorize,
+    bearer_token,
+    open_mode_principal,
+    open_mode_refusal,
+    principal_from_tls,
+)
 from core.errors import BAD_REQUEST, INTERNAL_ERROR, ApiError, error_body, malformed_json
-from core.observability import UNMATCHED_ROUTE, client_identity_from_scope, observe_request
+from core.observability import (
+    UNMATCHED_ROUTE,
+    client_identity_from_scope,
+    observe_request,
+    route_template,
+)
+from core.policy import SELF_GUARDED_PREFIXES
 
 logger = logging.getLogger("orchestrator.request")
 
@@ -295,7 +314,34 @@ class Guard:
             answer = api_error_answer(exc)
             await send_answer(send, answer, [*self._headers, *_route_allow(scope["path"])])
             return observe(scope, UNMATCHED_ROUTE, answer[0], started)
+        gate = _gate
+        route, params = (
+            _route_of(scope["path"])
+            if gate.enforcement is not Enforcement.OFF
+            else (
+                None,
+                {},
+            )
+        )
+
+        async def read() -> bytes:
+            return body
+
+        denied = await gate.admit(scope, headers, route, params, read)
+        if denied is not None:
+            await send_answer(send, denied, [*self._headers, *_route_allow(scope["path"])])
+            return observe(scope, route or UNMATCHED_ROUTE, denied[0], started)
         return await self.app(scope, _replay(body, receive), send)
+
+
+def _route_of(path: str) -> tuple[str | None, dict[str, Any]]:
+    """The route template (as in the OpenAPI document and core.policy) and path parameters of
+    `path`, or (None, {}) when no route matches."""
+    try:
+        match = resolve(path)
+    except Resolver404:
+        return None, {}
+    return route_template(match.route), dict(match.kwargs)
 
 
 # --- the Django side -------------------------------------------------------------------------
@@ -359,3 +405,211 @@ def api_exception_handler(
     detail = getattr(exc, "detail", None)
     response.data = error_body(str(detail) if detail else str(exc))
     return response
+
+
+# --- who is asking (API.md §6): one gate for both request paths ------------------------------
+
+TokenResolver = Callable[[str], Principal | None]
+DenialHook = Callable[..., None]
+OPERATOR_HEADER = b"x-autonomy-operator"
+BAD_TOKEN = "Unknown, revoked or expired token"
+BAD_AUTHORIZATION = "Malformed Authorization header: send `Authorization: Bearer <token>`"
+EVENTS_ROUTE = "/v1/events"
+
+
+class TokenCache:
+    """Resolved bearer tokens, kept `ttl` seconds: a request with a known token costs one dict
+    lookup. A miss resolves on the database reader pool (`core.dbthreads`). A revoked or expired
+    token is refused at most `ttl` seconds after the change (revocation also clears the cache of
+    this process through `forget`)."""
+
+    def __init__(self, resolve: TokenResolver, ttl: float = 2.0, max_entries: int = 10_000):
+        self.resolve = resolve
+        self.ttl = ttl
+        self.max_entries = max_entries
+        self._entries: dict[str, tuple[Principal | None, float]] = {}
+
+    async def principal(self, token: str) -> Principal | None:
+        now = time.monotonic()
+        hit = self._entries.get(token)
+        if hit is not None and hit[1] > now:
+            return hit[0]
+        from core import dbthreads
+
+        resolved = await dbthreads.run_read(self.resolve, token)
+        if len(self._entries) >= self.max_entries:
+            self._entries.clear()  # many distinct (mostly bad) tokens: start over, stay bounded
+        self._entries[token] = (resolved, now + self.ttl)
+        return resolved
+
+    def forget(self) -> None:
+        self._entries.clear()
+
+
+@dataclass
+class AuthGate:
+    """The edge's authentication and authorization (both paths call `admit`). Configured once by
+    `serve` (`configure_auth`); unconfigured it is `--auth off` (in-process tests, the test
+    client), where every request acts as the local operator of open mode."""
+
+    enforcement: Enforcement = Enforcement.OFF
+    tokens: TokenCache | None = None
+    on_denied: DenialHook | None = None
+
+    def _deny(
+        self,
+        scope: dict[str, Any],
+        principal: Principal,
+        route: str | None,
+        status: int,
+        body: dict[str, Any],
+        reason: str,
+        headers: Headers,
+    ) -> Answer:
+        if self.on_denied is not None:
+            try:
+                self.on_denied(
+                    principal=principal,
+                    route=route,
+                    reason=reason,
+                    status=status,
+                    source_ip=_peer(scope),
+                    method=scope["method"],
+                    error=body.get("error"),
+                )
+            except Exception:
+                logger.exception("could not record a denial")
+        return status, orjson.dumps(body), headers
+
+    async def _credential(self, scope: dict[str, Any], headers: dict[bytes, bytes]) -> Principal:
+        raw = headers.get(b"authorization")
+        token = bearer_token(raw.decode("latin-1") if raw is not None else None)
+        if token is not None:  # a token wins, also under mTLS
+            if token == "":
+                return Principal(Kind.ANONYMOUS, "anonymous", rejected=BAD_AUTHORIZATION)
+            resolved = await self.tokens.principal(token) if self.tokens is not None else None
+            return resolved or Principal(Kind.ANONYMOUS, "anonymous", rejected=BAD_TOKEN)
+        tls = (scope.get("extensions") or {}).get("tls")
+        return principal_from_tls(tls) or ANONYMOUS
+
+    async def admit(
+        self,
+        scope: dict[str, Any],
+        headers: dict[bytes, bytes],
+        route: str | None,
+        path_params: dict[str, Any],
+        body: Callable[[], Awaitable[bytes]],
+    ) -> Answer | None:
+        """None when the request may go on (scope["principal"] is set), else the answer (401,
+        403, or open mode's 400/403/415), already handed to the denial recorder."""
+        claimed = _header(headers, OPERATOR_HEADER)
+        path = scope["path"]
+        if self.enforcement is not Enforcement.ENFORCED:
+            if self.enforcement is Enforcement.OPEN:
+                refusal = open_mode_refusal(
+                    method=scope["method"],
+                    peer_host=_peer(scope),
+                    host_header=_header(headers, b"host"),
+                    origin=_header(headers, b"origin"),
+                    sec_fetch_site=_header(headers, b"sec-fetch-site"),
+                    content_type=_header(headers, b"content-type"),
+                    body_length=_declared_length(headers),
+                    json_only=path.startswith("/v1/"),
+                )
+                if refusal is not None:
+                    return self._deny(
+                        scope,
+                        ANONYMOUS,
+                        route,
+                        refusal.status,
+                        refusal.body(),
+                        refusal.reason,
+                        [],
+                    )
+            scope["principal"] = open_mode_principal(claimed)
+            return None
+        if path.startswith(SELF_GUARDED_PREFIXES):
+            return None  # the admin checks its own staff login and session
+        principal = (await self._credential(scope, headers)).with_claim(claimed)
+        query = query_params(scope)
+        node_ids: list[Any] = []
+        if principal.role is Role.NODE and route == EVENTS_ROUTE and scope["method"] == "POST":
+            node_ids = _event_node_ids(await body())
+        decision = authorize(
+            principal,
+            scope["method"],
+            route,
+            path_params=path_params,
+            query=query,
+            body_node_ids=node_ids,
+        )
+        if not decision.allowed:
+            return self._deny(
+                scope,
+                principal,
+                route,
+                decision.status,
+                decision.body(),
+                decision.reason,
+                [(b"www-authenticate", b"Bearer")] if decision.status == 401 else [],
+            )
+        if decision.assumed_node_id is not None:  # a node polling without ?node_id=
+            query_string = scope.get("query_string") or b""
+            extra = urlencode({"node_id": decision.assumed_node_id}).encode()
+            scope["query_string"] = query_string + b"&" + extra if query_string else extra
+        scope["principal"] = principal
+        return None
+
+
+def _header(headers: dict[bytes, bytes], name: bytes) -> str | None:
+    value = headers.get(name)
+    return None if value is None else value.decode("latin-1")
+
+
+def _peer(scope: dict[str, Any]) -> str | None:
+    client = scope.get("client")
+    return client[0] if client else None
+
+
+def _declared_length(headers: dict[bytes, bytes]) -> int:
+    raw = headers.get(b"content-length")
+    if raw is None:
+        return 1 if headers.get(b"transfer-encoding") else 0
+    try:
+        return int(raw)
+    except ValueError:
+        return 1
+
+
+def _event_node_ids(body: bytes) -> list[Any]:
+    """The `node_id` of every event of a `POST /v1/events` body, in order (nothing when the
+    body is not a batch: the route's own validation answers that)."""
+    try:
+        parsed = orjson.loads(body) if body.strip() else {}
+    except orjson.JSONDecodeError:
+        return []
+    events = parsed.get("events") if isinstance(parsed, dict) else None
+    if not isinstance(events, list):
+        return []
+    return [e.get("node_id") if isinstance(e, dict) else None for e in events]
+
+
+_gate = AuthGate()
+
+
+def auth_gate() -> AuthGate:
+    return _gate
+
+
+def configure_auth(
+    enforcement: Enforcement,
+    *,
+    resolve_token: TokenResolver | None = None,
+    on_denied: DenialHook | None = None,
+    token_ttl: float = 2.0,
+) -> AuthGate:
+    """Set how the edge judges requests (serve calls it once before serving)."""
+    _gate.enforcement = enforcement
+    _gate.tokens = TokenCache(resolve_token, ttl=token_ttl) if resolve_token else None
+    _gate.on_denied = on_denied
+    return _gate

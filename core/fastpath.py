@@ -111,7 +111,16 @@ class FastPath:
                 # The same answer (and observation) as edge.Guard gives in front of Django.
                 observed_route = UNMATCHED_ROUTE
                 raise ApiError(400, edge.BAD_REQUEST)
-            answer = await route.handler(scope, receive, headers)
+            gate = edge.auth_gate()
+            if gate.enforcement is not edge.Enforcement.OFF:
+                receive, answer = await self._admit(gate, scope, receive, headers, route)
+                if answer is None:
+                    answer = await route.handler(scope, receive, headers)
+            else:
+                scope["principal"] = edge.open_mode_principal(
+                    edge._header(headers, edge.OPERATOR_HEADER)
+                )
+                answer = await route.handler(scope, receive, headers)
         except edge.Disconnected:
             return None
         except Exception as exc:
@@ -119,3 +128,24 @@ class FastPath:
         await edge.send_answer(send, answer, self._headers[key])
         edge.observe(scope, observed_route, answer[0], started)
         return None
+
+    @staticmethod
+    async def _admit(
+        gate: edge.AuthGate,
+        scope: dict[str, Any],
+        receive: Any,
+        headers: dict[bytes, bytes],
+        route: FastRoute,
+    ) -> tuple[Any, edge.Answer | None]:
+        """The edge's decision; the body, when the decision had to read it (a node's events),
+        is replayed to the handler."""
+        read: list[bytes] = []
+
+        async def body() -> bytes:
+            read.append(await edge.read_body(receive, headers.get(b"content-length")))
+            return read[0]
+
+        answer = await gate.admit(scope, headers, route.path, {}, body)
+        if read:
+            receive = edge._replay(read[0], receive)
+        return receive, answer

@@ -147,6 +147,19 @@ def with_metrics(app: ASGIApp) -> ASGIApp:
     async def wrapped(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "http" and scope.get("path") == METRICS_PATH:
             await _drain_body(receive)
+            # On the API listener /metrics is judged like every route (core.policy: viewer).
+            from core import edge
+
+            async def no_body() -> bytes:
+                return b""
+
+            denied = await edge.auth_gate().admit(
+                scope, dict(scope["headers"]), METRICS_PATH, {}, no_body
+            )
+            if denied is not None:
+                status, body, extra = denied
+                await _send(send, status, body, b"application/json", extra)
+                return
             await _answer(scope, send, route=METRICS_PATH)
             return
         await app(scope, receive, send)

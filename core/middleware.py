@@ -16,6 +16,7 @@ from django.db import DatabaseError
 from django.http import Http404, HttpRequest, HttpResponse
 
 from core import edge
+from core.auth import REQUEST_CONTEXT
 from core.errors import ApiError
 from core.observability import (
     client_identity_from_scope,
@@ -95,3 +96,26 @@ class ApiErrorMiddleware:
         if allow:
             response["Allow"] = allow
         return response
+
+
+class PrincipalMiddleware:
+    """`request.principal`: the principal the HTTP edge resolved (core.edge.AuthGate), None when
+    the request did not come through the edge (Django's test client)."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        scope = getattr(request, "scope", None)
+        request.principal = scope.get("principal") if isinstance(scope, dict) else None  # type: ignore[attr-defined]
+        token = REQUEST_CONTEXT.set((None, request.META.get("REMOTE_ADDR")))
+        try:
+            return self.get_response(request)
+        finally:
+            REQUEST_CONTEXT.reset(token)
+
+    def process_view(self, request: HttpRequest, *args: object) -> None:
+        match = getattr(request, "resolver_match", None)
+        REQUEST_CONTEXT.set(
+            (route_template(match.route) if match else None, request.META.get("REMOTE_ADDR"))
+        )

@@ -87,7 +87,7 @@ def errors(*statuses: int, **descriptions: str) -> dict[int, OpenApiResponse]:
     return out
 
 
-def replace(target: type, **methods: Any) -> type:
+def replace(target: Any, **methods: Any) -> type:
     """A subclass of `target` carrying the given per-method `extend_schema` annotations (what an
     `OpenApiViewExtension.view_replacement` returns)."""
     namespace = {"__doc__": target.__doc__}

@@ -56,6 +56,7 @@ MIDDLEWARE = [
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "core.middleware.PrincipalMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django_prometheus.middleware.PrometheusAfterMiddleware",
 ]
@@ -166,8 +167,9 @@ REST_FRAMEWORK = {
         "rest_framework.renderers.BrowsableAPIRenderer",
     ],
     "DEFAULT_PARSER_CLASSES": ["core.parsers.JSONParser"],  # the JSON-values rule
-    "DEFAULT_AUTHENTICATION_CLASSES": [],
-    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.AllowAny"],
+    # The HTTP edge (core.edge.AuthGate) resolves and judges every request; DRF reads its answer.
+    "DEFAULT_AUTHENTICATION_CLASSES": ["core.drfauth.EdgeAuthentication"],
+    "DEFAULT_PERMISSION_CLASSES": ["core.drfauth.RoutePolicyPermission"],
     "UNAUTHENTICATED_USER": None,
     "EXCEPTION_HANDLER": "core.edge.api_exception_handler",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",

@@ -11,7 +11,10 @@ from django.db import IntegrityError, transaction
 from django.db.models import Max
 from django.utils import timezone
 
+from access.models import AuditRecord
+from access.services import audit_write
 from core import jsonvalues
+from core.auth import Principal, acting
 from core.errors import ApiError
 from releases.models import NodeAck, Release
 from releases.selectors import latest_cache, release_get
@@ -62,6 +65,7 @@ def release_publish(
     lock_fingerprint: str | None = None,
     artifact_ref: str | None = None,
     metadata: dict[str, Any] | None = None,
+    principal: Principal | None = None,
 ) -> Outcome:
     """Store a release with the channel's next sequence (1, 2, 3, ... without gaps).
 
@@ -90,6 +94,17 @@ def release_publish(
                     sequence=(top or 0) + 1,
                     created_at=timezone.now(),
                     **wanted,
+                )
+                audit_write(
+                    event_name="release.published",
+                    outcome=AuditRecord.Outcome.SUCCESS,
+                    principal=principal or acting(None, None),
+                    target=release_id,
+                    detail={
+                        "channel": channel,
+                        "sequence": release.sequence,
+                        "artifact_ref": artifact_ref,
+                    },
                 )
         except IntegrityError:
             # Either the same release_id was published concurrently (the next loop answers

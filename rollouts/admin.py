@@ -35,7 +35,9 @@ from django.http import (
 from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html
 
+from access.services import audited_failure
 from core.admin import ReadOnlyAdminMixin
+from core.auth import Kind, Principal, Role
 from core.errors import ApiError
 from rollouts import clock, services
 from rollouts.cohort import LIVE_STAGE_PHASES, NO_NEW_NODES, snapshot_of
@@ -265,17 +267,23 @@ class RolloutPlanAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     def run_bulk(self, request: HttpRequest, queryset: QuerySet, control: Control) -> None:
         """An action on the selected plans: each one through the service, refusals listed."""
         reason = _reason(request)
-        operator = request.user.get_username()
+        actor = admin_principal(request)
         done: list[str] = []
         for pk, plan_id in queryset.order_by("id").values_list("pk", "plan_id"):
             # A stage-scoped action acts on the stage the row showed (absent for plans selected
             # with "select all" beyond the page: their current stage).
             stage_id = _stage_id(request, _row_stage_field(pk)) if control.stage_scoped else None
             try:
-                control.call(plan_id=plan_id, operator=operator, reason=reason, stage_id=stage_id)
+                with audited_failure(services.audit_event(control.name), actor, plan_id):
+                    after = control.call(
+                        plan_id=plan_id, principal=actor, reason=reason, stage_id=stage_id
+                    )
             except ApiError as exc:
                 self.message_user(request, f"{plan_id}: {exc.message}.", messages.ERROR)
             else:
+                self.log_change(
+                    request, after, f"{control.label}" + (f": {reason}" if reason else "")
+                )
                 done.append(plan_id)
         if done:
             self.message_user(
@@ -405,16 +413,20 @@ class RolloutPlanAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
         # The stage shown on the page; without one (a hand-made POST), the current stage.
         stage_id = _stage_id(request) if control.stage_scoped else None
         before = plan.phase
+        actor = admin_principal(request)
         try:
-            after = control.call(
-                plan_id=plan.plan_id,
-                operator=request.user.get_username(),
-                reason=reason,
-                stage_id=stage_id,
-            )
+            with audited_failure(services.audit_event(control.name), actor, plan.plan_id):
+                after = control.call(
+                    plan_id=plan.plan_id, principal=actor, reason=reason, stage_id=stage_id
+                )
         except ApiError as exc:
             self.message_user(request, f"{control.label} refused: {exc.message}.", messages.ERROR)
             return self._back(plan)
+        self.log_change(
+            request,
+            after,
+            f"{control.label}: {before} -> {after.phase}" + (f" ({reason})" if reason else ""),
+        )
         self.message_user(
             request,
             f"{control.label}: {plan.plan_id} went from {before} to {after.phase} "
@@ -429,18 +441,26 @@ class RolloutPlanAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
             return HttpResponseNotAllowed(["POST"])
         plan = self._checked_post(request, object_id)
         stage_id = _stage_id(request) or plan.current_stage_id
+        actor = admin_principal(request)
         try:
-            approval = services.rollout_gate_approve(
-                plan_id=plan.plan_id,
-                stage_id=stage_id,
-                operator=request.user.get_username(),
-                reason=_reason(request),
-            )
+            with audited_failure("rollout.gate.approved", actor, plan.plan_id):
+                approval = services.rollout_gate_approve(
+                    plan_id=plan.plan_id,
+                    stage_id=stage_id,
+                    principal=actor,
+                    reason=_reason(request),
+                )
         except ApiError as exc:
             self.message_user(request, f"Approval refused: {exc.message}.", messages.ERROR)
             return self._back(plan)
+        self.log_change(request, plan, f"Approved the manual gate of stage {stage_id}")
         self.message_user(request, f"Stage {stage_id}: {approval.message}.", messages.SUCCESS)
         return self._back(plan)
+
+
+def admin_principal(request: HttpRequest) -> Principal:
+    """The admin's logged-in user as the acting principal (kind `session`)."""
+    return Principal(Kind.SESSION, request.user.get_username(), Role.ADMIN)
 
 
 def _row_stage_field(pk: int) -> str:

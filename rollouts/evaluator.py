@@ -17,6 +17,7 @@ import logging
 import threading
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from django.db import close_old_connections
 
@@ -42,7 +43,11 @@ class Outcome:
 
 
 def evaluate_plan(
-    *, plan_id: str, operator: str = "evaluator", now: datetime | None = None
+    *,
+    plan_id: str,
+    operator: str = "evaluator",
+    now: datetime | None = None,
+    principal: Any = None,
 ) -> Outcome:
     """Evaluate the open stage of one plan and promote or halt it as its gates say."""
     from rollouts.cohort import snapshot_of
@@ -71,6 +76,7 @@ def evaluate_plan(
             operator=operator,
             reason=reason,
             expected_version=plan.version,
+            principal=principal,
         )
     except ApiError:
         return Outcome(None, stage.stage_id, "the rollout changed during evaluation")

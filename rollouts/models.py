@@ -111,6 +111,9 @@ class RolloutTransition(models.Model):
     to_phase = models.CharField(max_length=16)
     stage_id = models.CharField(max_length=128, blank=True, default="")
     operator = models.CharField(max_length=256)
+    # X-Autonomy-Operator / body `operator` / spec `created_by` when it named someone other than
+    # the authenticated principal in `operator` (API.md §6); empty otherwise.
+    claimed_operator = models.CharField(max_length=256, blank=True, default="")
     reason = models.TextField(blank=True, default="")
     at = models.DateTimeField()
 

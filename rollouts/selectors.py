@@ -141,6 +141,7 @@ def plan_status(plan: RolloutPlan) -> dict[str, Any]:
                 "to_phase": entry.to_phase,
                 "stage_id": entry.stage_id or None,
                 "operator": entry.operator,
+                "claimed_operator": entry.claimed_operator or None,
                 "reason": entry.reason,
                 "at": format_rfc3339(entry.at),
             }

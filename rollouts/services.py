@@ -26,6 +26,9 @@ from typing import Any
 from django.db import IntegrityError, transaction
 from django.db.models import F
 
+from access.models import AuditRecord
+from access.services import audit_write
+from core.auth import Principal, acting, is_open_mode, system
 from core.errors import ApiError
 from releases.models import NodeAck, Release
 from rollouts import clock, signing
@@ -53,6 +56,46 @@ from rollouts.validation import PlanSpec, parse_spec
 
 ANONYMOUS = "anonymous"
 EVALUATOR = "evaluator"
+# Audit event names of the history actions (API.md §6).
+AUDIT_EVENTS = {
+    "publish": "rollout.plan.created",
+    "pause": "rollout.plan.paused",
+    "resume": "rollout.plan.resumed",
+    "promote": "rollout.plan.promoted",
+    "halt": "rollout.plan.halted",
+    "cancel": "rollout.plan.cancelled",
+    "retry": "rollout.plan.recovered",
+    "rollback": "rollout.plan.recovered",
+    "skip_failed": "rollout.plan.recovered",
+    "approve": "rollout.gate.approved",
+}
+
+
+def actor_of(principal: Principal | None, operator: str | None = None) -> Principal:
+    """The principal an action is recorded under: `principal` when the caller has one (the
+    request's, the admin's user), else `evaluator` → the server itself, else the open-mode actor
+    named by `operator` as before."""
+    if principal is not None:
+        return principal
+    if operator == EVALUATOR:
+        return system(EVALUATOR)
+    return acting(None, operator)
+
+
+def audit_event(action: str) -> str:
+    return AUDIT_EVENTS.get(action, f"rollout.plan.{action}")
+
+
+def _audit(actor: Principal, action: str, plan_id: str, detail: dict[str, Any]) -> None:
+    audit_write(
+        event_name=audit_event(action),
+        outcome=AuditRecord.Outcome.SUCCESS,
+        principal=actor,
+        target=plan_id,
+        detail=detail,
+    )
+
+
 DRY_RUN_SAMPLE = 10
 _RETRIES = 5
 
@@ -95,9 +138,19 @@ def _publishable(spec: PlanSpec) -> tuple[Release, str]:
     return release, plan_id
 
 
-def rollout_publish(*, raw_spec: bytes, operator: str | None = None) -> RolloutPlan:
-    """Validate, sign and store a plan; its first stage opens at once (phase `published`)."""
+def rollout_publish(
+    *, raw_spec: bytes, operator: str | None = None, principal: Principal | None = None
+) -> RolloutPlan:
+    """Validate, sign and store a plan; its first stage opens at once (phase `published`).
+    The history and the audit record name `principal` (the spec's `created_by` is only a
+    claim when a principal is known)."""
     spec = parse_spec(raw_spec)
+    actor = actor_of(principal, operator or spec.created_by)
+    if spec.created_by and spec.created_by != actor.name:
+        if is_open_mode(actor) and actor.name == ANONYMOUS and not actor.claimed_operator:
+            actor = acting(None, spec.created_by)  # open mode: `created_by` names the actor
+        else:
+            actor = actor.with_claim(actor.claimed_operator or spec.created_by)
     release, plan_id = _publishable(spec)
     key = signing.current_key()
     digest = signing.digest_of(raw_spec)
@@ -139,10 +192,12 @@ def rollout_publish(*, raw_spec: bytes, operator: str | None = None) -> RolloutP
                 from_phase="",
                 to_phase=Phase.PUBLISHED,
                 stage_id=first,
-                operator=operator or spec.created_by or ANONYMOUS,
+                operator=actor.name or ANONYMOUS,
+                claimed_operator=actor.claimed_operator or "",
                 reason=spec.description,
                 at=now,
             )
+            _audit(actor, "publish", plan_id, {"release_id": release.release_id})
     except IntegrityError:
         _publishable(spec)  # a concurrent publish won: answer its 409
         raise
@@ -261,8 +316,12 @@ def _stage_changes(
     return target, current.stage_id, updates
 
 
-def _apply(plan: RolloutPlan, action: str, target: str, operator: str, reason: str) -> bool:
+def _apply(
+    plan: RolloutPlan, action: str, target: str, actor: Principal | str, reason: str
+) -> bool:
     """One conditional transition; False when another writer changed the plan first."""
+    if isinstance(actor, str):
+        actor = actor_of(None, actor)
     snap = snapshot_of(plan)
     now = clock.now()
     new_phase, new_current, updates = _stage_changes(snap, action, target, reason, now)
@@ -285,9 +344,22 @@ def _apply(plan: RolloutPlan, action: str, target: str, operator: str, reason: s
             from_phase=plan.phase,
             to_phase=new_phase,
             stage_id=snap.current_stage_id,
-            operator=operator,
+            operator=actor.name,
+            claimed_operator=actor.claimed_operator or "",
             reason=reason,
             at=now,
+        )
+        _audit(
+            actor,
+            action,
+            plan.plan_id,
+            {
+                "action": HISTORY_ACTION.get(action, action),
+                "from_phase": plan.phase,
+                "to_phase": new_phase,
+                "stage_id": snap.current_stage_id,
+                "reason": reason,
+            },
         )
     return True
 
@@ -300,6 +372,7 @@ def rollout_transition(
     reason: str | None = None,
     stage_id: str | None = None,
     expected_version: int | None = None,
+    principal: Principal | None = None,
 ) -> RolloutPlan:
     """Apply `action` (a key of the transition table) to the plan; 404/409 as the contract says.
 
@@ -312,7 +385,7 @@ def rollout_transition(
     """
     if action not in TRANSITIONS:
         raise ValueError(f"unknown rollout action {action!r}")
-    operator = operator or ANONYMOUS
+    actor = actor_of(principal, operator)
     reason = reason or ""
     for _ in range(_RETRIES):
         plan = plan_get(plan_id)
@@ -331,7 +404,7 @@ def rollout_transition(
                 phase=plan.phase,
                 current_stage_id=plan.current_stage_id,
             )
-        if _apply(plan, action, target, operator, reason):
+        if _apply(plan, action, target, actor, reason):
             if action in ("resume", "retry"):
                 _poke()
             return plan_get(plan_id)
@@ -346,9 +419,15 @@ def rollout_pause(
     operator: str | None = None,
     reason: str | None = None,
     stage_id: str | None = None,
+    principal: Principal | None = None,
 ) -> RolloutPlan:
     return rollout_transition(
-        plan_id=plan_id, action="pause", operator=operator, reason=reason, stage_id=stage_id
+        principal=principal,
+        plan_id=plan_id,
+        action="pause",
+        operator=operator,
+        reason=reason,
+        stage_id=stage_id,
     )
 
 
@@ -358,9 +437,15 @@ def rollout_resume(
     operator: str | None = None,
     reason: str | None = None,
     stage_id: str | None = None,
+    principal: Principal | None = None,
 ) -> RolloutPlan:
     return rollout_transition(
-        plan_id=plan_id, action="resume", operator=operator, reason=reason, stage_id=stage_id
+        principal=principal,
+        plan_id=plan_id,
+        action="resume",
+        operator=operator,
+        reason=reason,
+        stage_id=stage_id,
     )
 
 
@@ -370,9 +455,15 @@ def rollout_promote(
     operator: str | None = None,
     reason: str | None = None,
     stage_id: str | None = None,
+    principal: Principal | None = None,
 ) -> RolloutPlan:
     return rollout_transition(
-        plan_id=plan_id, action="promote", operator=operator, reason=reason, stage_id=stage_id
+        principal=principal,
+        plan_id=plan_id,
+        action="promote",
+        operator=operator,
+        reason=reason,
+        stage_id=stage_id,
     )
 
 
@@ -382,9 +473,15 @@ def rollout_halt(
     operator: str | None = None,
     reason: str | None = None,
     stage_id: str | None = None,
+    principal: Principal | None = None,
 ) -> RolloutPlan:
     return rollout_transition(
-        plan_id=plan_id, action="halt", operator=operator, reason=reason, stage_id=stage_id
+        principal=principal,
+        plan_id=plan_id,
+        action="halt",
+        operator=operator,
+        reason=reason,
+        stage_id=stage_id,
     )
 
 
@@ -394,9 +491,15 @@ def rollout_cancel(
     operator: str | None = None,
     reason: str | None = None,
     stage_id: str | None = None,
+    principal: Principal | None = None,
 ) -> RolloutPlan:
     return rollout_transition(
-        plan_id=plan_id, action="cancel", operator=operator, reason=reason, stage_id=stage_id
+        principal=principal,
+        plan_id=plan_id,
+        action="cancel",
+        operator=operator,
+        reason=reason,
+        stage_id=stage_id,
     )
 
 
@@ -407,6 +510,7 @@ def rollout_recover(
     operator: str | None = None,
     reason: str | None = None,
     stage_id: str | None = None,
+    principal: Principal | None = None,
 ) -> RolloutPlan:
     if strategy not in RECOVER_STRATEGIES:
         raise ApiError(
@@ -415,7 +519,12 @@ def rollout_recover(
             field="strategy",
         )
     return rollout_transition(
-        plan_id=plan_id, action=strategy, operator=operator, reason=reason, stage_id=stage_id
+        plan_id=plan_id,
+        action=strategy,
+        operator=operator,
+        reason=reason,
+        stage_id=stage_id,
+        principal=principal,
     )
 
 
@@ -433,10 +542,15 @@ class Approval:
 
 
 def rollout_gate_approve(
-    *, plan_id: str, stage_id: str, operator: str | None = None, reason: str | None = None
+    *,
+    plan_id: str,
+    stage_id: str,
+    operator: str | None = None,
+    reason: str | None = None,
+    principal: Principal | None = None,
 ) -> Approval:
     """Mark the stage's manual gate passed, re-evaluate, and promote when every gate passes."""
-    operator = operator or ANONYMOUS
+    actor = actor_of(principal, operator)
     for _ in range(_RETRIES):
         plan = plan_get(plan_id)
         snap = snapshot_of(plan)
@@ -474,7 +588,7 @@ def rollout_gate_approve(
             if not changed:
                 continue
             StageStatus.objects.filter(pk=stage.pk).update(
-                manual_approved=True, manual_approved_by=operator
+                manual_approved=True, manual_approved_by=actor.name
             )
             RolloutTransition.objects.create(
                 plan_id=plan.pk,
@@ -482,17 +596,19 @@ def rollout_gate_approve(
                 from_phase=plan.phase,
                 to_phase=plan.phase,
                 stage_id=stage_id,
-                operator=operator,
+                operator=actor.name,
+                claimed_operator=actor.claimed_operator or "",
                 reason=reason or "",
                 at=now,
             )
+            _audit(actor, "approve", plan_id, {"stage_id": stage_id, "reason": reason or ""})
         break
     else:
         raise _conflict("approve", plan_id)
 
     from rollouts.evaluator import evaluate_plan
 
-    outcome = evaluate_plan(plan_id=plan_id, operator=operator)
+    outcome = evaluate_plan(plan_id=plan_id, principal=actor)
     promoted = outcome.action == "promote" and outcome.stage_id == stage_id
     if promoted:
         message = "manual gate approved; all gates pass: the stage was promoted"

@@ -29,7 +29,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 
@@ -59,7 +59,7 @@ def _ci() -> bool:
     return os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
-def unavailable(reason: str) -> None:
+def unavailable(reason: str) -> NoReturn:
     if _ci():
         pytest.fail(f"{reason} (CI=true: the deployment tests must run)")
     pytest.skip(reason)
@@ -537,7 +537,7 @@ def test_systemd_unit_verifies_and_outlasts_the_drain(tmp_path):
     assert (result.returncode, result.stdout + result.stderr) == (0, "")
 
     parser = configparser.ConfigParser(strict=False, interpolation=None)
-    parser.optionxform = str  # type: ignore[assignment,method-assign]
+    parser.optionxform = str  # keep the keys case as written
     parser.read_string(text)
     service = parser["Service"]
     assert service["User"] == "autonomy-orchestrator"

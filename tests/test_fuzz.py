@@ -352,7 +352,7 @@ def negative_data_rejection(ctx: Any, response: Any, case: Any) -> bool | None:
 # Every check schemathesis has (importing its OpenAPI checks registers them), plus ours; two
 # of them with the stated exceptions above.
 ALL_SCHEMATHESIS_CHECKS = SCHEMATHESIS_CHECKS.get_all()
-REPLACED = {
+REPLACED: dict[Any, Any] = {
     openapi_checks.positive_data_acceptance: positive_data_acceptance,
     openapi_checks.negative_data_rejection: negative_data_rejection,
 }

@@ -1,40 +1,16 @@
 """DRF permission from the route table: judges `request.principal` (set by the HTTP edge).
 
-Phase 2 of issue 11 sets `request.principal` on every request at the single HTTP edge; until
-then a request without it is served as before (the edge has not judged it yet).
+The classes live in `core.drfauth` (the defaults of every DRF view, settings.REST_FRAMEWORK);
+this module keeps the names the audit view uses.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
-from rest_framework.permissions import BasePermission
-from rest_framework.request import Request
 from rest_framework.response import Response
 
-from core.auth import authorize
-from core.errors import ApiError
+from core.drfauth import RoutePolicyPermission
 
-
-class RoutePolicyPermission(BasePermission):
-    """Allows what core.policy allows for the view's `policy_route` (a route template)."""
-
-    def has_permission(self, request: Request, view: Any) -> bool:
-        principal = getattr(request._request, "principal", None)
-        if principal is None:
-            return True  # not judged at the edge yet (phase 2 wires it)
-        decision = authorize(
-            principal,
-            request.method or "GET",
-            view.policy_route,
-            path_params=getattr(view, "kwargs", {}),
-            query=request.query_params.dict(),
-        )
-        if decision.allowed:
-            return True
-        body = decision.body()
-        error = body.pop("error")
-        raise ApiError(decision.status, error, **body)
+__all__ = ["PolicyViewMixin", "RoutePolicyPermission"]
 
 
 class PolicyViewMixin:

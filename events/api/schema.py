@@ -74,7 +74,8 @@ class EventSerializer(OpenObjectSerializer):
 class StoredEventSerializer(EventSerializer):
     """A stored event, exactly as it was received (every key, unknown ones too)."""
 
-    timestamp = serializers.CharField(help_text="As the node sent it (RFC 3339 with an offset).")
+    # The stored form is the string the node sent, not a parsed date-time.
+    timestamp = serializers.CharField(help_text="As the node sent it (RFC 3339 with an offset).")  # type: ignore[assignment]
 
 
 class EventBatchSerializer(serializers.Serializer):

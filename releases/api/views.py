@@ -13,6 +13,9 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from access.services import audited_failure
+from core.auth import acting
+from core.drfauth import principal_of
 from core.edge import json_answer
 from core.params import check_identifier, param_error, parse_limit, parse_offset
 from releases import selectors, services
@@ -50,7 +53,9 @@ class ReleaseListView(APIView):
             raise param_error("release_id", "must not be 'latest' or contain '/'")
         if not data["channel"]:
             raise param_error("channel", "must be a non-empty string")
-        outcome = services.release_publish(**data)
+        actor = acting(principal_of(request), request.META.get("HTTP_X_AUTONOMY_OPERATOR"))
+        with audited_failure("release.published", actor, release_id):
+            outcome = services.release_publish(**data, principal=actor)
         return Response(
             selectors.release_as_dict(outcome.obj),
             status=status.HTTP_201_CREATED if outcome.created else status.HTTP_200_OK,

@@ -131,7 +131,8 @@ class PlanSpecSerializer(serializers.Serializer):
     description = serializers.CharField(
         required=False, allow_null=True, allow_blank=True, max_length=4096
     )
-    stages = StageSpecSerializer(
+    # many=True hands min_length/max_length to the ListSerializer (the stubs do not know).
+    stages = StageSpecSerializer(  # type: ignore[call-arg]
         many=True, min_length=1, max_length=MAX_STAGES, help_text=f"1 to {MAX_STAGES} stages."
     )
     created_by = serializers.CharField(
@@ -191,7 +192,15 @@ class HistoryEntrySerializer(serializers.Serializer):
     from_phase = serializers.CharField(allow_null=True)
     to_phase = serializers.CharField()
     stage_id = serializers.CharField(allow_null=True)
-    operator = serializers.CharField()
+    operator = serializers.CharField(
+        help_text="The authenticated principal (token name, certificate CN, admin user); "
+        "`evaluator` for the server's own actions; in open loopback mode the claimed operator."
+    )
+    claimed_operator = serializers.CharField(
+        allow_null=True,
+        help_text="X-Autonomy-Operator (or body `operator`, spec `created_by`) when it named "
+        "someone other than `operator`; null otherwise.",
+    )
     reason = serializers.CharField(allow_blank=True)
     at = serializers.DateTimeField()
 
@@ -332,7 +341,8 @@ OPERATOR_HEADER = OpenApiParameter(
     "X-Autonomy-Operator",
     str,
     OpenApiParameter.HEADER,
-    description="Who acts; recorded in the plan's history.",
+    description="Who claims to act: recorded as the history's `claimed_operator` when it differs "
+    "from the authenticated principal (in open loopback mode it names the actor).",
 )
 PLAN_ID = path_id(
     "plan_id",

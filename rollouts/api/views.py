@@ -11,7 +11,10 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from access.services import audited_failure
 from core import jsonvalues
+from core.auth import Principal, acting
+from core.drfauth import principal_of
 from core.errors import ApiError
 from core.params import param_error, parse_int, parse_limit, parse_offset
 from rollouts import selectors, services, signing
@@ -41,12 +44,13 @@ def _optional_text(body: dict[str, Any], key: str) -> str | None:
     return value
 
 
-def _actor(request: Request, body: dict[str, Any]) -> tuple[str | None, str | None]:
-    """(operator, reason): the operator from X-Autonomy-Operator, else the body's `operator`
-    (which must be a string or null either way)."""
+def _actor(request: Request, body: dict[str, Any]) -> tuple[Principal, str | None]:
+    """(principal, reason): the principal the edge authenticated; X-Autonomy-Operator, else the
+    body's `operator` (a string or null either way), is only its `claimed_operator` (in open
+    loopback mode it names the actor, as before; `evaluator` is never taken)."""
     from_body = _optional_text(body, "operator")
-    operator = (request.META.get(OPERATOR_HEADER) or "").strip() or from_body
-    return operator or None, _optional_text(body, "reason")
+    claimed = (request.META.get(OPERATOR_HEADER) or "").strip() or from_body
+    return acting(principal_of(request), claimed), _optional_text(body, "reason")
 
 
 def _flag(request: Request, name: str) -> bool:
@@ -93,8 +97,9 @@ class RolloutListView(APIView):
         raw = request.body
         if _flag(request, "dry_run"):
             return Response(services.rollout_publish_dry_run(raw_spec=raw))
-        operator = (request.META.get(OPERATOR_HEADER) or "").strip() or None
-        plan = services.rollout_publish(raw_spec=raw, operator=operator)
+        actor = acting(principal_of(request), request.META.get(OPERATOR_HEADER))
+        with audited_failure("rollout.plan.created", actor):
+            plan = services.rollout_publish(raw_spec=raw, principal=actor)
         return Response(plan_detail(plan), status=201)
 
 
@@ -144,34 +149,36 @@ class RolloutActionView(APIView):
 
     def post(self, request: Request, plan_id: str) -> Response:
         body = _action_body(request)
-        operator, reason = _actor(request, body)
-        plan = services.rollout_transition(
-            plan_id=plan_id,
-            action=self.transition,
-            operator=operator,
-            reason=reason,
-            stage_id=_optional_text(body, "stage_id"),
-        )
+        actor, reason = _actor(request, body)
+        with audited_failure(services.audit_event(self.transition), actor, plan_id):
+            plan = services.rollout_transition(
+                plan_id=plan_id,
+                action=self.transition,
+                principal=actor,
+                reason=reason,
+                stage_id=_optional_text(body, "stage_id"),
+            )
         return Response(selectors.plan_status(plan))
 
 
 class RolloutRecoverView(APIView):
     def post(self, request: Request, plan_id: str) -> Response:
         body = _action_body(request)
-        operator, reason = _actor(request, body)
+        actor, reason = _actor(request, body)
         strategy = body.get("strategy")
         services.plan_get(plan_id)  # 404 before 400 for an unknown plan
         if strategy is None:
             raise param_error("strategy", "is required: retry, rollback or skip_failed")
         if not isinstance(strategy, str):
             raise param_error("strategy", "must be one of retry, rollback, skip_failed")
-        plan = services.rollout_recover(
-            plan_id=plan_id,
-            strategy=strategy,
-            operator=operator,
-            reason=reason,
-            stage_id=_optional_text(body, "stage_id"),
-        )
+        with audited_failure("rollout.plan.recovered", actor, plan_id):
+            plan = services.rollout_recover(
+                plan_id=plan_id,
+                strategy=strategy,
+                principal=actor,
+                reason=reason,
+                stage_id=_optional_text(body, "stage_id"),
+            )
         return Response(selectors.plan_status(plan))
 
 
@@ -193,10 +200,11 @@ class StageGatesView(APIView):
 class StageGatesApproveView(APIView):
     def post(self, request: Request, plan_id: str, stage_id: str) -> Response:
         body = _action_body(request)
-        operator, reason = _actor(request, body)
-        approval = services.rollout_gate_approve(
-            plan_id=plan_id, stage_id=stage_id, operator=operator, reason=reason
-        )
+        actor, reason = _actor(request, body)
+        with audited_failure("rollout.gate.approved", actor, plan_id):
+            approval = services.rollout_gate_approve(
+                plan_id=plan_id, stage_id=stage_id, principal=actor, reason=reason
+            )
         return Response(approval.as_dict())
 
 

@@ -14,8 +14,11 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DatabaseError, connections
 
+from access.services import Denial, DenialRecorder, edge_token_resolver
 from core import dberrors, dbpool_metrics, metrics, pgconf, pglock, pgurl
+from core.auth import AuthMode, Enforcement, auth_mode, startup_refusal
 from core.datadir import DataDirError, load_or_create_secret, prepare_data_dir
+from core.edge import configure_auth
 from core.flags import env_default, env_list, parse_duration
 from core.logging_setup import FORMATS, LEVELS, configure_logging
 from core.paths import default_data_dir
@@ -144,6 +147,14 @@ class Command(BaseCommand):
             "(default empty = each URL's host; AUTONOMY_TLS_CRL_SYNC_SERVER_NAME)",
         )
         parser.add_argument(
+            "--auth",
+            metavar="MODE",
+            default=env_default("auth", "auto"),
+            help="auto, required or off: auto enforces credentials when the listener is not "
+            "loopback, --tls-ca-file is set or any token exists, else serves loopback clients "
+            "without them (docs/security.md) (default auto; AUTONOMY_AUTH)",
+        )
+        parser.add_argument(
             "--log-format",
             metavar="FORMAT",
             default=env_default("log-format", "text"),
@@ -178,6 +189,11 @@ class Command(BaseCommand):
         configure_logging(log_format, log_level)
 
         listen = parse_listen(options["listen"])
+        auth_flag = str(options["auth"] or "").strip().lower()
+        if auth_flag not in {m.value for m in AuthMode}:
+            raise ServeError(
+                f"--auth must be one of {', '.join(m.value for m in AuthMode)}, not {auth_flag!r}"
+            )
         postgres_url = str(settings.POSTGRES_URL or "").strip()
         if postgres_url:
             try:
@@ -230,6 +246,8 @@ class Command(BaseCommand):
             current_key()  # the rollout signing key: created on the first start, checked after
         except SigningKeyError as exc:
             raise ServeError(str(exc)) from None
+
+        enforcement = self._auth(AuthMode(auth_flag), main, server_tls)
 
         from orchestrator_site.asgi import application as site_application
 
@@ -286,6 +304,13 @@ class Command(BaseCommand):
                 )
             logger.info("data store: %s", store, extra={"store": store})
 
+        recorder = DenialRecorder()
+
+        def on_denied(**denial: Any) -> None:
+            recorder.record(Denial(**denial))
+
+        configure_auth(enforcement, resolve_token=edge_token_resolver, on_denied=on_denied)
+        recorder.start()
         start_background_evaluator()
         syncer = None
         if sync_config is not None and crl_store is not None:
@@ -296,6 +321,39 @@ class Command(BaseCommand):
         finally:
             if syncer is not None:
                 syncer.stop()
+            recorder.stop()
+
+    def _auth(self, mode: AuthMode, main: Listener, server_tls: ServerTls | None) -> Enforcement:
+        """§6 `--auth`: refuse an exposed listener nobody could authenticate to; log the mode."""
+        from access.selectors import any_token_exists
+
+        listen_addresses = [main.bound()]
+        tls_ca_set = bool(server_tls is not None and server_tls.mutual)
+        any_token = any_token_exists()
+        connections.close_all()
+        refusal = startup_refusal(
+            mode, listen_addresses=listen_addresses, tls_ca_set=tls_ca_set, any_token=any_token
+        )
+        if refusal is not None:
+            raise ServeError(refusal)
+        enforcement = auth_mode(
+            mode, listen_addresses=listen_addresses, tls_ca_set=tls_ca_set, any_token=any_token
+        )
+        if enforcement is Enforcement.OFF:
+            logger.warning(
+                "--auth off: every request is served without credentials; use it only on a "
+                "sealed network"
+            )
+        elif enforcement is Enforcement.OPEN:
+            logger.info(
+                "auth: open loopback mode (no credentials; loopback clients and Host only, no "
+                "cross-site requests); create a token to enforce credentials"
+            )
+        else:
+            logger.info(
+                "auth: enforced (bearer tokens%s)", ", client certificates" if tls_ca_set else ""
+            )
+        return enforcement
 
     def _pool(self, options: dict[str, Any]) -> tuple[int, float]:
         try:

@@ -48,6 +48,9 @@ LEADER_LOCK_KEY = 0x6F7263686C656164
 _CLASSID = LEADER_LOCK_KEY >> 32
 _OBJID = LEADER_LOCK_KEY & 0xFFFFFFFF
 
+# pg_locks lists the locks of every database of the server: only this database's count.
+_THIS_DATABASE = "database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+
 CAMPAIGN_SECONDS = 1.0
 KEEPALIVE_TIMEOUT_SECONDS = 2.5
 STALE_SECONDS = 4.0
@@ -94,6 +97,7 @@ class Elector:
         self._thread: threading.Thread | None = None
         # Called after each round on the elector thread (e.g. refresh the replication gauges).
         self.hooks: list[Any] = []
+        self._last_error = ""
 
     # ---- what the rest of the process asks ----
 
@@ -150,7 +154,14 @@ class Elector:
                 else:
                     self._tick_sqlite()
             except Exception as exc:  # never kill the thread; the next round retries
-                self._step_down(f"the database session failed: {pglock_first_line(exc)}")
+                why = f"the database session failed: {pglock_first_line(exc)}"
+                if why != self._last_error:  # once per distinct failure, not every second
+                    logger.warning("leader election: %s", why, extra={"node_id": self.node_id})
+                    logger.debug("leader election failed", exc_info=True)
+                self._last_error = why
+                self._step_down(why)
+            else:
+                self._last_error = ""
             for hook in self.hooks:
                 try:
                     hook()
@@ -246,7 +257,7 @@ class Elector:
                 conn.execute(
                     "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' "
                     f"AND classid = {_CLASSID} AND objid = {_OBJID} AND objsubid = 1 AND granted "
-                    "AND pid <> pg_backend_pid()"
+                    f"AND pid <> pg_backend_pid() AND {_THIS_DATABASE}"
                 )
                 logger.warning(
                     "the leader %s stopped renewing its lease for %gs: its session was ended",
@@ -262,8 +273,9 @@ class Elector:
                     conn.execute("SET LOCAL lock_timeout = '1s'")
                     row = conn.execute(
                         f"INSERT INTO {LEADER_TABLE} (id, epoch, token, holder_id, "
-                        "renewed_at) VALUES (1, 1, %s, %s, now(), now()) ON CONFLICT (id) DO "
-                        f"UPDATE SET epoch = {LEADER_TABLE}.epoch + 1, token = EXCLUDED.token, "
+                        "acquired_at, renewed_at) VALUES (1, 1, %s, %s, now(), now()) "
+                        f"ON CONFLICT (id) DO UPDATE SET epoch = {LEADER_TABLE}.epoch + 1, "
+                        "token = EXCLUDED.token, "
                         "holder_id = EXCLUDED.holder_id, acquired_at = now(), renewed_at = now() "
                         "RETURNING epoch, acquired_at",
                         [token, self.node_id],
@@ -277,7 +289,7 @@ class Elector:
                 conn.execute(
                     "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE relation = "
                     f"'{LEADER_TABLE}'::regclass AND mode = 'RowShareLock' AND granted "
-                    "AND pid <> pg_backend_pid()"
+                    f"AND pid <> pg_backend_pid() AND {_THIS_DATABASE}"
                 )
         self._become_leader(int(row[0]), token, row[1])
 

@@ -299,7 +299,7 @@ class HaStatusView(APIView):
     @extend_schema(
         summary="HA status",
         description="This replica's id and role (leader or follower), the leader (epoch, "
-        "holder, acquired and renewed), the replicas seen within the last 10 s, the database's "
+        "holder, acquired and renewed), the replicas seen within the last 15 s, the database's "
         "role (primary or standby; `sqlite` for the single-process store), its standbys "
         "streaming with their lag (pg_stat_replication), the synchronous standbys required by "
         "`--require-sync-replicas`, and this replica's pool use.",

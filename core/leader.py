@@ -54,7 +54,8 @@ _THIS_DATABASE = "database = (SELECT oid FROM pg_database WHERE datname = curren
 CAMPAIGN_SECONDS = 1.0
 KEEPALIVE_TIMEOUT_SECONDS = 2.5
 STALE_SECONDS = 4.0
-RECENT_SECONDS = 10.0  # a replica seen within this long counts as up
+SQLITE_RENEW_SECONDS = 5.0
+RECENT_SECONDS = 15.0  # a replica seen within this long counts as up
 
 LEADER_TABLE = "ha_leader"
 REPLICA_TABLE = "ha_replica"
@@ -101,14 +102,23 @@ class Elector:
 
     # ---- what the rest of the process asks ----
 
+    def _leading(self) -> bool:
+        # SQLite: the one process leads for good once elected. PostgreSQL: only while the last
+        # renewal is recent on this process's own clock (a resumed process stops at once).
+        if not self._leader:
+            return False
+        if self._vendor != "postgresql":
+            return True
+        return time.monotonic() - self._last_ok < KEEPALIVE_TIMEOUT_SECONDS
+
     def is_leader(self) -> bool:
         with self._lock:
-            return self._leader and time.monotonic() - self._last_ok < KEEPALIVE_TIMEOUT_SECONDS
+            return self._leading()
 
     def lease(self) -> tuple[int, str]:
         """(epoch, token) of this replica's leadership; NotLeader when it does not lead."""
         with self._lock:
-            if not self._leader or time.monotonic() - self._last_ok >= KEEPALIVE_TIMEOUT_SECONDS:
+            if not self._leading():
                 raise NotLeader("this replica does not lead")
             return self._epoch, self._token
 
@@ -159,7 +169,8 @@ class Elector:
                     logger.warning("leader election: %s", why, extra={"node_id": self.node_id})
                     logger.debug("leader election failed", exc_info=True)
                 self._last_error = why
-                self._step_down(why)
+                if self._vendor == "postgresql":
+                    self._step_down(why)  # SQLite: a busy round changes nothing; retry later
             else:
                 self._last_error = ""
             for hook in self.hooks:
@@ -167,7 +178,10 @@ class Elector:
                     hook()
                 except Exception:
                     logger.debug("elector hook failed", exc_info=True)
-            self._stop.wait(CAMPAIGN_SECONDS * random.uniform(0.8, 1.0))
+            # SQLite has no other replica to hand over to: renew the heartbeat row rarely, so the
+            # single writer is not taken from ingest every second.
+            period = CAMPAIGN_SECONDS if self._vendor == "postgresql" else SQLITE_RENEW_SECONDS
+            self._stop.wait(period * random.uniform(0.8, 1.0))
 
     def _tick_sqlite(self) -> None:
         from django.db import close_old_connections

@@ -241,3 +241,14 @@ def test_require_sync_replicas_needs_postgres(tmp_path):
     result = run_serve_expect_exit(tmp_path / "data", "--require-sync-replicas", "1")
     assert result.returncode != 0
     assert "needs --postgres-url" in result.stderr
+
+
+def test_on_sqlite_the_single_process_leads(tmp_path):
+    with ServeProcess(tmp_path / "data", "--node-name", "solo") as srv:
+        assert wait_for(lambda: (leader_view(srv) or {}).get("session_lock_held"), 10)
+        view = leader_view(srv)
+        assert view["holder_id"] == "solo" and view["current_epoch"] >= 1
+        status, _, body = call(srv, "GET", "/v1/ha/status")
+        assert status == 200
+        assert body["role"] == "leader" and body["database"]["role"] == "sqlite"
+        assert [r["node_id"] for r in body["replicas"]] == ["solo"]

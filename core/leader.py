@@ -37,7 +37,7 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
-from django.db import DatabaseError, connection, transaction
+from django.db import connection, transaction
 
 from core import pglock
 
@@ -438,7 +438,6 @@ def as_datetime(value: Any) -> datetime | None:
 
 
 __all__ = [
-    "DatabaseError",
     "Elector",
     "Fenced",
     "NotLeader",

@@ -27,6 +27,9 @@ POLICY: dict[tuple[str, str], Rule] = {
     ("HEAD", "/v1/health/read-ready"): PUBLIC,
     ("GET", "/v1/health/write-ready"): PUBLIC,
     ("HEAD", "/v1/health/write-ready"): PUBLIC,
+    ("GET", "/v1/health/leader"): PUBLIC,
+    ("HEAD", "/v1/health/leader"): PUBLIC,
+    ("GET", "/v1/ha/status"): VIEWER,
     # the API description: anyone who may read the API
     ("GET", "/v1/openapi.json"): VIEWER,
     ("GET", "/v1/docs"): VIEWER,

@@ -23,6 +23,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from core import leader
 from crl.store import (
     CrlStore,
     crl_der,
@@ -207,7 +208,8 @@ def crl_sync_once(*, config: CrlSyncConfig, store: CrlStore) -> SyncResult:
 
 
 class CrlSyncThread(threading.Thread):
-    """Runs `crl_sync_once` at start and then every `interval` seconds (0: only once)."""
+    """Runs `crl_sync_once` at start and then every `interval` seconds (0: only once), on the
+    leader of background work only (`core.leader`; a follower waits until it leads)."""
 
     def __init__(self, *, config: CrlSyncConfig, store: CrlStore) -> None:
         super().__init__(name="crl-sync", daemon=True)
@@ -217,6 +219,9 @@ class CrlSyncThread(threading.Thread):
 
     def run(self) -> None:
         while not self.stopped.is_set():
+            if not leader.elector.is_leader():
+                self.stopped.wait(1.0)
+                continue
             try:
                 crl_sync_once(config=self.config, store=self.store)
             except Exception:

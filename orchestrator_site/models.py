@@ -23,3 +23,59 @@ class HACutoverAt(models.Model):
 
     def __str__(self) -> str:
         return f"cutover at {self.completed_at:%Y-%m-%dT%H:%M:%SZ} from {self.source}"
+
+
+# Many replicas on one PostgreSQL database (API.md §7). The tables are read and written with SQL
+# by core.leader and core.ha (core imports no models); their names are fixed here for that.
+
+
+class LeaderState(models.Model):
+    """The one row (id 1) naming the leader of background work: bumped on every acquisition.
+
+    Every leader-only write checks `(epoch, token)` against this row in its own transaction, so
+    a stale leader's write is refused (the token, random per acquisition, not the number alone).
+    """
+
+    id = models.PositiveSmallIntegerField(primary_key=True)
+    epoch = models.PositiveBigIntegerField(default=0)
+    token = models.CharField(max_length=64, default="")
+    holder_id = models.CharField(max_length=255, default="")
+    acquired_at = models.DateTimeField(null=True)
+    renewed_at = models.DateTimeField(null=True)
+
+    class Meta:
+        db_table = "ha_leader"
+
+    def __str__(self) -> str:
+        return f"leader {self.holder_id} (epoch {self.epoch})"
+
+
+class ReplicaHeartbeat(models.Model):
+    """One row per `serve` replica, renewed about every second while it runs."""
+
+    node_id = models.CharField(max_length=255, primary_key=True)
+    role = models.CharField(max_length=16, default="follower")
+    started_at = models.DateTimeField()
+    seen_at = models.DateTimeField()
+
+    class Meta:
+        db_table = "ha_replica"
+
+    def __str__(self) -> str:
+        return f"{self.node_id} ({self.role})"
+
+
+class SharedKeyFingerprint(models.Model):
+    """Fingerprints of the keys every replica must share (rollout signing key, session secret),
+    stored by the first replica to start; a replica with another key refuses to start."""
+
+    name = models.CharField(max_length=32, primary_key=True)
+    fingerprint = models.CharField(max_length=64)
+    node_id = models.CharField(max_length=255)
+    created_at = models.DateTimeField()
+
+    class Meta:
+        db_table = "ha_shared_key"
+
+    def __str__(self) -> str:
+        return f"{self.name} {self.fingerprint}"

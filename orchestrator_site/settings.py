@@ -52,6 +52,7 @@ MIDDLEWARE = [
     "django_prometheus.middleware.PrometheusBeforeMiddleware",
     "core.middleware.ObservabilityMiddleware",
     "core.middleware.ApiErrorMiddleware",
+    "core.ha.SyncReplicaGate",  # serve --require-sync-replicas
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",

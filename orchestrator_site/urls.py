@@ -25,6 +25,7 @@ urlpatterns = [
     path("", include("crl.api.urls")),
     path("", include("access.api.urls")),
     path("", include("core.readiness")),  # /v1/health/read-ready, /v1/health/write-ready
+    path("", include("core.ha")),  # /v1/health/leader, /v1/ha/status
 ]
 
 # (method, URL name) -> handler. Paths and `Allow` come from the URLconf entry of that name.

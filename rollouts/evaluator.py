@@ -8,6 +8,10 @@ a failure gate over its limit → halt, with the reason in the history. It chang
 through `rollouts.services.rollout_transition` with the version it evaluated, so it never
 overrides an operator's action that happened meanwhile.
 
+With several replicas the thread evaluates only on the leader (`core.leader`, API.md §7), and
+each promote or halt it makes commits only while the lease it started the pass with is still
+the leader's (`leader_transaction`): a stale leader's change is refused and rolled back.
+
 Tests call `evaluate_open_stages()` / `evaluate_plan()` directly.
 """
 
@@ -15,12 +19,14 @@ from __future__ import annotations
 
 import logging
 import threading
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from django.db import close_old_connections
 
+from core import leader
 from core.errors import ApiError
 from rollouts import clock
 from rollouts.models import RUNNING_PHASES, RolloutPlan, StagePhase
@@ -48,8 +54,12 @@ def evaluate_plan(
     operator: str = "evaluator",
     now: datetime | None = None,
     principal: Any = None,
+    lease: tuple[int, str] | None = None,
 ) -> Outcome:
-    """Evaluate the open stage of one plan and promote or halt it as its gates say."""
+    """Evaluate the open stage of one plan and promote or halt it as its gates say.
+
+    With `lease` (the background thread), the change commits only while that lease is the
+    leader's; otherwise `core.leader.Fenced` is raised and nothing is applied."""
     from rollouts.cohort import snapshot_of
     from rollouts.gates import evaluate_stage, halt_reason, unmet_reason
     from rollouts.services import rollout_transition
@@ -69,15 +79,17 @@ def evaluate_plan(
         action, reason = "promote", f"stage {stage.stage_id}: all gates passed ({kinds})"
     else:
         return Outcome(None, stage.stage_id, unmet_reason(report))
+    fence = leader.leader_transaction(lease) if lease is not None else nullcontext()
     try:
-        rollout_transition(
-            plan_id=plan_id,
-            action=action,
-            operator=operator,
-            reason=reason,
-            expected_version=plan.version,
-            principal=principal,
-        )
+        with fence:
+            rollout_transition(
+                plan_id=plan_id,
+                action=action,
+                operator=operator,
+                reason=reason,
+                expected_version=plan.version,
+                principal=principal,
+            )
     except ApiError:
         return Outcome(None, stage.stage_id, "the rollout changed during evaluation")
     logger.info(
@@ -92,7 +104,10 @@ def evaluate_plan(
 
 
 def evaluate_open_stages(
-    *, now: datetime | None = None, keep_going: bool = False
+    *,
+    now: datetime | None = None,
+    keep_going: bool = False,
+    lease: tuple[int, str] | None = None,
 ) -> list[tuple[str, Outcome]]:
     """One pass over every running plan; returns the plans that were promoted or halted.
 
@@ -105,7 +120,9 @@ def evaluate_open_stages(
     )
     for plan_id in plan_ids:
         try:
-            outcome = evaluate_plan(plan_id=plan_id, now=now)
+            outcome = evaluate_plan(plan_id=plan_id, now=now, lease=lease)
+        except leader.NotLeader:
+            raise  # another replica leads now: end the pass
         except Exception:
             if not keep_going:
                 raise
@@ -125,12 +142,17 @@ def _run(stop: threading.Event) -> None:
     while not stop.is_set():
         _wakeup.wait(INTERVAL_SECONDS)
         _wakeup.clear()
+        if not leader.elector.is_leader():
+            continue  # followers leave background work to the leader
         close_old_connections()
         try:
+            lease = leader.elector.lease()
             # Keep promoting while stages pass (a stage whose gates already pass opens next).
             for _ in range(50):
-                if not evaluate_open_stages(keep_going=True):
+                if not evaluate_open_stages(keep_going=True, lease=lease):
                     break
+        except leader.NotLeader as exc:
+            logger.warning("rollout evaluation stopped: %s", exc)
         except Exception:  # keep the thread alive; the next pass retries
             logger.exception("rollout evaluation failed; retrying in %ss", INTERVAL_SECONDS)
         finally:

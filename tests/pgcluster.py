@@ -159,6 +159,47 @@ class PgCluster:
     def restart(self, mode: str = "fast") -> None:
         self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-m", mode, "-w", "restart")
 
+    def standby(self, parent: Path | None = None, **settings: Any) -> PgCluster:
+        """A streaming standby of this cluster (`pg_basebackup -R`), started on a port of its
+        own; its `application_name` is `standby<port>`. `settings` go to postgresql.auto.conf."""
+        root = Path(tempfile.mkdtemp(prefix="pgstandby-", dir=parent))
+        root.chmod(0o755)
+        if os.geteuid() == 0:
+            shutil.chown(root, OS_USER, OS_USER)
+        standby = PgCluster(root, free_port())
+        name = f"standby{standby.port}"
+        self._run(
+            "pg_basebackup",
+            "-D",
+            str(standby.data),
+            "-R",
+            "-X",
+            "stream",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(self.port),
+            "-U",
+            "postgres",
+            "-d",
+            f"application_name={name}",
+            timeout=120,
+        )
+        conf = {
+            "port": str(standby.port),
+            "unix_socket_directories": f"'{root}'",
+            **{k: str(v) for k, v in settings.items()},
+        }
+        standby._append(
+            standby.data / "postgresql.auto.conf", "".join(f"{k} = {v}\n" for k, v in conf.items())
+        )
+        standby.start()
+        return standby
+
+    def promote(self) -> None:
+        """`pg_ctl promote -w`: this standby becomes a primary."""
+        self._run("pg_ctl", "-D", str(self.data), "-w", "promote")
+
     def is_running(self) -> bool:
         out = subprocess.run(
             [str(self.bin / "pg_isready"), "-h", "127.0.0.1", "-p", str(self.port)],

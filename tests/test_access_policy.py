@@ -38,7 +38,12 @@ def test_the_audit_log_is_served_and_admin_only(served_operations):
 
 def test_only_health_needs_no_credential():
     public = sorted(route for (_, route), rule in POLICY.items() if rule == PUBLIC)
-    assert set(public) == {"/v1/health", "/v1/health/read-ready", "/v1/health/write-ready"}
+    assert set(public) == {
+        "/v1/health",
+        "/v1/health/read-ready",
+        "/v1/health/write-ready",
+        "/v1/health/leader",
+    }
 
 
 def test_every_change_needs_at_least_an_operator_or_is_node_scoped():

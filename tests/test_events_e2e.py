@@ -3,6 +3,7 @@ path), concurrent clients, the browsable API, restart on the same data dir."""
 
 from __future__ import annotations
 
+import shutil
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -157,6 +158,11 @@ def test_ingest_and_list_on_postgresql(tmp_path):
                 timeout=TIMEOUT,
             ).json()
             assert rest["events"] == [ev("p-1", big=-(2**63))]
-        with ServeProcess(tmp_path / "data2", *args) as srv:
+        # Another replica (its own data dir, the same keys: API.md §7) reads the same events.
+        second = tmp_path / "data2"
+        second.mkdir(mode=0o700)
+        for key in ("rollout-signing.key", "django-secret.key"):
+            shutil.copy2(tmp_path / "data" / key, second / key)
+        with ServeProcess(second, *args) as srv:
             listed = requests.get(srv.url("/v1/events"), timeout=TIMEOUT).json()
             assert listed["count"] == 4

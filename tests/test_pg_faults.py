@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import shutil
 import threading
 import time
 import urllib.error
@@ -18,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from tests.liveserver import ServeProcess, free_port
+from tests.liveserver import ServeProcess, cli, free_port
 from tests.pgcluster import PgCluster
 
 pytestmark = [pytest.mark.e2e]
@@ -226,10 +227,17 @@ def test_three_replicas_started_together_on_an_empty_database_all_come_up(
         f"postgresql://postgres@127.0.0.1:{free_port()},127.0.0.1:{cluster.port}/{name}"
         "?target_session_attrs=read-write&application_name=orch-replica&connect_timeout=3"
     )
-    replicas = [
-        ServeProcess(tmp_path / f"r{i}" / "data", "--postgres-url", url, wait=False)
-        for i in range(3)
-    ]
+    # Replicas of one database share the signing key and the session secret (or the later ones
+    # refuse to start): one key made beforehand, copied to each data dir.
+    key = tmp_path / "key"
+    assert cli("signing-key", "--data-dir", str(key), "--create").returncode == 0
+    shared = {"AUTONOMY_SECRET_KEY": "one-secret-for-the-three-replicas"}
+    replicas = []
+    for i in range(3):
+        data = tmp_path / f"r{i}" / "data"
+        data.mkdir(parents=True, mode=0o700)
+        shutil.copy2(key / "rollout-signing.key", data / "rollout-signing.key")
+        replicas.append(ServeProcess(data, "--postgres-url", url, wait=False, env=shared))
     try:
         for srv in replicas:
             srv.start()

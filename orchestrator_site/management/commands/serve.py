@@ -15,7 +15,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DatabaseError, connections
 
 from access.services import Denial, DenialRecorder, edge_token_resolver
-from core import dberrors, dbpool_metrics, metrics, pgconf, pglock, pgurl
+from core import dberrors, dbpool_metrics, ha, leader, metrics, pgconf, pglock, pgurl
 from core.auth import AuthMode, Enforcement, auth_mode, startup_refusal
 from core.datadir import DataDirError, load_or_create_secret, prepare_data_dir
 from core.edge import configure_auth
@@ -81,6 +81,21 @@ class Command(BaseCommand):
             default=env_default("db-pool-size", "20"),
             help="PostgreSQL: most connections this replica opens (default 20; "
             "AUTONOMY_DB_POOL_SIZE)",
+        )
+        parser.add_argument(
+            "--node-name",
+            metavar="NAME",
+            default=env_default("node-name", ""),
+            help="this replica's name among the replicas of one database (leader, "
+            "GET /v1/ha/status) (default the host:port it listens on; AUTONOMY_NODE_NAME)",
+        )
+        parser.add_argument(
+            "--require-sync-replicas",
+            metavar="N",
+            default=env_default("require-sync-replicas", "0"),
+            help="PostgreSQL: operator writes answer 503 with Retry-After while fewer than N "
+            "synchronous standbys are streaming (default 0 = no check; "
+            "AUTONOMY_REQUIRE_SYNC_REPLICAS)",
         )
         parser.add_argument(
             "--metrics-addr",
@@ -205,6 +220,17 @@ class Command(BaseCommand):
         if settings.POSTGRES_URL_ERROR:
             raise ServeError(f"--postgres-url is not usable: {settings.POSTGRES_URL_ERROR}")
         pool_size, pool_timeout = self._pool(options)
+        try:
+            require_sync = ha.parse_sync_replicas(str(options["require_sync_replicas"]))
+        except ValueError as exc:
+            raise ServeError(f"--require-sync-replicas {exc}") from None
+        if require_sync and not postgres_url:
+            raise ServeError(
+                "--require-sync-replicas needs --postgres-url (SQLite has no standbys)"
+            )
+        node_name = str(options["node_name"] or "").strip()
+        if len(node_name) > 200:
+            raise ServeError("--node-name must be at most 200 characters")
         server_tls, crl_store = self._tls(options)
         sync_config = self._crl_sync(options, server_tls, crl_store)
 
@@ -243,9 +269,13 @@ class Command(BaseCommand):
             pgconf.configure_pool(size=pool_size, timeout=pool_timeout)
         self._migrate(using_postgres)
         try:
-            current_key()  # the rollout signing key: created on the first start, checked after
+            signing_key = current_key()  # created on the first start, checked after
         except SigningKeyError as exc:
             raise ServeError(str(exc)) from None
+        node_name = node_name or main.bound()
+        if using_postgres:
+            self._check_shared_keys(node_name, signing_key.public_pem.encode(), data_dir)
+        ha.configure(require_sync_replicas=require_sync)
 
         enforcement = self._auth(AuthMode(auth_flag), main, server_tls)
 
@@ -266,6 +296,7 @@ class Command(BaseCommand):
             events.metrics.install()
             rollouts.metrics.install()
             dbpool_metrics.install()
+            ha.install_metrics()
             application = metrics.with_metrics(application)
 
         periodic = []
@@ -311,6 +342,8 @@ class Command(BaseCommand):
 
         configure_auth(enforcement, resolve_token=edge_token_resolver, on_denied=on_denied)
         recorder.start()
+        leader.elector.hooks.append(ha.refresh_replication)
+        leader.elector.start(node_name)
         start_background_evaluator()
         syncer = None
         if sync_config is not None and crl_store is not None:
@@ -322,6 +355,7 @@ class Command(BaseCommand):
             if syncer is not None:
                 syncer.stop()
             recorder.stop()
+            leader.elector.stop()
 
     def _auth(self, mode: AuthMode, main: Listener, server_tls: ServerTls | None) -> Enforcement:
         """§6 `--auth`: refuse an exposed listener nobody could authenticate to; log the mode."""
@@ -354,6 +388,26 @@ class Command(BaseCommand):
                 "auth: enforced (bearer tokens%s)", ", client certificates" if tls_ca_set else ""
             )
         return enforcement
+
+    def _check_shared_keys(self, node_name: str, signing_pem: bytes, data_dir: Path) -> None:
+        """Every replica of one database signs with one key and one session secret."""
+        keys = {
+            "rollout signing key": signing_pem,
+            "session secret": str(settings.SECRET_KEY).encode(),
+        }
+        fixes = {
+            "rollout signing key": f"copy the other replicas' rollout-signing.key into {data_dir}",
+            "session secret": "give every replica the same AUTONOMY_SECRET_KEY (or copy "
+            f"django-secret.key into {data_dir})",
+        }
+        try:
+            ha.check_shared_keys(node_name, keys, fixes)
+        except ha.SharedKeyMismatch as exc:
+            raise ServeError(f"refusing to start: {exc}") from None
+        except DatabaseError as exc:
+            raise ServeError(f"cannot check the shared keys: {pgurl.first_line(exc)}") from None
+        finally:
+            connections.close_all()
 
     def _pool(self, options: dict[str, Any]) -> tuple[int, float]:
         try:

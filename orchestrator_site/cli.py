@@ -108,7 +108,7 @@ def public_parser(parser: argparse.ArgumentParser, name: str, command: str) -> N
             "--data-dir",
             metavar="DIR",
             help="the data dir of the SQLite store, as given to `serve --data-dir` "
-            "(default $XDG_CACHE_HOME/autonomyops/orchestrator; AUTONOMY_DATA_DIR)",
+            "(default $XDG_STATE_HOME/autonomyops/orchestrator; AUTONOMY_DATA_DIR)",
         )
         parser.add_argument(
             "--postgres-url",
@@ -176,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     command = COMMANDS[name][0]
     preconfigure_env(command, rest)
+    if command in _STORE_COMMANDS:
+        os.umask(0o077)  # the store's files (database, -wal, -shm, keys) are private: 0600
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "orchestrator_site.settings")
     import django
     from django.core.management import CommandError, ManagementUtility

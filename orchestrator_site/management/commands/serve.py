@@ -15,10 +15,10 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DatabaseError, connections
 
 from core import dberrors, dbpool_metrics, metrics, pgconf, pglock, pgurl
-from core.datadir import DataDirError, load_or_create_secret, prepare_data_dir
+from core.datadir import DataDirError, load_or_create_secret, prepare_data_dir, private_umask
 from core.flags import env_default, env_list, parse_duration
 from core.logging_setup import FORMATS, LEVELS, configure_logging
-from core.paths import default_data_dir
+from core.paths import default_data_dir, legacy_data_dir_notice
 from core.server import (
     SCOPE_HOOKS,
     Listener,
@@ -56,7 +56,7 @@ class Command(BaseCommand):
             metavar="DIR",
             default=env_default("data-dir") or str(default_data_dir()),
             help="directory of the SQLite store, the rollout signing key and the session secret, "
-            "created 0700 if missing (default $XDG_CACHE_HOME/autonomyops/orchestrator; "
+            "created 0700 if missing (default $XDG_STATE_HOME/autonomyops/orchestrator; "
             "AUTONOMY_DATA_DIR)",
         )
         parser.add_argument(
@@ -219,7 +219,12 @@ class Command(BaseCommand):
         data_dir = Path(options["data_dir"]).expanduser()
         # The data dir is used on PostgreSQL too: it keeps the rollout signing key and the secret
         # that signs admin sessions (AUTONOMY_SECRET_KEY, when set, wins).
-        prepare_data_dir(data_dir)
+        private_umask()  # the database, its -wal/-shm and every other new file: 0600
+        for warning in prepare_data_dir(data_dir):
+            logger.warning(warning)
+        notice = legacy_data_dir_notice(data_dir)
+        if notice is not None:
+            logger.warning(notice)
         if not os.environ.get("AUTONOMY_SECRET_KEY"):
             settings.SECRET_KEY = load_or_create_secret(data_dir)
 

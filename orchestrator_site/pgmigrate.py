@@ -51,7 +51,7 @@ LATE_APPS = ("auth",)  # admin accounts last: nothing of the control plane depen
 # so they and everything that points at them (admin log, per-user/group permissions) stay behind.
 # Sessions are not copied either: admins log in again after the cutover.
 SKIP_APPS = {"contenttypes", "sessions", "admin"}
-SKIP_MODELS = {"orchestrator_site.hacutoverat"}
+SKIP_MODELS = {"orchestrator_site.hacutoverat", "orchestrator_site.loginfailure"}
 SKIP_DEPENDENTS_OF = {"contenttypes.contenttype"}
 
 

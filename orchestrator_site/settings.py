@@ -57,6 +57,7 @@ MIDDLEWARE = [
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
+    "core.hardening.AdminHeadersMiddleware",  # X-Frame-Options + CSP on /admin/
     "django_prometheus.middleware.PrometheusAfterMiddleware",
 ]
 
@@ -143,10 +144,17 @@ DATABASE_ROUTERS = ["orchestrator_site.db_routers.MigrateRouter"]
 ATOMIC_REQUESTS = False
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
+# Also applied to `createsuperuser --noinput` (DJANGO_SUPERUSER_PASSWORD) by the console script.
 AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
+
+# `serve` turns these on when it serves HTTPS (--tls-cert-file), with HSTS on every answer.
+SESSION_COOKIE_SECURE = False
+CSRF_COOKIE_SECURE = False
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"

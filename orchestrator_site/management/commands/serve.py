@@ -17,6 +17,7 @@ from django.db import DatabaseError, connections
 from core import dberrors, dbpool_metrics, metrics, pgconf, pglock, pgurl
 from core.datadir import DataDirError, load_or_create_secret, prepare_data_dir, private_umask
 from core.flags import env_default, env_list, parse_duration
+from core.hardening import with_hsts
 from core.logging_setup import FORMATS, LEVELS, configure_logging
 from core.paths import default_data_dir, legacy_data_dir_notice
 from core.server import (
@@ -255,6 +256,9 @@ class Command(BaseCommand):
 
         periodic = []
         if server_tls is not None:
+            # HTTPS: admin cookies never travel in clear, browsers keep to HTTPS (HSTS).
+            settings.SESSION_COOKIE_SECURE = settings.CSRF_COOKIE_SECURE = True
+            application = with_hsts(application)
             SCOPE_HOOKS.append(make_scope_hook(server_tls))
             if crl_store is not None:
                 # GET /v1/crl serves the CRL that the handshakes enforce.

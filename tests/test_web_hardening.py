@@ -18,10 +18,10 @@ TIMEOUT = 10
 PASSWORD = "a-long-admin-passphrase-42"
 
 
-def create_admin(data_dir, password: str = PASSWORD):
+def create_admin(data_dir, *args: str, password: str = PASSWORD):
     return cli(
         "createsuperuser", "--noinput", "--username", "ops", "--email", "ops@example.com",
-        "--data-dir", str(data_dir),
+        "--data-dir", str(data_dir), *args,
         env={"DJANGO_SUPERUSER_PASSWORD": password},
     )  # fmt: skip
 
@@ -136,3 +136,22 @@ def test_createsuperuser_noinput_refuses_a_weak_password_in_one_line(tmp_path, w
     with sqlite3.connect(data / "orchestrator.sqlite3") as conn:
         assert conn.execute("SELECT count(*) FROM auth_user").fetchone() == (0,)
     conn.close()
+
+
+@pytest.mark.postgres
+def test_failed_logins_count_across_replicas_on_postgresql(tmp_path):
+    from tests.pg import require_postgres, temp_database
+
+    require_postgres()
+    with temp_database() as url:
+        args = ("--postgres-url", url)
+        with (
+            ServeProcess(tmp_path / "a" / "data", *args) as one,
+            ServeProcess(tmp_path / "b" / "data", *args) as two,
+            requests.Session() as session,
+        ):
+            assert create_admin(tmp_path / "a" / "data", *args).returncode == 0
+            for srv in (one, two, one, two, one):  # two replicas, one database
+                assert log_in(srv, session, "ops", "wrong").status_code == 200
+            assert log_in(two, session, "ops", "wrong").status_code == 429
+            assert log_in(one, session, "ops", PASSWORD).status_code == 429

@@ -2,6 +2,9 @@
 
 - `with_hsts(app)`: under TLS, every answer (both request paths) carries
   `Strict-Transport-Security`; `serve` wraps the application with it when it serves HTTPS.
+- `json_errors(app)`: the outermost layer; an exception that escapes every other layer before
+  an answer started (e.g. the static files handler's `SuspiciousFileOperation` for
+  `/static/../orchestrator.sqlite3`) is a JSON answer, never daphne's HTML 500.
 - `AdminHeadersMiddleware`: the admin's pages cannot be framed (`X-Frame-Options: DENY`, CSP
   `frame-ancestors 'none'`, against clickjacking of Cancel / Roll back) and run only the
   server's own scripts and style sheets (a Content-Security-Policy: no inline script or event
@@ -10,10 +13,19 @@
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
+from django.core.exceptions import SuspiciousOperation
 from django.http import HttpRequest, HttpResponse
+
+from core import edge
+from core.errors import BAD_REQUEST
+from core.observability import UNMATCHED_ROUTE
+
+logger = logging.getLogger("orchestrator.request")
 
 HSTS_SECONDS = 365 * 24 * 3600
 HSTS_HEADER = (b"strict-transport-security", b"max-age=%d" % HSTS_SECONDS)
@@ -45,6 +57,48 @@ def with_hsts(app: Any) -> Any:
         return await app(scope, receive, send_with_hsts)
 
     return hsts
+
+
+def json_errors(app: Any) -> Any:
+    """ASGI wrapper: an exception raised before the answer started becomes a JSON answer
+    (SuspiciousOperation → 400, a database failure → its 503/507, anything else → 500 with the
+    traceback in the log); after the answer started, the connection is closed as before."""
+
+    async def guarded(scope: dict[str, Any], receive: Any, send: Any) -> Any:
+        if scope.get("type") != "http":
+            return await app(scope, receive, send)
+        started_at = time.perf_counter()
+        answered = False
+
+        async def tracking_send(message: dict[str, Any]) -> None:
+            nonlocal answered
+            if message.get("type") == "http.response.start":
+                answered = True
+            await send(message)
+
+        try:
+            return await app(scope, receive, tracking_send)
+        except Exception as exc:
+            if answered:
+                raise
+            if isinstance(exc, SuspiciousOperation):
+                logger.warning("refused %s %s: %s", scope.get("method"), scope.get("path"), exc)
+                answer = edge.message_answer(400, BAD_REQUEST)
+            else:
+                answer = edge.db_error_answer(exc) or edge.internal_error_answer()
+                if answer[0] == 500:
+                    logger.error(
+                        "unhandled error on %s %s",
+                        scope.get("method"),
+                        scope.get("path"),
+                        exc_info=exc,
+                    )
+            base = [(b"content-type", b"application/json"), *edge.security_headers()]
+            await edge.send_answer(send, answer, base)
+            edge.observe(scope, UNMATCHED_ROUTE, answer[0], started_at)
+            return None
+
+    return guarded
 
 
 class AdminHeadersMiddleware:

@@ -167,6 +167,11 @@ STATIC_ROOT = DATA_DIR / "static"
 # Request bodies larger than this get 413 (documented in docs/api.md).
 MAX_REQUEST_BODY_BYTES = env.int("AUTONOMY_MAX_BODY_BYTES", default=8 * 1024 * 1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_REQUEST_BODY_BYTES
+# Slow and greedy clients (core.server.ClientLimits, docs/security.md "Hardening"): absolute
+# deadlines for a request's headers and for its body, and open connections per client address.
+CLIENT_HEADER_TIMEOUT_SECONDS = env.float("AUTONOMY_CLIENT_HEADER_TIMEOUT", default=10.0)
+CLIENT_BODY_TIMEOUT_SECONDS = env.float("AUTONOMY_CLIENT_BODY_TIMEOUT", default=60.0)
+MAX_CONNECTIONS_PER_CLIENT = env.int("AUTONOMY_MAX_CONNECTIONS_PER_CLIENT", default=64)
 
 REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": [

@@ -22,6 +22,7 @@ from core.logging_setup import FORMATS, LEVELS, configure_logging
 from core.paths import default_data_dir, legacy_data_dir_notice
 from core.server import (
     SCOPE_HOOKS,
+    ClientLimits,
     Listener,
     ServeError,
     bind_socket,
@@ -299,7 +300,13 @@ class Command(BaseCommand):
             syncer = CrlSyncThread(config=sync_config, store=crl_store)
             syncer.start()
         try:
-            run_daphne(application, listeners, on_ready=ready, periodic=periodic)
+            limits = ClientLimits(
+                header_timeout=settings.CLIENT_HEADER_TIMEOUT_SECONDS,
+                body_timeout=settings.CLIENT_BODY_TIMEOUT_SECONDS,
+                max_connections_per_client=settings.MAX_CONNECTIONS_PER_CLIENT,
+                max_body_bytes=settings.MAX_REQUEST_BODY_BYTES,
+            )
+            run_daphne(application, listeners, on_ready=ready, periodic=periodic, limits=limits)
         finally:
             if syncer is not None:
                 syncer.stop()

@@ -56,7 +56,7 @@ COLUMNS = (
 _QUOTED = ", ".join(f'"{c}"' for c in COLUMNS)
 INSERT = (
     f'INSERT INTO "{TABLE}" ({_QUOTED}) VALUES ({", ".join("?" * len(COLUMNS))}) '
-    'ON CONFLICT("event_id") DO NOTHING'
+    'ON CONFLICT("node_id", "event_id") DO NOTHING'
 )
 SELECT = f'SELECT "id", "payload" FROM "{TABLE}" WHERE "node_id" = ? ORDER BY "id" DESC LIMIT ?'
 BATCH = 100

@@ -1,19 +1,35 @@
-"""Preparing the data dir `serve` runs from: created 0700, writable, with a stable secret key."""
+"""Preparing the data dir `serve` runs from: 0700, writable, with a stable secret key.
+
+The data dir holds the store (session keys, tokens' hashes), the rollout signing key and the
+session secret, so it is private to the server's user: created 0700, and tightened to 0700 (with
+a warning) when it is more open. The SQLite database and its `-wal` / `-shm` files are 0600:
+existing ones are tightened here, new ones are created under the process umask 077 that `serve`
+and the store commands set (`private_umask`), and SQLite gives a new WAL/SHM file the mode of the
+database file.
+"""
 
 from __future__ import annotations
 
 import os
 import secrets
+import stat
 from pathlib import Path
 
 SECRET_FILENAME = "django-secret.key"
+PRIVATE_FILES = ("orchestrator.sqlite3", "orchestrator.sqlite3-wal", "orchestrator.sqlite3-shm")
 
 
 class DataDirError(Exception):
     """The data dir cannot be created or written; the message is one readable line."""
 
 
-def prepare_data_dir(path: Path) -> Path:
+def private_umask() -> None:
+    """Files this process creates from now on are private (0600 / 0700)."""
+    os.umask(0o077)
+
+
+def prepare_data_dir(path: Path) -> list[str]:
+    """Create or check PATH; returns warnings (one line each) about modes that were tightened."""
     try:
         path.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as exc:
@@ -22,7 +38,26 @@ def prepare_data_dir(path: Path) -> Path:
         raise DataDirError(f"data dir {path} exists and is not a directory")
     if not os.access(path, os.W_OK | os.X_OK):
         raise DataDirError(f"data dir {path} is not writable by this user")
-    return path
+    warnings = []
+    for target, private in [(path, 0o700)] + [(path / name, 0o600) for name in PRIVATE_FILES]:
+        try:
+            info = target.lstat()
+        except FileNotFoundError:
+            continue
+        if stat.S_ISLNK(info.st_mode) or info.st_uid != os.getuid():
+            continue  # not ours to change; the open will say so if it matters
+        mode = stat.S_IMODE(info.st_mode)
+        if mode & 0o077:
+            try:
+                os.chmod(target, mode & 0o700)
+            except OSError as exc:
+                raise DataDirError(
+                    f"cannot make {target} private (mode {mode:04o}): {exc.strerror or exc}"
+                ) from exc
+            warnings.append(
+                f"{target} was mode {mode:04o}, readable by other users: tightened to {private:04o}"
+            )
+    return warnings
 
 
 def load_or_create_secret(path: Path) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import logging.config
+import re
 import sys
 from datetime import UTC, datetime
 
@@ -55,12 +56,37 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(data, default=str).decode()
 
 
+# C0 controls (newline, CR, ESC, ...), DEL, C1 controls and the Unicode line/paragraph
+# separators: a client's text (path, ids, certificate names) must not end a log line early,
+# forge the next one or drive the terminal.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape_char(match: re.Match[str]) -> str:
+    char = match.group()
+    named = _NAMED.get(char)
+    if named is not None:
+        return named
+    code = ord(char)
+    return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}"
+
+
+def escape_controls(text: str) -> str:
+    """`text` on one line: control characters as `\\n`, `\\x1b`, `\\u2028`, ..."""
+    return _CONTROL.sub(_escape_char, text)
+
+
 class TextFormatter(logging.Formatter):
+    """One line per record; control characters in the message are escaped. A traceback follows
+    on lines of its own, each indented, so none of them can pass for a record."""
+
     def format(self, record: logging.LogRecord) -> str:
         level = _LEVEL_NAMES.get(record.levelno, record.levelname.lower())
-        line = f"{_timestamp(record)} {level:<5} {record.getMessage()}"
+        line = f"{_timestamp(record)} {level:<5} {escape_controls(record.getMessage())}"
         if record.exc_info:
-            line += "\n" + self.formatException(record.exc_info)
+            trace = self.formatException(record.exc_info)
+            line += "".join("\n  " + escape_controls(part) for part in trace.split("\n"))
         return line
 
 

@@ -107,14 +107,132 @@ class Listener:
         return self.address
 
 
+@dataclass(frozen=True)
+class ClientLimits:
+    """Bounds on what one client connection may hold (docs/security.md, "Hardening").
+
+    `header_timeout`: seconds from the connection's start (TLS handshake included), or from the
+    end of the previous answer on a kept-alive connection, until the request's headers are
+    complete. `body_timeout`: seconds from the end of the headers until the whole body arrived.
+    Both are absolute deadlines: a client trickling one byte at a time does not extend them
+    (Twisted's own idle timer restarts on every byte). `max_connections_per_client`: open
+    connections per client address; more are closed at once. `max_body_bytes`: the body limit;
+    Twisted keeps at most one byte more (the application answers 413), never spooling the rest.
+    """
+
+    header_timeout: float = 10.0
+    body_timeout: float = 60.0
+    max_connections_per_client: int = 64
+    max_body_bytes: int | None = None
+
+
+_LIMITS = ClientLimits()
+_OPEN_PER_CLIENT: dict[str, int] = {}
+
+
+def _refused() -> Any:
+    """The protocol of a connection over the per-client cap: closed as soon as it is made."""
+    from twisted.internet.protocol import Protocol
+
+    class Refused(Protocol):
+        def connectionMade(self) -> None:
+            transport: Any = self.transport
+            transport.abortConnection()
+
+    return Refused()
+
+
+class _ClosedLog:
+    """Counts connections closed by a limit; logs one summary line per minute at most, so a
+    flood of slow clients cannot flood the log."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+        self.last = 0.0
+
+    def note(self, why: str, client: str) -> None:
+        self.counts[why] = self.counts.get(why, 0) + 1
+        now = time.monotonic()
+        if now - self.last >= 60.0:
+            self.last = now
+            summary = ", ".join(f"{n} {reason}" for reason, n in sorted(self.counts.items()))
+            self.counts = {}
+            logger.warning(
+                "closed slow or excess client connections (last from %s): %s", client, summary
+            )
+
+
+_CLOSED = _ClosedLog()
+
+
+def _guard_connection(protocol: Any, client: str) -> None:
+    """Absolute header and body deadlines on one HTTP connection (see ClientLimits)."""
+    from twisted.internet import reactor as _reactor
+
+    reactor: Any = _reactor  # the installed reactor (typed as the bare module)
+
+    channel = getattr(protocol, "_channel", None) or protocol
+    limits = _LIMITS
+    timer: list[Any] = [None]
+
+    def cancel() -> None:
+        if timer[0] is not None and timer[0].active():
+            timer[0].cancel()
+        timer[0] = None
+
+    def expire(why: str) -> None:
+        timer[0] = None
+        _CLOSED.note(why, client)
+        # twisted.web's outer protocol is a proxy: the channel holds the transport.
+        transport = getattr(channel, "transport", None) or getattr(protocol, "transport", None)
+        if transport is not None:
+            transport.abortConnection()
+
+    def arm(seconds: float, why: str) -> None:
+        cancel()
+        if seconds > 0:
+            timer[0] = reactor.callLater(seconds, expire, why)
+
+    def wrap(name: str, before: Callable[[], None]) -> None:
+        original = getattr(channel, name)
+
+        def wrapped(*args: Any, **kwargs: Any) -> Any:
+            before()
+            return original(*args, **kwargs)
+
+        setattr(channel, name, wrapped)
+
+    wrap("allHeadersReceived", lambda: arm(limits.body_timeout, "body timeout"))
+    wrap("allContentReceived", cancel)
+    wrap("requestDone", lambda: arm(limits.header_timeout, "header timeout"))
+    original_lost = protocol.connectionLost
+
+    def connection_lost(reason: Any) -> Any:
+        cancel()
+        left = _OPEN_PER_CLIENT.get(client, 1) - 1
+        if left > 0:
+            _OPEN_PER_CLIENT[client] = left
+        else:
+            _OPEN_PER_CLIENT.pop(client, None)
+        return original_lost(reason)
+
+    protocol.connectionLost = connection_lost
+    arm(limits.header_timeout, "header timeout")
+
+
 class _TaggingFactory:
-    """Marks each connection's protocol with its Listener, so a request knows where it came in."""
+    """Marks each connection's protocol with its Listener, so a request knows where it came in,
+    and applies the per-client connection cap and the read deadlines (ClientLimits)."""
 
     def __init__(self, factory: Any, listener: Listener) -> None:
         self._factory = factory
         self._listener = listener
 
     def buildProtocol(self, addr: Any) -> Any:
+        client = str(getattr(addr, "host", "") or "")
+        if client and _OPEN_PER_CLIENT.get(client, 0) >= _LIMITS.max_connections_per_client:
+            _CLOSED.note("over the per-client connection cap", client)
+            return _refused()
         protocol = self._factory.buildProtocol(addr)
         if protocol is not None:
             protocol._orchestrator_listener = self._listener
@@ -122,6 +240,9 @@ class _TaggingFactory:
             inner = getattr(protocol, "_channel", None)
             if inner is not None:
                 inner._orchestrator_listener = self._listener
+            if client:
+                _OPEN_PER_CLIENT[client] = _OPEN_PER_CLIENT.get(client, 0) + 1
+                _guard_connection(protocol, client)
         return protocol
 
     def __getattr__(self, name: str) -> Any:
@@ -178,6 +299,19 @@ def _no_form_parsing_in_twisted() -> None:
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             self._parsePOSTFormSubmission = False
+            self._body_kept = 0
+
+        def handleContentChunk(self, data: bytes) -> None:
+            # Keep at most limit + 1 bytes: the application still sees "too large" and answers
+            # 413, but a huge (or chunked, or lying) upload is never spooled past the limit.
+            limit = _LIMITS.max_body_bytes
+            if limit is not None:
+                room = limit + 1 - self._body_kept
+                if room <= 0:
+                    return
+                data = data[:room]
+                self._body_kept += len(data)
+            super().handleContentChunk(data)
 
     # HTTPFactory.buildProtocol() looks the request class up in daphne's module by name.
     daphne_http.WebRequest = WebRequest
@@ -196,6 +330,7 @@ def run_daphne(
     listeners: list[Listener],
     on_ready: Callable[[], None] | None = None,
     periodic: list[tuple[float, Callable[[], None]]] | None = None,
+    limits: ClientLimits | None = None,
 ) -> None:
     """Serve `application` on the listeners until SIGTERM/SIGINT, then drain and return.
 
@@ -247,6 +382,8 @@ def run_daphne(
             waiter.addErrback(lambda _: None)
             return waiter
 
+    global _LIMITS
+    _LIMITS = limits or ClientLimits()
     endpoints = []
     for listener in listeners:
         _ENDPOINTS[listener.name] = listener

@@ -7,10 +7,15 @@ class Event(models.Model):
     `payload` holds the event's JSON as received (all keys, unknown ones too); the indexed columns
     are copies of the fields the API filters on. `id` is the insertion order: "newest first" means
     highest `id` first. `received_at` is the arrival time (the fleet view's `last_seen`).
+
+    The idempotency key is (`node_id`, `event_id`) (API.md §6): event ids are unique per node, so
+    one node can never shadow another node's event. The unique index lists `event_id` first so
+    that it also serves exact lookups by `event_id` (admin search) without a second index; the
+    key is the same set of columns (`ON CONFLICT (node_id, event_id)` matches it).
     """
 
     id = models.BigAutoField(primary_key=True)
-    event_id = models.CharField(max_length=256, unique=True)
+    event_id = models.CharField(max_length=256)
     event_type = models.CharField(max_length=256)
     node_id = models.CharField(max_length=256)
     timestamp = models.CharField(max_length=64, help_text="RFC 3339 timestamp as sent by the node")
@@ -24,6 +29,9 @@ class Event(models.Model):
             models.Index(fields=["node_id", "id"], name="event_node_id_idx"),
             models.Index(fields=["event_type", "id"], name="event_type_id_idx"),
             models.Index(fields=["node_id", "event_type", "id"], name="event_node_type_id_idx"),
+        ]
+        constraints = [
+            models.UniqueConstraint(fields=["event_id", "node_id"], name="event_node_event_key"),
         ]
 
     def __str__(self) -> str:

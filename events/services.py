@@ -2,12 +2,14 @@
 insert itself, used directly by the in-process writer thread of the fast path).
 
 One short transaction per call (`BEGIN IMMEDIATE` on SQLite, set in settings), a raw
-`INSERT ... ON CONFLICT (event_id) DO NOTHING` through `cursor.executemany`, and the inserted count
-taken from the insert itself (`rowcount`, the sum over the batch on sqlite3 and psycopg 3). On
-PostgreSQL one `INSERT ... SELECT FROM unnest(...) ... RETURNING event_id` per group instead.
-Duplicates, against stored events or inside the batch, are simply not inserted: the first copy
-wins and a stored event never changes. On PostgreSQL the events of a group are inserted sorted by
-event_id (one lock order for every replica: no deadlocks between concurrent ingests).
+`INSERT ... ON CONFLICT (node_id, event_id) DO NOTHING` through `cursor.executemany`, and the
+inserted count taken from the insert itself (`rowcount`, the sum over the batch on sqlite3 and
+psycopg 3). On PostgreSQL one `INSERT ... SELECT FROM unnest(...) ... RETURNING node_id, event_id`
+per group instead. The idempotency key is (node_id, event_id) (API.md §6: one node can never
+shadow another node's event). Duplicates, against stored events or inside the batch, are simply
+not inserted: the first copy wins and a stored event never changes. On PostgreSQL the events of a
+group are inserted sorted by (node_id, event_id) (one lock order for every replica: no deadlocks
+between concurrent ingests).
 """
 
 from __future__ import annotations
@@ -76,7 +78,7 @@ def _insert_sql() -> str:
         _INSERT_SQL = (
             f"INSERT INTO {qn(Event._meta.db_table)} ({', '.join(qn(c) for c in columns)}) "
             f"VALUES ({', '.join(['%s'] * len(columns))}) "
-            f"ON CONFLICT ({qn('event_id')}) DO NOTHING"
+            f"ON CONFLICT ({qn('node_id')}, {qn('event_id')}) DO NOTHING"
         )
     return _INSERT_SQL
 
@@ -111,25 +113,27 @@ def events_store(*, batches: list[list[EventRow]]) -> list[IngestResult]:
 
 
 def _store_in_key_order(batches: list[list[EventRow]], received_at: Any) -> list[IngestResult]:
-    """PostgreSQL: insert the whole group's events in ONE statement, sorted by event_id, so that
-    every transaction (of every replica) takes the unique index's locks in one order and two
-    ingests can never deadlock. Each batch keeps its own counts: an event counts as inserted for
-    the first batch of the group that carries it, when the insert stored it (`RETURNING`)."""
-    owner: dict[str, int] = {}
+    """PostgreSQL: insert the whole group's events in ONE statement, sorted by the key (node_id,
+    event_id), so that every transaction (of every replica) takes the unique index's locks in one
+    order and two ingests can never deadlock. Each batch keeps its own counts: an event counts as
+    inserted for the first batch of the group that carries it, when the insert stored it
+    (`RETURNING`)."""
+    owner: dict[tuple[str, str], int] = {}
     unique: list[EventRow] = []
     for index, rows in enumerate(batches):
         for row in rows:
-            if row[0] not in owner:
-                owner[row[0]] = index
+            key = (row[2], row[0])  # (node_id, event_id)
+            if key not in owner:
+                owner[key] = index
                 unique.append(row)
-    unique.sort(key=lambda row: row[0])
+    unique.sort(key=lambda row: (row[2], row[0]))
     inserted = [0] * len(batches)
     if unique:
         columns = [list(column) for column in zip(*unique, strict=True)]
         with transaction.atomic(), connection.cursor() as cursor:
             cursor.execute(_sorted_insert_sql(), [received_at, *columns])
-            for (event_id,) in cursor.fetchall():
-                inserted[owner[event_id]] += 1
+            for node_id, event_id in cursor.fetchall():
+                inserted[owner[(node_id, event_id)]] += 1
     results = [
         IngestResult(received=len(rows), inserted=inserted[index])
         for index, rows in enumerate(batches)
@@ -154,7 +158,8 @@ def _sorted_insert_sql() -> str:
             f"SELECT {', '.join('u.' + qn(c) for c in columns)}, %s::timestamptz "
             f"FROM unnest({arrays}) WITH ORDINALITY "
             f"AS u({', '.join(qn(c) for c in columns)}, ord) ORDER BY u.ord "
-            f"ON CONFLICT ({qn('event_id')}) DO NOTHING RETURNING {qn('event_id')}"
+            f"ON CONFLICT ({qn('node_id')}, {qn('event_id')}) DO NOTHING "
+            f"RETURNING {qn('node_id')}, {qn('event_id')}"
         )
     return _SORTED_INSERT_SQL
 

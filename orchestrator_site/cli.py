@@ -108,7 +108,7 @@ def public_parser(parser: argparse.ArgumentParser, name: str, command: str) -> N
             "--data-dir",
             metavar="DIR",
             help="the data dir of the SQLite store, as given to `serve --data-dir` "
-            "(default $XDG_CACHE_HOME/autonomyops/orchestrator; AUTONOMY_DATA_DIR)",
+            "(default $XDG_STATE_HOME/autonomyops/orchestrator; AUTONOMY_DATA_DIR)",
         )
         parser.add_argument(
             "--postgres-url",
@@ -165,6 +165,30 @@ def store_problem(name: str) -> str | None:
     return None
 
 
+def noinput_password_problem(options: dict[str, Any]) -> str | None:
+    """`createsuperuser --noinput` takes DJANGO_SUPERUSER_PASSWORD without Django's password
+    validators (the interactive prompt runs them): run them here, one line when refused."""
+    password = os.environ.get("DJANGO_SUPERUSER_PASSWORD")
+    if options.get("interactive", True) or password is None:
+        return None
+    from django.contrib.auth import get_user_model
+    from django.contrib.auth.password_validation import validate_password
+    from django.core.exceptions import ValidationError
+
+    user_model = get_user_model()
+    username = options.get(user_model.USERNAME_FIELD) or os.environ.get(
+        "DJANGO_SUPERUSER_" + user_model.USERNAME_FIELD.upper(), ""
+    )
+    email = options.get("email") or os.environ.get("DJANGO_SUPERUSER_EMAIL", "")
+    try:
+        validate_password(
+            password, user_model(**{user_model.USERNAME_FIELD: username}, email=email)
+        )
+    except ValidationError as exc:
+        return "DJANGO_SUPERUSER_PASSWORD refused: " + " ".join(exc.messages)
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help", "help"):
@@ -176,6 +200,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     command = COMMANDS[name][0]
     preconfigure_env(command, rest)
+    if command in _STORE_COMMANDS:
+        os.umask(0o077)  # the store's files (database, -wal, -shm, keys) are private: 0600
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "orchestrator_site.settings")
     import django
     from django.core.management import CommandError, ManagementUtility
@@ -199,6 +225,8 @@ def main(argv: list[str] | None = None) -> int:
 
         def execute_on_a_ready_store(*args: Any, **options: Any) -> Any:
             problem = store_problem(name)  # after the flags parsed (and --help answered)
+            if problem is None and command == "createsuperuser":
+                problem = noinput_password_problem(options)
             if problem is not None:
                 raise CommandError(problem)
             return execute(*args, **options)

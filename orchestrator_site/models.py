@@ -79,3 +79,22 @@ class SharedKeyFingerprint(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} {self.fingerprint}"
+
+
+class LoginFailure(models.Model):
+    """One failed admin login, kept 15 minutes for the login throttle (orchestrator_site.
+    login_throttle). In the database so that every replica on PostgreSQL counts the same
+    failures; `migrate` does not copy these short-lived rows."""
+
+    username = models.CharField(max_length=150)
+    source_ip = models.CharField(max_length=64)
+    failed_at = models.DateTimeField()
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["username", "source_ip", "failed_at"], name="loginfail_key_idx"),
+            models.Index(fields=["failed_at"], name="loginfail_at_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"failed login of {self.username!r} from {self.source_ip} at {self.failed_at}"

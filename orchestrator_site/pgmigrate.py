@@ -56,6 +56,7 @@ SKIP_MODELS = {
     "orchestrator_site.leaderstate",
     "orchestrator_site.replicaheartbeat",
     "orchestrator_site.sharedkeyfingerprint",
+    "orchestrator_site.loginfailure",
 }
 SKIP_DEPENDENTS_OF = {"contenttypes.contenttype"}
 

@@ -59,6 +59,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "core.middleware.PrincipalMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
+    "core.hardening.AdminHeadersMiddleware",  # X-Frame-Options + CSP on /admin/
     "django_prometheus.middleware.PrometheusAfterMiddleware",
 ]
 
@@ -145,10 +146,17 @@ DATABASE_ROUTERS = ["orchestrator_site.db_routers.MigrateRouter"]
 ATOMIC_REQUESTS = False
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
+# Also applied to `createsuperuser --noinput` (DJANGO_SUPERUSER_PASSWORD) by the console script.
 AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
+
+# `serve` turns these on when it serves HTTPS (--tls-cert-file), with HSTS on every answer.
+SESSION_COOKIE_SECURE = False
+CSRF_COOKIE_SECURE = False
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
@@ -161,6 +169,11 @@ STATIC_ROOT = DATA_DIR / "static"
 # Request bodies larger than this get 413 (documented in docs/api.md).
 MAX_REQUEST_BODY_BYTES = env.int("AUTONOMY_MAX_BODY_BYTES", default=8 * 1024 * 1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_REQUEST_BODY_BYTES
+# Slow and greedy clients (core.server.ClientLimits, docs/security.md "Hardening"): absolute
+# deadlines for a request's headers and for its body, and open connections per client address.
+CLIENT_HEADER_TIMEOUT_SECONDS = env.float("AUTONOMY_CLIENT_HEADER_TIMEOUT", default=10.0)
+CLIENT_BODY_TIMEOUT_SECONDS = env.float("AUTONOMY_CLIENT_BODY_TIMEOUT", default=60.0)
+MAX_CONNECTIONS_PER_CLIENT = env.int("AUTONOMY_MAX_CONNECTIONS_PER_CLIENT", default=64)
 
 REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": [

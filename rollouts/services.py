@@ -18,6 +18,7 @@ The admin UI and the API call these functions (keyword-only):
 
 from __future__ import annotations
 
+import bisect
 import secrets
 from dataclasses import dataclass
 from datetime import datetime
@@ -214,6 +215,49 @@ def known_node_ids() -> set[str]:
     return nodes
 
 
+def _dry_run_cohorts(
+    stages: Any, plan_id: str, known: set[str], active: set[str]
+) -> tuple[list[int], list[list[str]]]:
+    """Per stage: how many known nodes run the release once it is open (cumulative), and the
+    first DRY_RUN_SAMPLE of them by id.
+
+    Cohorts only grow (percent never decreases, listed nodes and active nodes stay in), so each
+    node has one entry stage: the first whose percent exceeds its bucket (a binary search), the
+    first that lists it, or 0 when it already runs the release. One pass over the sorted nodes
+    then counts and samples: O(nodes * log stages + stages * sample) after the sort, where the
+    old per-stage scan and sort cost stages * nodes * log nodes (12.5 s for 50 stages, issue 11).
+    """
+    count = len(stages)
+    percents = [stage.percent for stage in stages]
+    first_listed: dict[str, int] = {}
+    for index, stage in enumerate(stages):
+        for node in stage.nodes:
+            first_listed.setdefault(node, index)
+    entering = [0] * count
+    samples: list[list[str]] = [[] for _ in range(count)]
+    not_full = count  # stages >= not_full have a full sample (cohorts grow: a suffix fills)
+    for node in sorted(known):
+        if node in active:
+            entry = 0
+        else:
+            entry = min(
+                bisect.bisect_right(percents, bucket(plan_id, node)), first_listed.get(node, count)
+            )
+        if entry >= count:
+            continue
+        entering[entry] += 1
+        for index in range(entry, not_full):
+            samples[index].append(node)
+        while not_full > 0 and len(samples[not_full - 1]) >= DRY_RUN_SAMPLE:
+            not_full -= 1
+    counts = []
+    total = 0
+    for added in entering:
+        total += added
+        counts.append(total)
+    return counts, samples
+
+
 def rollout_publish_dry_run(*, raw_spec: bytes) -> dict[str, Any]:
     """Validate like `rollout_publish` and say who each stage would reach; store nothing."""
     spec = parse_spec(raw_spec)
@@ -224,24 +268,16 @@ def rollout_publish_dry_run(*, raw_spec: bytes) -> dict[str, Any]:
             "node_id", flat=True
         )
     )
-    buckets = {node: bucket(plan_id, node) for node in known}
-    explicit: set[str] = set()
-    stages = []
-    for stage in spec.stages:
-        explicit.update(stage.nodes)
-        members = sorted(
-            node
-            for node in known
-            if buckets[node] < stage.percent or node in explicit or node in active
-        )
-        stages.append(
-            {
-                "stage_id": stage.stage_id,
-                "percent": display_percent(stage.percent),
-                "nodes": len(members),
-                "sample": members[:DRY_RUN_SAMPLE],
-            }
-        )
+    counts, samples = _dry_run_cohorts(spec.stages, plan_id, known, active)
+    stages = [
+        {
+            "stage_id": stage.stage_id,
+            "percent": display_percent(stage.percent),
+            "nodes": counts[index],
+            "sample": samples[index],
+        }
+        for index, stage in enumerate(spec.stages)
+    ]
     return {
         "dry_run": True,
         "valid": True,

@@ -32,6 +32,16 @@ def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return {**env, **(extra or {})}
 
 
+def share_keys(source: Path, target: Path) -> None:
+    """Give the replica whose data dir is TARGET the rollout signing key and session secret of
+    SOURCE's (replicas of one database must share them: API.md §7)."""
+    import shutil
+
+    target.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for key in ("rollout-signing.key", "django-secret.key"):
+        shutil.copy2(source / key, target / key)
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))

@@ -73,17 +73,17 @@ HELP_EXPECTED = {
          "--tls-key-file", "--tls-ca-file", "--tls-crl-file", "--tls-crl-sync-url",
          "--tls-crl-sync-min-sources", "--tls-crl-sync-interval", "--tls-crl-sync-server-name",
          "--log-format", "--log-level"),
-        ("default 127.0.0.1:8888", "default $XDG_CACHE_HOME/autonomyops/orchestrator",
+        ("default 127.0.0.1:8888", "default $XDG_STATE_HOME/autonomyops/orchestrator",
          "default 5m", "default text", "default info"),
     ),
     "migrate": (
         ("--sqlite-dir", "--postgres-url", "--batch-size"),
         ("default 1000",),
     ),
-    "signing-key": (("--data-dir",), ("default $XDG_CACHE_HOME/autonomyops/orchestrator",)),
+    "signing-key": (("--data-dir",), ("default $XDG_STATE_HOME/autonomyops/orchestrator",)),
     "createsuperuser": (
         ("--data-dir", "--postgres-url"),
-        ("default $XDG_CACHE_HOME/autonomyops/orchestrator", "default empty = SQLite"),
+        ("default $XDG_STATE_HOME/autonomyops/orchestrator", "default empty = SQLite"),
     ),
     "version": ((), ("default text",)),
 }  # fmt: skip

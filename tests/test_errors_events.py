@@ -130,6 +130,7 @@ def test_corrupt_store_at_start_is_one_line_and_a_non_zero_exit(tmp_path):
     data = tmp_path / "data"
     data.mkdir(mode=0o700)
     (data / "orchestrator.sqlite3").write_bytes(b"this is not a database file " * 400)
+    (data / "orchestrator.sqlite3").chmod(0o600)  # as serve makes it: no "tightened" warning
     result = run_serve_expect_exit(data)
     assert result.returncode != 0
     lines = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]

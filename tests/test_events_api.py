@@ -83,6 +83,16 @@ def test_duplicates_against_store_and_inside_batch_are_counted_and_first_copy_wi
     assert Event.objects.count() == 3
 
 
+def test_the_same_event_id_from_two_nodes_is_two_events_and_the_key_is_per_node(api):
+    squat = ev("node-b-000042", node_id="node-a")
+    real = ev("node-b-000042", node_id="node-b", event_type="app.crash")
+    assert post(api, {"events": [squat]}).json() == {"received": 1, "inserted": 1, "deduped": 0}
+    both = post(api, {"events": [real, squat, real]})
+    assert both.json() == {"received": 3, "inserted": 1, "deduped": 2}
+    stored = Event.objects.order_by("id").values_list("node_id", "event_type")
+    assert list(stored) == [("node-a", "app.heartbeat"), ("node-b", "app.crash")]
+
+
 def test_empty_batch_is_accepted_and_stores_nothing(api):
     response = post(api, {"events": []})
     assert response.status_code == 200
@@ -267,3 +277,24 @@ def test_non_json_content_type_on_the_django_path_is_a_json_error(api):
     assert response["Content-Type"] == "application/json"
     assert response.json()["error"]
     assert Event.objects.count() == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_key_migration_keeps_every_stored_event(api):
+    from django.core.management import call_command
+    from django.db import connection
+
+    call_command("migrate", "events", "0001", verbosity=0)
+    try:
+        with connection.cursor() as cursor:
+            for n in range(3):
+                cursor.execute(
+                    "INSERT INTO events_event (event_id, event_type, node_id, timestamp, "
+                    "payload, received_at) VALUES (%s, 't', %s, 'ts', '{}', %s)",
+                    [f"old-{n}", f"node-{n % 2}", "2026-11-27 08:00:00"],
+                )
+    finally:
+        call_command("migrate", "events", verbosity=0)
+    stored = list(Event.objects.order_by("id").values_list("event_id", "node_id"))
+    assert stored == [("old-0", "node-0"), ("old-1", "node-1"), ("old-2", "node-0")]
+    assert post(api, {"events": [ev("old-1", node_id="node-0")]}).json()["inserted"] == 1

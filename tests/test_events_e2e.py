@@ -38,7 +38,7 @@ def test_ingest_query_restart_and_find_the_data(tmp_path):
         assert first.status_code == 200
         assert first.headers["Content-Type"] == "application/json"
         assert first.json() == {"received": 3, "inserted": 2, "deduped": 1}
-        again = http.post(url, json={"events": [ev("e-2"), ev("e-3")]}, timeout=TIMEOUT)
+        again = http.post(url, json={"events": [ev("e-2", "node-b"), ev("e-3")]}, timeout=TIMEOUT)
         assert again.json() == {"received": 2, "inserted": 1, "deduped": 1}
 
         bad = http.post(
@@ -85,12 +85,13 @@ def test_concurrent_clients_lose_nothing_and_count_every_duplicate_once(tmp_path
         url = srv.url("/v1/events")
 
         def send(client: int) -> dict[str, int]:
-            # every client sends 5 batches; ids overlap between neighbouring clients
+            # every client sends 5 batches; events (node_id, event_id) overlap between
+            # neighbouring clients
             totals = {"received": 0, "inserted": 0, "deduped": 0}
             with requests.Session() as http:
                 for b in range(5):
                     ids = [f"c{(client + k % 2) % 8}-b{b}-{k // 2}" for k in range(100)]
-                    body = {"events": [ev(i, f"node-{client}") for i in ids]}
+                    body = {"events": [ev(i, "node-" + i.split("-")[0]) for i in ids]}
                     response = http.post(url, json=body, timeout=TIMEOUT)
                     assert response.status_code == 200, response.text
                     for key, value in response.json().items():
@@ -131,6 +132,44 @@ def test_body_limit_on_both_paths(tmp_path):
             assert response.headers["Content-Type"] == "application/json"
             assert response.json()["limit"] == 2000
         assert requests.get(srv.url("/v1/events"), timeout=TIMEOUT).json()["count"] == 0
+
+
+def _squat(srv: ServeProcess, http: requests.Session) -> None:
+    """node-a posts node-b's next event id first; node-b's real crash report must still be
+    stored (the key is (node_id, event_id), API.md §6), and node-b's retry is a dedup."""
+    url = srv.url("/v1/events")
+    squat = http.post(url, json={"events": [ev("node-b-000042", "node-a")]}, timeout=TIMEOUT)
+    assert squat.json() == {"received": 1, "inserted": 1, "deduped": 0}
+    crash = {**ev("node-b-000042", "node-b"), "event_type": "app.crash"}
+    real = http.post(url, json={"events": [crash]}, timeout=TIMEOUT)
+    assert real.status_code == 200, real.text
+    assert real.json() == {"received": 1, "inserted": 1, "deduped": 0}
+    retry = http.post(url, json={"events": [crash, crash]}, timeout=TIMEOUT)
+    assert retry.json() == {"received": 2, "inserted": 0, "deduped": 2}
+    mine = http.get(url, params={"node_id": "node-b"}, timeout=TIMEOUT).json()["events"]
+    assert mine == [crash]
+    theirs = http.get(url, params={"node_id": "node-a"}, timeout=TIMEOUT).json()["events"]
+    assert [e["event_type"] for e in theirs] == ["app.heartbeat"]
+
+
+def test_an_event_id_squatted_by_another_node_does_not_hide_the_real_event(tmp_path):
+    with ServeProcess(tmp_path / "data") as srv, requests.Session() as http:
+        _squat(srv, http)
+
+
+@pytest.mark.postgres
+def test_an_event_id_squatted_by_another_node_does_not_hide_the_real_event_on_postgresql(
+    tmp_path,
+):
+    from tests.pg import require_postgres, temp_database
+
+    require_postgres()
+    with (
+        temp_database() as url,
+        ServeProcess(tmp_path / "data", "--postgres-url", url) as srv,
+        requests.Session() as http,
+    ):
+        _squat(srv, http)
 
 
 @pytest.mark.postgres

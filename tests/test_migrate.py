@@ -121,6 +121,33 @@ def test_rerun_inserts_nothing_twice(store: Path, target: str):
     assert pg.count(target, "orchestrator_site_hacutoverat") == 2
 
 
+def test_the_same_event_id_from_two_nodes_is_copied_as_two_events(store: Path, target: str):
+    import sqlite3
+
+    db = store / "orchestrator.sqlite3"
+    with sqlite3.connect(db) as conn:
+        for node in ("node-a", "node-b"):
+            conn.execute(
+                "INSERT INTO events_event (event_id, event_type, node_id, timestamp, payload, "
+                "received_at) VALUES ('node-b-000042', 'app.crash', ?, "
+                "'2026-11-27T10:00:00Z', '{}', '2026-11-27 08:00:00')",
+                (node,),
+            )
+    conn.close()
+    args = ("--sqlite-dir", str(store), "--postgres-url", target, "--batch-size", BATCH)
+    first = migrate(*args)
+    assert first.returncode == 0, first.stderr
+    again = migrate(*args)
+    assert again.returncode == 0, again.stderr
+    assert "(0 inserted, 327 already present)" in again.stdout
+    with psycopg.connect(target) as pgconn:
+        nodes = pgconn.execute(
+            "SELECT node_id FROM events_event WHERE event_id = 'node-b-000042' ORDER BY id"
+        ).fetchall()
+    assert nodes == [("node-a",), ("node-b",)]
+    assert_same_data(db, target)
+
+
 def start_and_interrupt(args: list[str], target: str, sig: int) -> subprocess.Popen[str]:
     """Start `autonomy-orchestrator ARGS`, send `sig` once 1000 events are in the target."""
     proc = subprocess.Popen(
@@ -212,7 +239,7 @@ def assert_event_indexes(url: str) -> None:
 
     names = pg.index_names(url, "events_event")
     assert {ix.name for ix in Event._meta.indexes} <= names
-    assert any(n.endswith("_like") for n in names)  # event_id's pattern index
+    assert "event_node_event_key" in names  # the (node_id, event_id) idempotency key
     assert "autonomy_migrate_deferred_index" not in pg.table_names(url)
 
 

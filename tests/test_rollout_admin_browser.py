@@ -65,6 +65,7 @@ def browser(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[object]
     for flag in CHROMIUM_FLAGS:
         options.add_argument(flag)
     options.add_argument(f"--user-data-dir={tmp_path / 'chromium-profile'}")
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # CSP reports
     driver = webdriver.Chrome(
         service=Service(chromedriver, log_output=str(tmp_path / "chromedriver.log")),
         options=options,
@@ -159,6 +160,22 @@ def test_log_in_open_a_plan_pause_it_and_see_the_phase_change(tmp_path, browser)
             # Paused: Resume is offered now, Pause no longer.
             assert browser.find_elements(By.ID, "rollout-action-resume")
             assert not browser.find_elements(By.ID, "rollout-action-pause")
+            # Cancel asks first (a script of the page, allowed by the admin's CSP); dismissed,
+            # nothing happens.
+            browser.find_element(By.CSS_SELECTOR, "#rollout-action-cancel button").click()
+            alert = wait.until(ec.alert_is_present())
+            assert "cannot be undone" in alert.text
+            alert.dismiss()
+            assert browser.find_element(By.ID, "rollout-phase").get_attribute("data-phase") == (
+                "paused"
+            )
+            # The admin's Content-Security-Policy blocked nothing the pages need.
+            blocked = [
+                entry["message"]
+                for entry in browser.get_log("browser")
+                if "Content Security Policy" in entry["message"]
+            ]
+            assert blocked == []
         except Exception as exc:
             raise AssertionError(
                 f"{exc}\n--- page {browser.current_url} ---\n{browser.page_source[:4000]}"

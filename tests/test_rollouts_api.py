@@ -636,3 +636,33 @@ def test_browsable_api_for_a_browser(api):
         assert response.status_code == 200, path
         assert response["Content-Type"].startswith("text/html")
         assert b"p1" in response.content
+
+
+def test_dry_run_cohorts_match_the_rule_for_many_stages_and_nodes(api):
+    """The one-pass cohort computation gives, for every stage, exactly the nodes the rule names
+    (bucket < percent, or listed by this or an earlier stage, or already running the release)."""
+    release = ReleaseFactory(release_id="rel-1")
+    nodes = [f"m-{i:04d}" for i in range(600)]
+    for node in nodes[:500]:
+        EventFactory(node_id=node)
+    for node in nodes[500:]:
+        NodeAckFactory(node_id=node, release=ReleaseFactory(), status="acknowledged")
+    NodeAckFactory(node_id="m-0599", release=release, status="active")
+    stages = [
+        {"stage_id": f"s{i}", "percent": p, **({"nodes": [nodes[i * 7]]} if i % 3 == 0 else {})}
+        for i, p in enumerate([0.5, 1, 1, 2, 5, 5, 10, 20, 25, 40, 50, 75, 90, 99, 100])
+    ]
+    body = {"plan_id": "many", "release_id": "rel-1", "stages": stages}
+    response = post_json(api, "/v1/rollouts?dry_run=true", body)
+    assert response.status_code == 200, response.content
+
+    def bucket(node):
+        return int(hashlib.sha256(f"many:{node}".encode()).hexdigest()[:8], 16) % 10000 / 100
+
+    listed: set[str] = set()
+    for stage, answer in zip(stages, response.json()["stages"], strict=True):
+        listed.update(stage.get("nodes", []))
+        members = sorted(
+            n for n in nodes if bucket(n) < stage["percent"] or n in listed or n == "m-0599"
+        )
+        assert (answer["nodes"], answer["sample"]) == (len(members), members[:10])

@@ -57,7 +57,9 @@ def _optional_id_field() -> serializers.CharField:
 class EventSerializer(OpenObjectSerializer):
     """One telemetry event. Keys beyond these are kept and returned exactly as received."""
 
-    event_id = _id_field("Unique id; an id already stored is counted in `deduped`.")
+    event_id = _id_field(
+        "Unique per node: an (`node_id`, `event_id`) already stored is counted in `deduped`."
+    )
     event_type = _id_field("For example `app.crash`.")
     node_id = _id_field("The sending node.")
     timestamp = serializers.DateTimeField(
@@ -143,8 +145,9 @@ class EventsViewSchema(OpenApiViewExtension):
                 operation_id="events_ingest",
                 summary="Ingest a batch of events",
                 description=(
-                    "Idempotent on `event_id`: the first copy wins, later copies (stored, or "
-                    "repeated in the batch) are counted in `deduped`. A 200 means every "
+                    "Idempotent on (`node_id`, `event_id`): the first copy wins, later copies "
+                    "(stored, or repeated in the batch) are counted in `deduped`; the same "
+                    "`event_id` from another node is a different event. A 200 means every "
                     "inserted event is on disk."
                 ),
                 tags=["events"],

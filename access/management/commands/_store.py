@@ -3,6 +3,7 @@ settings through orchestrator_site.cli before Django starts), created and migrat
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from django.conf import settings
@@ -10,7 +11,7 @@ from django.core.management import call_command
 from django.core.management.base import CommandError, CommandParser
 from django.db import DatabaseError
 
-from core.datadir import DataDirError, prepare_data_dir
+from core.datadir import DataDirError, prepare_data_dir, private_umask
 from core.flags import env_default
 
 
@@ -31,7 +32,9 @@ def open_store(data_dir: str) -> None:
     """Create the data dir (0700) when serving from SQLite, and apply migrations."""
     try:
         if not settings.POSTGRES_URL:
-            prepare_data_dir(Path(data_dir).expanduser())
+            private_umask()
+            for warning in prepare_data_dir(Path(data_dir).expanduser()):
+                print(f"warning: {warning}", file=sys.stderr)
         call_command("migrate", interactive=False, verbosity=0)
     except DataDirError as exc:
         raise CommandError(str(exc)) from None

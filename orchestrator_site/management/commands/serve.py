@@ -17,13 +17,15 @@ from django.db import DatabaseError, connections
 from access.services import Denial, DenialRecorder, edge_token_resolver
 from core import dberrors, dbpool_metrics, ha, leader, metrics, pgconf, pglock, pgurl
 from core.auth import AuthMode, Enforcement, auth_mode, startup_refusal
-from core.datadir import DataDirError, load_or_create_secret, prepare_data_dir
+from core.datadir import DataDirError, load_or_create_secret, prepare_data_dir, private_umask
 from core.edge import configure_auth
 from core.flags import env_default, env_list, parse_duration
+from core.hardening import with_hsts
 from core.logging_setup import FORMATS, LEVELS, configure_logging
-from core.paths import default_data_dir
+from core.paths import default_data_dir, legacy_data_dir_notice
 from core.server import (
     SCOPE_HOOKS,
+    ClientLimits,
     Listener,
     ServeError,
     bind_socket,
@@ -59,7 +61,7 @@ class Command(BaseCommand):
             metavar="DIR",
             default=env_default("data-dir") or str(default_data_dir()),
             help="directory of the SQLite store, the rollout signing key and the session secret, "
-            "created 0700 if missing (default $XDG_CACHE_HOME/autonomyops/orchestrator; "
+            "created 0700 if missing (default $XDG_STATE_HOME/autonomyops/orchestrator; "
             "AUTONOMY_DATA_DIR)",
         )
         parser.add_argument(
@@ -261,7 +263,12 @@ class Command(BaseCommand):
         data_dir = Path(options["data_dir"]).expanduser()
         # The data dir is used on PostgreSQL too: it keeps the rollout signing key and the secret
         # that signs admin sessions (AUTONOMY_SECRET_KEY, when set, wins).
-        prepare_data_dir(data_dir)
+        private_umask()  # the database, its -wal/-shm and every other new file: 0600
+        for warning in prepare_data_dir(data_dir):
+            logger.warning(warning)
+        notice = legacy_data_dir_notice(data_dir)
+        if notice is not None:
+            logger.warning(notice)
         if not os.environ.get("AUTONOMY_SECRET_KEY"):
             settings.SECRET_KEY = load_or_create_secret(data_dir)
 
@@ -301,6 +308,9 @@ class Command(BaseCommand):
 
         periodic = []
         if server_tls is not None:
+            # HTTPS: admin cookies never travel in clear, browsers keep to HTTPS (HSTS).
+            settings.SESSION_COOKIE_SECURE = settings.CSRF_COOKIE_SECURE = True
+            application = with_hsts(application)
             SCOPE_HOOKS.append(make_scope_hook(server_tls))
             if crl_store is not None:
                 # GET /v1/crl serves the CRL that the handshakes enforce.
@@ -350,7 +360,13 @@ class Command(BaseCommand):
             syncer = CrlSyncThread(config=sync_config, store=crl_store)
             syncer.start()
         try:
-            run_daphne(application, listeners, on_ready=ready, periodic=periodic)
+            limits = ClientLimits(
+                header_timeout=settings.CLIENT_HEADER_TIMEOUT_SECONDS,
+                body_timeout=settings.CLIENT_BODY_TIMEOUT_SECONDS,
+                max_connections_per_client=settings.MAX_CONNECTIONS_PER_CLIENT,
+                max_body_bytes=settings.MAX_REQUEST_BODY_BYTES,
+            )
+            run_daphne(application, listeners, on_ready=ready, periodic=periodic, limits=limits)
         finally:
             if syncer is not None:
                 syncer.stop()

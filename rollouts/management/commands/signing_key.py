@@ -27,7 +27,7 @@ class Command(BaseCommand):
             metavar="DIR",
             default=env_default("data-dir") or str(settings.DATA_DIR),
             help="the data dir holding the signing key, as given to `serve --data-dir` "
-            "(default $XDG_CACHE_HOME/autonomyops/orchestrator; AUTONOMY_DATA_DIR)",
+            "(default $XDG_STATE_HOME/autonomyops/orchestrator; AUTONOMY_DATA_DIR)",
         )
         parser.add_argument(
             "--postgres-url",

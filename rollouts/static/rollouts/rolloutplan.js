@@ -1,0 +1,14 @@
+// The rollout plan page of the admin (change_form.html); a file, not inline: the admin CSP
+// allows only the server's own scripts (no inline scripts, no onsubmit attributes).
+// On submit of an action form: ask for confirmation where the form says so (data-confirm:
+// Cancel, Roll back, ...), then copy the shared reason field into the form.
+document.querySelectorAll("#rollout-controls form[data-reason-form]").forEach(function (form) {
+  form.addEventListener("submit", function (event) {
+    var question = form.getAttribute("data-confirm");
+    if (question && !window.confirm(question)) {
+      event.preventDefault();
+      return;
+    }
+    form.querySelector("input[name=reason]").value = document.getElementById("rollout-reason").value;
+  });
+});

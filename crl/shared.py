@@ -78,7 +78,8 @@ def publish(store: CrlStore, lease: tuple[int, str]) -> bool:
     current = store.refresh().crl
     der = crl_der(current)
     with leader.leader_transaction(lease), connection.cursor() as cursor:
-        cursor.execute(f"SELECT der FROM {TABLE} WHERE id = 1 FOR UPDATE")
+        lock = " FOR UPDATE" if connection.vendor == "postgresql" else ""
+        cursor.execute(f"SELECT der FROM {TABLE} WHERE id = 1{lock}")
         row = cursor.fetchone()
         if row is not None:
             stored = x509.load_der_x509_crl(bytes(row[0]))

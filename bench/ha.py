@@ -1,6 +1,8 @@
 """The HA fault matrix (docs/ha.md): three `serve` replicas on a throwaway PostgreSQL cluster
 (tests/pgcluster.py; a streaming standby where the scenario needs one) under a bounded ingest
-load, and one fault per scenario. Prints, per scenario, the answers by status, the longest gap
+load, and one fault per scenario: leader kill -9, leader SIGSTOP, database stop/start (5 s),
+`pg_ctl restart -m fast`, connection exhaustion, primary crash + standby promotion (asynchronous
+and synchronous replication). Prints, per scenario, the answers by status, the longest gap
 between two acknowledged writes, the acknowledged events missing afterwards, and its timings.
 
     .venv/bin/python bench/ha.py [--rounds N]
@@ -22,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.hafaults import leader_kill, promotion
+from tests.hafaults import database_fault, leader_kill, promotion
 from tests.pgcluster import PgCluster
 
 
@@ -46,6 +48,9 @@ def main() -> int:
                     pg.sql(f"CREATE DATABASE {db}")
                     result = leader_kill(root / db, pg.url(db), sig)
                     print(f"{name} (round {round_no}): {json.dumps(result)}", flush=True)
+            for kind in ("stop/start", "restart", "exhaustion"):
+                result = database_fault(root / kind.replace("/", "-"), kind)
+                print(f"database {kind} (round {round_no}): {json.dumps(result)}", flush=True)
             for synchronous in (False, True):
                 result = promotion(root / f"promote-{synchronous}", synchronous=synchronous)
                 kind = "sync" if synchronous else "async"

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import random
 import secrets
 import threading
@@ -35,6 +36,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from django.db import connection, transaction
@@ -370,6 +372,7 @@ def leader_transaction(lease: tuple[int, str] | None = None) -> Iterator[None]:
     everything done in the block) when the durable row names another lease.
     """
     epoch, token = lease if lease is not None else elector.lease()
+    _test_pause_before_leader_write(epoch)
     with transaction.atomic():
         with connection.cursor() as cursor:
             lock = " FOR SHARE" if connection.vendor == "postgresql" else ""
@@ -381,6 +384,28 @@ def leader_transaction(lease: tuple[int, str] | None = None) -> Iterator[None]:
                 elector.note_fenced()
                 raise Fenced(f"the lease of epoch {epoch} is no longer the leader's")
         yield
+
+
+# Test hook (tests/test_ha_replicas.py, the real-process fencing test), read only when set:
+# AUTONOMY_TEST_PAUSE_BEFORE_LEADER_WRITE=<path> makes the first leader-only write of the
+# process, after it has taken its lease and before its transaction, create <path> and wait
+# (at most 60 s) until the test removes it. Never set it in production.
+PAUSE_HOOK_ENV = "AUTONOMY_TEST_PAUSE_BEFORE_LEADER_WRITE"
+_paused_once = False
+
+
+def _test_pause_before_leader_write(epoch: int) -> None:
+    global _paused_once
+    marker = os.environ.get(PAUSE_HOOK_ENV)
+    if not marker or _paused_once:
+        return
+    _paused_once = True
+    path = Path(marker)
+    path.write_text(f"{epoch}\n")
+    logger.warning("test hook: pausing before a leader-only write (epoch %d)", epoch)
+    deadline = time.monotonic() + 60
+    while path.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def leader_row() -> dict[str, Any]:

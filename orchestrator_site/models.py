@@ -65,6 +65,27 @@ class ReplicaHeartbeat(models.Model):
         return f"{self.node_id} ({self.role})"
 
 
+class SharedCrl(models.Model):
+    """The one row (id 1): the CRL the leader enforces, shared with the followers (crl.shared).
+
+    Written only by the leader, fenced (`core.leader.leader_transaction`), and only with a CRL
+    newer than the stored one; followers poll `sha256` and adopt a newer CRL into their file."""
+
+    id = models.PositiveSmallIntegerField(primary_key=True)
+    der = models.BinaryField()
+    sha256 = models.CharField(max_length=64)
+    number = models.CharField(max_length=64, default="")  # CRL numbers go up to 20 octets
+    stored_by = models.CharField(max_length=255, default="")
+    epoch = models.PositiveBigIntegerField(default=0)
+    stored_at = models.DateTimeField()
+
+    class Meta:
+        db_table = "ha_crl"
+
+    def __str__(self) -> str:
+        return f"CRL number {self.number or '?'} from {self.stored_by}"
+
+
 class SharedKeyFingerprint(models.Model):
     """Fingerprints of the keys every replica must share (rollout signing key, session secret),
     stored by the first replica to start; a replica with another key refuses to start."""

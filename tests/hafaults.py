@@ -1,7 +1,8 @@
 """The HA fault harness shared by tests/test_ha_failover.py and bench/ha.py: `serve` replicas on
 a throwaway primary (and streaming standby) of tests/pgcluster.py, a bounded ingest load that
 remembers every acknowledged event, and the faults: leader kill -9, leader SIGSTOP, primary
-crash + standby promotion (asynchronous or synchronous replication).
+crash + standby promotion (asynchronous or synchronous replication), database stop/start,
+`pg_ctl restart -m fast` and connection exhaustion.
 
 Each scenario returns a dict of what clients got (answers by status), the longest gap between
 two acknowledged writes, the acknowledged events missing from the database afterwards, and the
@@ -10,6 +11,7 @@ scenario's own timings. Loopback only.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -267,3 +269,90 @@ def promotion(root: Path, *, synchronous: bool, seconds: float = 3.0) -> dict[st
         if standby is not None:
             standby.destroy()
         primary.destroy()
+
+
+def database_fault(
+    root: Path, kind: str, *, count: int = 3, down_seconds: float = 5.0, seconds: float = 3.0
+) -> dict[str, Any]:
+    """A fault of the database itself under `count` replicas and load, on a cluster of its own:
+
+    - "stop/start": `pg_ctl stop -m fast`, `down_seconds` away, then start;
+    - "restart": `pg_ctl restart -m fast`;
+    - "exhaustion": `max_connections` 20 with 3 reserved for superusers, the replicas (a plain
+      role) sized past it (pools of 10, 12 clients), and another client of the same role takes
+      every slot left for 2.5 s: the replicas answer 503 + Retry-After, never 500, and an
+      operator's superuser session (psql) still gets in.
+    """
+    exhaustion = kind == "exhaustion"
+    settings: dict[str, Any] = (
+        {"max_connections": 20, "superuser_reserved_connections": 3} if exhaustion else {}
+    )
+    pg = PgCluster.create(**settings)
+    replicas: list[ServeProcess] = []
+    try:
+        pg.sql("CREATE ROLE aorch LOGIN")
+        pg.sql("CREATE DATABASE fleet OWNER aorch")
+        url = f"postgresql://aorch@127.0.0.1:{pg.port}/fleet?connect_timeout=2"
+        extra = ("--db-pool-size", "10") if exhaustion else ()
+        # One replica after another (the first makes the keys); the pool options come last.
+        first = replica(root, url, "r1", *extra).start()
+        replicas = [first] + [
+            replica(root, url, f"r{i}", *extra, keys_from=first.data_dir).start()
+            for i in range(2, count + 1)
+        ]
+        load = Load(replicas, clients=12 if exhaustion else 3).start()
+        result: dict[str, Any] = {"fault": kind, "replicas": count}
+        try:
+            time.sleep(seconds)
+            hit = time.monotonic()
+            if kind == "stop/start":
+                pg.stop("fast")
+                time.sleep(down_seconds)
+                back = time.monotonic()
+                pg.start()
+            elif kind == "restart":
+                pg.restart("fast")
+                back = time.monotonic()
+            elif kind == "exhaustion":
+                back = hit
+                # Another client of the same role takes every slot left but the reserved ones.
+                hog = []
+                with contextlib.suppress(psycopg.OperationalError):
+                    for _ in range(20):
+                        hog.append(psycopg.connect(url, connect_timeout=3))
+                result["slots_taken_by_another_client"] = len(hog)
+                operator = []
+                for _ in range(5):  # an operator's psql (superuser) while the pools are full
+                    try:
+                        with psycopg.connect(pg.url("fleet"), connect_timeout=3) as conn:
+                            conn.execute("SELECT 1")
+                        operator.append(True)
+                    except psycopg.OperationalError:
+                        operator.append(False)
+                    time.sleep(0.5)
+                in_use = pg.sql(
+                    "SELECT count(*) FROM pg_stat_activity WHERE usename = 'aorch'", "fleet"
+                )[0][0]
+                for conn in hog:
+                    conn.close()
+                result["operator_sessions_ok"] = f"{sum(operator)} of {len(operator)}"
+                result["replica_connections_at_peak"] = in_use
+            else:
+                raise ValueError(kind)
+            wait_for(lambda: load.first_ack_after(back) is not None, 30)
+            resumed = load.first_ack_after(back)
+            result["writes_resumed_after_start_s"] = None if resumed is None else round(resumed, 2)
+            time.sleep(seconds)
+        finally:
+            load.stop()
+        result.update(
+            statuses=dict(load.statuses),
+            bad=load.bad[:5],
+            longest_write_gap_s=round(load.longest_gap(), 2),
+            acked=len(load.acked),
+            lost=missing(pg.url("fleet"), load.acked),
+        )
+        return result
+    finally:
+        stop_all(replicas)
+        pg.destroy()

@@ -3,7 +3,8 @@ streaming standby of the test's own (tests/pgcluster.py, `pg_basebackup -R`), sy
 replication, the primary crashed (`pg_ctl stop -m immediate`) and the standby promoted
 (`pg_ctl promote`) under an ingest load through a multi-host URL with
 `target_session_attrs=read-write`. Never a 500; writes resume on the new primary; with
-synchronous replication no acknowledged event is lost; one replica leads afterwards. The
+synchronous replication no acknowledged event is lost; one replica leads afterwards. Also a
+`pg_ctl restart -m fast` under two replicas and load: never a 500, nothing acknowledged lost. The
 timings are printed (bench/ha.py runs the fuller matrix); only the contract's outcomes are
 asserted."""
 
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.hafaults import promotion
+from tests.hafaults import database_fault, promotion
 from tests.pgcluster import require_cluster
 
 pytestmark = [pytest.mark.e2e]
@@ -28,3 +29,15 @@ def test_standby_promotion_with_synchronous_replication_loses_no_acknowledged_wr
     assert result["acked"] > 0
     assert result["lost"] == 0, result
     assert result["leaders_after"] == 1, result
+
+
+def test_database_restart_under_two_replicas_is_never_a_500_and_loses_nothing(tmp_path):
+    """`pg_ctl restart -m fast` under load with two replicas (the fuller matrix: bench/ha.py)."""
+    require_cluster()
+    result = database_fault(tmp_path, "restart", count=2)
+    print(result)
+    assert result["bad"] == [], result  # no 500, every 503 carries Retry-After
+    assert 500 not in result["statuses"]
+    assert result["writes_resumed_after_start_s"] is not None, result
+    assert result["acked"] > 0
+    assert result["lost"] == 0, result

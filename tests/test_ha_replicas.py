@@ -1,6 +1,7 @@
 """Three real `serve` replicas on one PostgreSQL database (API.md §7): exactly one leads
 background work; kill -9 of the leader hands the lead to another within 5 s; a frozen (SIGSTOP)
-leader is taken over and, woken up, stops leading; `--require-sync-replicas` refuses operator
+leader is taken over and, woken up, stops leading; a leader frozen between taking its lease and
+its write has that write refused (fenced) when it wakes; `--require-sync-replicas` refuses operator
 writes (503 + Retry-After) while no synchronous standby streams, never a node's ingest; a
 replica with another signing key refuses to start with one line."""
 
@@ -66,14 +67,21 @@ def database() -> Iterator[str]:
         yield url
 
 
-def replica(tmp_path: Path, url: str, name: str, *extra: str, keys_from: Path | None = None):
+def replica(
+    tmp_path: Path,
+    url: str,
+    name: str,
+    *extra: str,
+    keys_from: Path | None = None,
+    env: dict[str, str] | None = None,
+):
     data = tmp_path / name / "data"
     if keys_from is not None:
         data.mkdir(parents=True, mode=0o700)
         for key in ("rollout-signing.key", "django-secret.key"):
             shutil.copy2(keys_from / key, data / key)
     return ServeProcess(
-        data, "--postgres-url", url, "--node-name", name, "--db-pool-size", "4", *extra
+        data, "--postgres-url", url, "--node-name", name, "--db-pool-size", "4", *extra, env=env
     )
 
 
@@ -163,6 +171,69 @@ def test_a_frozen_leader_is_taken_over_and_stops_leading_when_it_wakes(three):
     status, _, body = call(chief, "GET", "/v1/ha/status")
     assert status == 200 and body["role"] == "follower"
     assert "stopped leading" in chief.logs()
+
+
+def test_a_leader_frozen_inside_its_write_is_fenced_when_it_wakes(tmp_path, database):
+    """The fencing test against real processes: r1 leads, takes its lease for a promotion and is
+    frozen (SIGSTOP) before its transaction (test hook); r2 takes over and promotes the stage
+    itself; woken up, r1's write with the old lease is refused: the stage is promoted once."""
+    marker = tmp_path / "r1-in-write"
+    hook = {leader_hook_env(): str(marker)}
+    first = replica(tmp_path, database, "r1", env=hook).start()
+    second = None
+    try:
+        assert wait_for(lambda: (leader_view(first) or {}).get("session_lock_held"), 15)
+        second = replica(tmp_path, database, "r2", keys_from=first.data_dir).start()
+        status, _, body = call(first, "POST", "/v1/releases", {"release_id": "rel-1"})
+        assert status == 201, body
+        spec = {
+            "plan_id": "plan-fence",
+            "release_id": "rel-1",
+            "stages": [
+                {"stage_id": "s1", "percent": 10, "gates": [{"kind": "time_soak", "seconds": 1}]},
+                {"stage_id": "s2", "percent": 100},
+            ],
+        }
+        status, _, body = call(first, "POST", "/v1/rollouts", spec)
+        assert status == 201, body
+        # r1's evaluator decided to promote s1 and holds its lease, before its transaction.
+        assert wait_for(marker.exists, 20), first.logs()
+        epoch = int(marker.read_text())
+        with_signal(first, signal.SIGSTOP)
+        try:
+            assert wait_for(lambda: (leader_view(second) or {}).get("session_lock_held"), 30)
+            # The new leader promotes the stage itself.
+            assert wait_for(
+                lambda: (
+                    call(second, "GET", "/v1/rollouts/plan-fence/status")[2]["current_stage_id"]
+                    == "s2"
+                ),
+                20,
+                step=0.2,
+            )
+        finally:
+            marker.unlink(missing_ok=True)  # r1 goes on with its write when it wakes
+            with_signal(first, signal.SIGCONT)
+        assert leader_view(second)["current_epoch"] > epoch
+        assert wait_for(lambda: "a leader-only write was refused" in first.logs(), 15), first.logs()
+        # The refusal is logged after the rollback: the history is final for r1's write.
+        _, _, state = call(second, "GET", "/v1/rollouts/plan-fence/status")
+        actions = [h["action"] for h in state["history"]]
+        assert actions == ["publish", "promote"], state["history"]
+        assert [s["phase"] for s in state["stages"]] == ["promoted", "open"]
+        assert leaders([first, second]) == [second]
+    finally:
+        for srv in (first, second):
+            if srv is not None:
+                if srv.proc is not None and srv.proc.poll() is None:
+                    with_signal(srv, signal.SIGCONT)
+                srv.stop()
+
+
+def leader_hook_env() -> str:
+    from core.leader import PAUSE_HOOK_ENV
+
+    return PAUSE_HOOK_ENV
 
 
 def test_require_sync_replicas_refuses_operator_writes_but_not_ingest(tmp_path, database):

@@ -35,6 +35,7 @@ from core.server import (
 from core.tls import ServerTls, TlsConfig, TlsError, make_scope_hook
 from crl.apps import CrlConfig
 from crl.services import CrlSyncConfig, CrlSyncThread
+from crl.shared import CrlShareThread
 from crl.store import CrlStore
 from rollouts.signing import SigningKeyError, current_key
 
@@ -359,6 +360,11 @@ class Command(BaseCommand):
         if sync_config is not None and crl_store is not None:
             syncer = CrlSyncThread(config=sync_config, store=crl_store)
             syncer.start()
+        sharer = None
+        if using_postgres and crl_store is not None:
+            # Every replica enforces the newest CRL the leader adopted (docs/ha.md).
+            sharer = CrlShareThread(crl_store)
+            sharer.start()
         try:
             limits = ClientLimits(
                 header_timeout=settings.CLIENT_HEADER_TIMEOUT_SECONDS,
@@ -370,6 +376,8 @@ class Command(BaseCommand):
         finally:
             if syncer is not None:
                 syncer.stop()
+            if sharer is not None:
+                sharer.stop()
             recorder.stop()
             leader.elector.stop()
 

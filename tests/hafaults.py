@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import json
 import os
 import shutil
 import signal
@@ -28,30 +27,10 @@ from typing import Any
 
 import psycopg
 
-from tests.liveserver import ServeProcess
+from tests.liveserver import ServeProcess, call
 from tests.pgcluster import PgCluster
 
 _ids = itertools.count()
-
-
-def call(
-    srv: ServeProcess, method: str, path: str, body: Any = None, timeout: float = 10
-) -> tuple[int, dict[str, str], Any]:
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(srv.url(path), data=data, method=method)
-    if data is not None:
-        request.add_header("Content-Type", "application/json")
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as resp:
-            raw = resp.read()
-            return resp.status, dict(resp.headers), json.loads(raw) if raw else None
-    except urllib.error.HTTPError as err:
-        raw = err.read()
-        try:
-            body = json.loads(raw) if raw else None
-        except ValueError:
-            body = raw.decode(errors="replace")
-        return err.code, dict(err.headers), body
 
 
 def wait_for(predicate: Any, limit: float, step: float = 0.05) -> bool:

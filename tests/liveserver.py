@@ -9,6 +9,7 @@ files next to the data dir so a failing test can show them (`srv.logs()`).
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -171,3 +172,25 @@ def run_serve_expect_exit(
         env=env,
         timeout=timeout,
     )
+
+
+def call(
+    srv: ServeProcess, method: str, path: str, body: Any = None, timeout: float = 10
+) -> tuple[int, dict[str, str], Any]:
+    """METHOD PATH on SRV with a JSON BODY: (status, headers, decoded JSON answer; the text of an
+    error answer that is not JSON)."""
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(srv.url(path), data=data, method=method)
+    if data is not None:
+        request.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as resp:
+            raw = resp.read()
+            return resp.status, dict(resp.headers), json.loads(raw) if raw else None
+    except urllib.error.HTTPError as err:
+        raw = err.read()
+        try:
+            body = json.loads(raw) if raw else None
+        except ValueError:
+            body = raw.decode(errors="replace")
+        return err.code, dict(err.headers), body

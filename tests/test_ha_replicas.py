@@ -7,7 +7,6 @@ replica with another signing key refuses to start with one line."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -20,28 +19,12 @@ from typing import Any
 
 import pytest
 
-from tests.liveserver import ServeProcess, run_serve_expect_exit
+from tests.liveserver import ServeProcess, call, run_serve_expect_exit
 from tests.pg import temp_database
 
 pytestmark = [pytest.mark.e2e]
 
 FAILOVER_BOUND_SECONDS = 5.0  # the contract's bound for a leader's death (kill -9)
-
-
-def call(
-    srv: ServeProcess, method: str, path: str, body: Any = None, timeout: float = 10
-) -> tuple[int, dict[str, str], Any]:
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(srv.url(path), data=data, method=method)
-    if data is not None:
-        request.add_header("Content-Type", "application/json")
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as resp:
-            raw = resp.read()
-            return resp.status, dict(resp.headers), json.loads(raw) if raw else None
-    except urllib.error.HTTPError as err:
-        raw = err.read()
-        return err.code, dict(err.headers), json.loads(raw) if raw else None
 
 
 def leader_view(srv: ServeProcess) -> dict[str, Any] | None:

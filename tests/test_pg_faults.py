@@ -6,12 +6,9 @@ answers are 503 with Retry-After and none waits much longer than the pool timeou
 from __future__ import annotations
 
 import itertools
-import json
 import shutil
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +17,7 @@ from typing import Any
 import pytest
 
 from tests.liveserver import ServeProcess, cli, free_port
+from tests.liveserver import call as json_call
 from tests.pgcluster import PgCluster
 
 pytestmark = [pytest.mark.e2e]
@@ -52,17 +50,7 @@ def database(cluster: PgCluster) -> Iterator[str]:
 def call(
     srv: ServeProcess, method: str, path: str, body: Any = None, timeout: float = 30
 ) -> tuple[int, dict[str, str], Any]:
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(srv.url(path), data=data, method=method)
-    if data is not None:
-        request.add_header("Content-Type", "application/json")
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as resp:
-            raw = resp.read()
-            return resp.status, dict(resp.headers), json.loads(raw) if raw else None
-    except urllib.error.HTTPError as err:
-        raw = err.read()
-        return err.code, dict(err.headers), json.loads(raw) if raw else None
+    return json_call(srv, method, path, body, timeout=timeout)
 
 
 def events(n: int = 3) -> dict[str, Any]:

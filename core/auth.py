@@ -79,6 +79,8 @@ class Principal:
     node_id: str | None = None
     claimed_operator: str | None = None
     rejected: str | None = None
+    # A token's expiry (UNIX seconds), so a cached principal is refused the moment it expires.
+    expires_at: float | None = field(default=None, compare=False, repr=False)
 
     @property
     def authenticated(self) -> bool:

@@ -417,7 +417,7 @@ def test_image_on_sqlite_keeps_events_in_its_volume_and_stops_cleanly(
     containers.append(second)
     second.start()
     assert event_ids(second) == ["e-2", "e-1"]
-    status, body = http("POST", second.url("/v1/events"), {"events": [ev("e-2"), ev("e-3")]})
+    status, body = http("POST", second.url("/v1/events"), {"events": [ev("e-2", "b"), ev("e-3")]})
     assert body == {"received": 2, "inserted": 1, "deduped": 1}
     assert second.stop() == 0
 

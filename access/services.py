@@ -26,11 +26,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from django.db import IntegrityError, transaction
+from django.conf import settings
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from access.models import ApiToken, AuditRecord
+from core import revocation
 from core.auth import REQUEST_CONTEXT, Kind, Principal, Role
+from core.edge import auth_gate
 from core.errors import ApiError
 from core.flags import parse_duration
 from core.params import parse_rfc3339
@@ -179,6 +182,10 @@ def token_revoke(*, name: str, principal: Principal | None = None) -> ApiToken:
             raise TokenError(f"token {name!r} was already revoked at {_iso(token.revoked_at)}")
         token.revoked_at = timezone.now()
         token.save(update_fields=["revoked_at"])
+        if connection.vendor == "postgresql":  # delivered to the listeners on commit
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_notify(%s, %s)", [revocation.NOTIFY_CHANNEL, name])
+        transaction.on_commit(_signal_revocation)
         audit_write(
             event_name="auth.token.revoked",
             outcome=AuditRecord.Outcome.SUCCESS,
@@ -187,6 +194,15 @@ def token_revoke(*, name: str, principal: Principal | None = None) -> ApiToken:
             detail={"role": token.role, "node_id": token.node_id},
         )
     return token
+
+
+def _signal_revocation() -> None:
+    """After a revocation committed: bump the data dir's stamp (servers on this host see it on
+    their next request, core.revocation) and drop this process's own cache."""
+    revocation.bump_stamp(settings.DATA_DIR)
+    gate_tokens = auth_gate().tokens
+    if gate_tokens is not None:
+        gate_tokens.forget()
 
 
 def token_resolve(secret: str, *, touch: bool = True) -> Principal | None:
@@ -207,7 +223,13 @@ def token_resolve(secret: str, *, touch: bool = True) -> Principal | None:
             _touch(token.pk, token.last_used_at, now)
         else:
             _touch_later(token.pk, token.last_used_at, now)
-    return Principal(Kind.TOKEN, token.name, Role.parse(token.role), node_id=token.node_id or None)
+    return Principal(
+        Kind.TOKEN,
+        token.name,
+        Role.parse(token.role),
+        node_id=token.node_id or None,
+        expires_at=token.expires_at.timestamp() if token.expires_at is not None else None,
+    )
 
 
 def _touch(pk: int, seen: datetime | None, now: datetime) -> None:
@@ -336,6 +358,7 @@ class Denial:
     method: str = ""
     target: str | None = None
     error: str | None = None
+    event_name: str = "auth.access.denied"  # or cert.revocation.rejected (a TLS handshake)
 
 
 class DenialRecorder:
@@ -382,7 +405,7 @@ class DenialRecorder:
         """Note one denial (cheap; call it from the request path, any thread)."""
         now = self.clock()
         at = timezone.now()
-        key = (self._who(denial), denial.route or "", denial.reason)
+        key = (self._who(denial), denial.route or denial.event_name, denial.reason)
         with self._lock:
             window = self._windows.get(key)
             if window is not None and now - window.started >= self.window_seconds:
@@ -414,6 +437,7 @@ class DenialRecorder:
             detail["summary"] = True
             detail["window_seconds"] = self.window_seconds
         return {
+            "event_name": denial.event_name,
             "principal": denial.principal,
             "route": denial.route,
             "target": denial.target,
@@ -498,7 +522,7 @@ def _write_denials(batch: list[dict[str, Any]]) -> None:
     with transaction.atomic():
         for entry in batch:
             audit_write(
-                event_name="auth.access.denied",
+                event_name=entry.get("event_name", "auth.access.denied"),
                 outcome=AuditRecord.Outcome.DENIED,
                 principal=entry["principal"],
                 route=entry["route"],

@@ -7,18 +7,26 @@ the client's CPU use so a reader can tell whether the client was the limit.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import ipaddress
 import multiprocessing
 import os
+import secrets
 import signal
 import socket
+import ssl
 import subprocess
 import sys
+import tempfile
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 BIN = Path(sys.executable).with_name("autonomy-orchestrator")
 DAPHNE = Path(sys.executable).with_name("daphne")
@@ -30,13 +38,18 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_http(url: str, timeout: float = 60.0, proc: subprocess.Popen[bytes] | None = None) -> None:
+def wait_http(
+    url: str,
+    timeout: float = 60.0,
+    proc: subprocess.Popen[bytes] | None = None,
+    context: ssl.SSLContext | None = None,
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"server exited with {proc.returncode} before it was ready")
         try:
-            with urllib.request.urlopen(url, timeout=2) as resp:
+            with urllib.request.urlopen(url, timeout=2, context=context) as resp:
                 if resp.status == 200:
                     return
         except OSError:
@@ -56,15 +69,20 @@ class Server:
         env: dict[str, str],
         cwd: str | None = None,
         log: Path | None = None,
+        context: ssl.SSLContext | None = None,
     ) -> None:
         self.port = port
+        self.context = context
+        if context is not None:
+            _TLS_PORTS[port] = context
         self.log = log
         out = open(log, "wb") if log else subprocess.DEVNULL  # noqa: SIM115 - closed in stop()
         self._out = out
         self.proc = subprocess.Popen(
             args, env={**os.environ, **env}, cwd=cwd, stdout=out, stderr=subprocess.STDOUT
         )
-        wait_http(f"http://127.0.0.1:{port}{ready_path}", proc=self.proc)
+        scheme = "https" if context is not None else "http"
+        wait_http(f"{scheme}://127.0.0.1:{port}{ready_path}", proc=self.proc, context=context)
 
     def cpu_seconds(self) -> float:
         """utime + stime of the server process so far."""
@@ -88,7 +106,11 @@ class Server:
 def start_orchestrator(
     data_dir: Path, *extra: str, env: dict[str, str] | None = None, log: Path | None = None
 ) -> Server:
+    """`serve` on 127.0.0.1 with the bench's `--auth` mode (`use_auth`): for `token` a fresh
+    token is created in `data_dir` first and sent on every request; for `mtls` the server gets
+    the throwaway PKI and the clients present its certificate."""
     port = free_port()
+    auth_args = AUTH.prepare(data_dir)
     args = [
         str(BIN),
         "serve",
@@ -98,9 +120,164 @@ def start_orchestrator(
         str(data_dir),
         "--log-level",
         "warn",
+        *auth_args,
         *extra,
     ]
-    return Server(args, port, "/v1/health", env or {}, log=log)
+    return Server(args, port, "/v1/health", env or {}, log=log, context=AUTH.client_context)
+
+
+# --- auth enforced (--auth none|token|mtls) -------------------------------------------------
+
+AUTH_MODES = ("none", "token", "mtls")
+# The ports served over TLS and the client context for them (run_load connects with it).
+_TLS_PORTS: dict[int, ssl.SSLContext] = {}
+
+
+def add_auth_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--auth",
+        choices=AUTH_MODES,
+        default="none",
+        help="none: open loopback mode; token: serve --auth required and an operator bearer "
+        "token on every request; mtls: HTTPS with --tls-ca-file and an operator client "
+        "certificate (O=autonomy:operators) made in the temporary directory",
+    )
+
+
+@dataclass
+class AuthSetup:
+    mode: str = "none"
+    role: str = "operator"
+    header: bytes = b""  # extra request header lines (the bearer token)
+    client_context: ssl.SSLContext | None = None
+    serve_args: list[str] = field(default_factory=list)
+
+    def prepare(self, data_dir: Path) -> list[str]:
+        """The serve arguments for a server on `data_dir` (token: creates its token now)."""
+        if self.mode != "token":
+            return list(self.serve_args)
+        name = f"bench-{secrets.token_hex(4)}"
+        result = subprocess.run(
+            [str(BIN), "token", "create", "--name", name, "--role", self.role,
+             "--data-dir", str(data_dir)],
+            capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        if result.returncode != 0:
+            raise RuntimeError(f"token create failed: {result.stderr.strip()}")
+        token = result.stdout.strip().splitlines()[-1]
+        self.header = f"Authorization: Bearer {token}\r\n".encode()
+        return ["--auth", "required", *self.serve_args]
+
+    def headers(self) -> dict[str, str]:
+        """The header for urllib requests (publishing before a run)."""
+        if not self.header:
+            return {}
+        name, _, value = self.header.decode().strip().partition(": ")
+        return {name: value}
+
+    def url(self, port: int, path: str) -> str:
+        scheme = "https" if port in _TLS_PORTS else "http"
+        return f"{scheme}://127.0.0.1:{port}{path}"
+
+    def urlopen(self, request: urllib.request.Request | str, timeout: float = 10) -> Any:
+        port = urllib.parse.urlsplit(
+            request.full_url if isinstance(request, urllib.request.Request) else request
+        ).port
+        return urllib.request.urlopen(request, timeout=timeout, context=_TLS_PORTS.get(port or 0))
+
+
+AUTH = AuthSetup()
+
+
+def use_auth(mode: str, workdir: Path) -> AuthSetup:
+    """Configure every later `start_orchestrator` and request of this run for `mode`."""
+    AUTH.mode = mode
+    if mode == "mtls":
+        pki = Path(tempfile.mkdtemp(prefix="pki-", dir=workdir))
+        AUTH.serve_args, AUTH.client_context = _throwaway_pki(pki)
+    return AUTH
+
+
+def _throwaway_pki(directory: Path) -> tuple[list[str], ssl.SSLContext]:
+    """A CA, a server certificate for 127.0.0.1 and an operator client certificate, written to
+    `directory` (private keys 0600; deleted with the bench's temporary directory)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    now = datetime.now(UTC)
+
+    def name(cn: str, org: str | None = None) -> x509.Name:
+        attrs = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, org)] if org else []
+        return x509.Name([*attrs, x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+    def save(stem: str, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey) -> None:
+        (directory / f"{stem}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        key_path = directory / f"{stem}.key"
+        key_path.touch(mode=0o600)
+        key_path.write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(name("bench CA"))
+        .issuer_name(name("bench CA"))
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(days=1))
+        .not_valid_after(now + timedelta(days=2))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(False, False, False, False, False, True, True, False, False), True
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), False)
+        .sign(ca_key, hashes.SHA256())
+    )
+
+    Leaf = tuple[x509.Certificate, ec.EllipticCurvePrivateKey]
+
+    def leaf(subject: x509.Name, server: bool) -> Leaf:
+        key = ec.generate_private_key(ec.SECP256R1())
+        usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(ca.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - timedelta(days=1))
+            .not_valid_after(now + timedelta(days=2))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), False
+            )
+            .add_extension(x509.ExtendedKeyUsage([usage]), False)
+        )
+        if server:
+            builder = builder.add_extension(
+                x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                critical=False,
+            )
+        return builder.sign(ca_key, hashes.SHA256()), key
+
+    (directory / "ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    save("server", *leaf(name("127.0.0.1"), True))
+    save("operator", *leaf(name("bench-operator", "autonomy:operators"), False))
+    context = ssl.create_default_context(cafile=str(directory / "ca.pem"))
+    context.load_cert_chain(directory / "operator.pem", directory / "operator.key")
+    args = [
+        "--tls-cert-file", str(directory / "server.pem"),
+        "--tls-key-file", str(directory / "server.key"),
+        "--tls-ca-file", str(directory / "ca.pem"),
+    ]  # fmt: skip
+    return args, context
 
 
 HELLO_APP = """
@@ -230,7 +407,9 @@ def _worker_main(
         w = _Worker(index, factory, mono_start + warmup + seconds, perf_start + warmup)
         loop = asyncio.get_running_loop()
         for _ in range(conns):
-            await loop.create_connection(lambda: _Conn(w), "127.0.0.1", port)
+            await loop.create_connection(
+                lambda: _Conn(w), "127.0.0.1", port, ssl=_TLS_PORTS.get(port)
+            )
         while w.closed < conns and time.monotonic() < w.stop_at + 30:
             await asyncio.sleep(0.01)
         t = os.times()
@@ -288,14 +467,23 @@ def run_load(
 
 
 def get_request(path: str) -> bytes:
-    return (f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: application/json\r\n\r\n").encode()
+    return (
+        (f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: application/json\r\n").encode()
+        + AUTH.header
+        + b"\r\n"
+    )
 
 
 def post_request(path: str, body: bytes) -> bytes:
     return (
-        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-        f"Accept: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
-    ).encode() + body
+        (
+            f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            f"Accept: application/json\r\nContent-Length: {len(body)}\r\n"
+        ).encode()
+        + AUTH.header
+        + b"\r\n"
+        + body
+    )
 
 
 # --- reporting ------------------------------------------------------------------------------

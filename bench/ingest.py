@@ -32,12 +32,14 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import (
+    add_auth_argument,
     get_request,
     machine_summary,
     post_request,
     run_load,
     start_hello_daphne,
     start_orchestrator,
+    use_auth,
     verdict,
 )
 
@@ -281,10 +283,13 @@ def main() -> int:
     parser.add_argument("--store-events", type=int, default=1_000_000)
     parser.add_argument("--only", choices=["ingest", "health", "list"], action="append")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    add_auth_argument(parser)
     args = parser.parse_args()
     only = set(args.only or ["ingest", "health", "list"])
 
     work = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
+    use_auth(args.auth, work)
+    print(f"auth: {args.auth}")
     print(f"machine: {machine_summary()}; sqlite {sqlite3.sqlite_version}")
     print(f"work dir: {work}")
     print(f"load average before the run: {os.getloadavg()[0]:.2f} (other processes share the CPUs)")

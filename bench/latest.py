@@ -31,12 +31,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import (
+    AUTH,
     LoadResult,
+    add_auth_argument,
     get_request,
     machine_summary,
     run_load,
     start_hello_daphne,
     start_orchestrator,
+    use_auth,
     verdict,
 )
 
@@ -55,18 +58,19 @@ def publish(port: int, release_id: str, channel: str = "stable") -> None:
         }
     ).encode()
     req = urllib.request.Request(
-        f"http://127.0.0.1:{port}/v1/releases",
+        AUTH.url(port, "/v1/releases"),
         data=body,
-        headers={"Content-Type": "application/json"},
+        headers={"Content-Type": "application/json", **AUTH.headers()},
         method="POST",
     )
-    with urllib.request.urlopen(req, timeout=10) as resp:
+    with AUTH.urlopen(req) as resp:
         assert resp.status in (200, 201), resp.status
 
 
 def check(port: int, path: str, status: int) -> None:
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as resp:
+        req = urllib.request.Request(AUTH.url(port, path), headers=AUTH.headers())
+        with AUTH.urlopen(req) as resp:
             got = resp.status
     except urllib.error.HTTPError as exc:
         got = exc.code
@@ -99,9 +103,12 @@ def main() -> int:
     parser.add_argument("--client-processes", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    add_auth_argument(parser)
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="bench-latest-"))
+    use_auth(args.auth, work)
+    print(f"auth: {args.auth}")
     print(f"machine: {machine_summary()}; sqlite {sqlite3.sqlite_version}")
     print(f"work dir: {work}")
 

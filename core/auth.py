@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextvars
 import enum
+import functools
 import ipaddress
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -78,6 +79,8 @@ class Principal:
     node_id: str | None = None
     claimed_operator: str | None = None
     rejected: str | None = None
+    # A token's expiry (UNIX seconds), so a cached principal is refused the moment it expires.
+    expires_at: float | None = field(default=None, compare=False, repr=False)
 
     @property
     def authenticated(self) -> bool:
@@ -113,8 +116,10 @@ def system(name: str = "evaluator") -> Principal:
     return Principal(Kind.SYSTEM, name, Role.ADMIN)
 
 
+@functools.lru_cache(maxsize=256)
 def open_mode_principal(claimed_operator: str | None = None) -> Principal:
-    """Open loopback mode: the local user, named by `X-Autonomy-Operator` as before (§6)."""
+    """Open loopback mode: the local user, named by `X-Autonomy-Operator` as before (§6).
+    Memoised (bounded; a Principal is immutable): one object per claimed name, not per request."""
     name = (claimed_operator or "").strip() or "anonymous"
     return Principal(Kind.ANONYMOUS, name, Role.ADMIN)
 
@@ -394,8 +399,12 @@ class Enforcement(enum.StrEnum):
 LOOPBACK_NAMES = {"localhost", "localhost.", "ip6-localhost", "ip6-loopback"}
 
 
+@functools.lru_cache(maxsize=1024)
 def is_loopback_host(host: str | None) -> bool:
-    """A loopback IP (127/8, ::1, v4-mapped) or a loopback name (`localhost`, `*.localhost`)."""
+    """A loopback IP (127/8, ::1, v4-mapped) or a loopback name (`localhost`, `*.localhost`).
+
+    Memoised (bounded): open loopback mode asks it twice per request (peer and Host), and
+    parsing an address costs more than the rest of the edge's checks together."""
     if not host:
         return False
     host = host.strip().lower().strip("[]")

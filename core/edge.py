@@ -56,6 +56,7 @@ from core.observability import (
     route_template,
 )
 from core.policy import SELF_GUARDED_PREFIXES
+from core.revocation import RevocationWatch
 
 logger = logging.getLogger("orchestrator.request")
 
@@ -419,27 +420,42 @@ EVENTS_ROUTE = "/v1/events"
 
 class TokenCache:
     """Resolved bearer tokens, kept `ttl` seconds: a request with a known token costs one dict
-    lookup. A miss resolves on the database reader pool (`core.dbthreads`). A revoked or expired
-    token is refused at most `ttl` seconds after the change (revocation also clears the cache of
-    this process through `forget`)."""
+    lookup (plus one `os.stat` of the revocation stamp, `core.revocation`). A miss resolves on
+    the database reader pool (`core.dbthreads`). An expired token is refused on its first request
+    after `expires_at` (checked on every use); a revocation signalled through `revocations`
+    (stamp file, PostgreSQL NOTIFY) or by this process (`forget`) drops the whole cache, so the
+    revoked token is refused on its next request; an unsignalled change shows after `ttl`."""
 
-    def __init__(self, resolve: TokenResolver, ttl: float = 2.0, max_entries: int = 10_000):
+    def __init__(
+        self,
+        resolve: TokenResolver,
+        ttl: float = 2.0,
+        max_entries: int = 10_000,
+        revocations: RevocationWatch | None = None,
+    ):
         self.resolve = resolve
         self.ttl = ttl
         self.max_entries = max_entries
+        self.revocations = revocations
         self._entries: dict[str, tuple[Principal | None, float]] = {}
 
     async def principal(self, token: str) -> Principal | None:
         now = time.monotonic()
+        if self.revocations is not None and self.revocations.changed():
+            self._entries.clear()
         hit = self._entries.get(token)
         if hit is not None and hit[1] > now:
-            return hit[0]
-        from core import dbthreads
+            resolved = hit[0]
+        else:
+            from core import dbthreads
 
-        resolved = await dbthreads.run_read(self.resolve, token)
-        if len(self._entries) >= self.max_entries:
-            self._entries.clear()  # many distinct (mostly bad) tokens: start over, stay bounded
-        self._entries[token] = (resolved, now + self.ttl)
+            resolved = await dbthreads.run_read(self.resolve, token)
+            if len(self._entries) >= self.max_entries:
+                self._entries.clear()  # many distinct (mostly bad) tokens: start over, bounded
+            self._entries[token] = (resolved, now + self.ttl)
+        expires_at = resolved.expires_at if resolved is not None else None
+        if expires_at is not None and expires_at <= time.time():
+            return None  # expired since it was cached
         return resolved
 
     def forget(self) -> None:
@@ -607,9 +623,12 @@ def configure_auth(
     resolve_token: TokenResolver | None = None,
     on_denied: DenialHook | None = None,
     token_ttl: float = 2.0,
+    revocations: RevocationWatch | None = None,
 ) -> AuthGate:
     """Set how the edge judges requests (serve calls it once before serving)."""
     _gate.enforcement = enforcement
-    _gate.tokens = TokenCache(resolve_token, ttl=token_ttl) if resolve_token else None
+    _gate.tokens = (
+        TokenCache(resolve_token, ttl=token_ttl, revocations=revocations) if resolve_token else None
+    )
     _gate.on_denied = on_denied
     return _gate

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, cast
@@ -238,6 +239,13 @@ _VERIFY_ERRORS = {
 }
 
 
+# Called (reactor thread) for a handshake refused because the client certificate is revoked,
+# with (subject, serial hex, client IP); `serve` hands it to the rate-limited denial recorder
+# (`cert.revocation.rejected`). Must not block.
+REVOKED_CLIENT_HOOKS: list[Callable[[str, str, str | None], None]] = []
+X509_V_ERR_CERT_REVOKED = 23
+
+
 def _log_refused_client(connection: Any, cert: Any, errno: int, depth: int, ok: int) -> bool:
     """pyOpenSSL verify callback (reactor thread): keep OpenSSL's verdict, log a refusal."""
     if ok:
@@ -249,11 +257,19 @@ def _log_refused_client(connection: Any, cert: Any, errno: int, depth: int, ok: 
         protocol._orchestrator_refusal_logged = True
         peer = protocol.transport.getPeer()
         client = f"{peer.host}:{peer.port}"
+        peer_ip: str | None = peer.host
     except Exception:
         client = "unknown"
+        peer_ip = None
     subject = cert.to_cryptography().subject.rfc4514_string() if cert is not None else "?"
     serial = format(cert.get_serial_number(), "x") if cert is not None else "?"
     reason = _VERIFY_ERRORS.get(errno, f"verify error {errno}")
+    if errno == X509_V_ERR_CERT_REVOKED:
+        for hook in REVOKED_CLIENT_HOOKS:
+            try:
+                hook(subject, serial, peer_ip)
+            except Exception:
+                logger.exception("could not record a revoked client certificate")
     logger.warning(
         "refused client certificate %s serial=%s from %s: %s",
         subject,

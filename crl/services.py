@@ -23,7 +23,10 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from access.models import AuditRecord
+from access.services import audit_write
 from core import leader
+from core.auth import system
 from crl.store import (
     CrlStore,
     crl_der,
@@ -196,6 +199,7 @@ def crl_sync_once(*, config: CrlSyncConfig, store: CrlStore) -> SyncResult:
     store.refresh()
     result.adopted = True
     result.reason = "adopted"
+    _audit_synced(candidate, agreeing[chosen], str(store.path))
     logger.info(
         "CRL sync: adopted CRL number %s (%d revoked) from %s into %s",
         crl_number(candidate),
@@ -205,6 +209,26 @@ def crl_sync_once(*, config: CrlSyncConfig, store: CrlStore) -> SyncResult:
         extra={"sources": agreeing[chosen], "crl_file": str(store.path)},
     )
     return result
+
+
+def _audit_synced(crl: x509.CertificateRevocationList, sources: list[str], path: str) -> None:
+    """`cert.crl.synced` (principal: the system's `crl-sync`) for a newly installed CRL. The file
+    is already in force; a failure to record it is logged, never undoes it."""
+    try:
+        audit_write(
+            event_name="cert.crl.synced",
+            outcome=AuditRecord.Outcome.SUCCESS,
+            principal=system("crl-sync"),
+            target=path,
+            detail={
+                "crl_number": crl_number(crl),
+                "revoked": sum(1 for _ in crl),
+                "this_update": f"{crl.last_update_utc:%Y-%m-%dT%H:%M:%SZ}",
+                "sources": list(sources),
+            },
+        )
+    except Exception:
+        logger.exception("CRL sync: could not write the cert.crl.synced audit record")
 
 
 class CrlSyncThread(threading.Thread):

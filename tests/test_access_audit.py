@@ -406,3 +406,28 @@ def test_migrate_copies_tokens_and_audit_records_and_reruns(tmp_path):
                 pg.scalar(conn, "SELECT count(*) FROM access_apitoken WHERE revoked_at IS NOT NULL")
                 == 1
             )
+
+
+@pytest.mark.django_db
+def test_a_flood_of_revoked_certificate_handshakes_is_one_record_and_a_summary():
+    """cert.revocation.rejected goes through the same rate limit as HTTP denials."""
+    clock = Clock()
+    recorder = DenialRecorder(window_seconds=60, clock=clock)
+    cert = Principal(Kind.CERT, "CN=node-a", rejected="certificate revoked")
+    for _ in range(200):
+        recorder.record(
+            Denial(
+                principal=cert,
+                route=None,
+                reason="certificate_revoked",
+                status=0,
+                source_ip="127.0.0.1",
+                target="serial=1f",
+                event_name="cert.revocation.rejected",
+            )
+        )
+    assert recorder.drain(force=True) == 2
+    first, summary = AuditRecord.objects.order_by("id")
+    assert first.event_name == summary.event_name == "cert.revocation.rejected"
+    assert first.category == "cert" and first.outcome == "denied" and first.target == "serial=1f"
+    assert summary.detail["count"] == 199 and summary.detail["summary"] is True

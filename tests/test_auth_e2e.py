@@ -162,17 +162,66 @@ def test_a_bad_or_revoked_token_is_401(server, tmp_path):
     assert response.status_code == 401
 
 
-def test_revoked_token_is_refused(server):
-    srv, _ = server
-    token = make_token(srv.data_dir, "short-lived", "viewer")
-    assert requests.get(srv.url("/v1/releases"), headers=bearer(token)).status_code == 200
-    assert cli("token", "revoke", "short-lived", "--data-dir", str(srv.data_dir)).returncode == 0
-    # The edge keeps a resolved token for at most 2 s (docs/security.md).
-    wait_for(
-        lambda: requests.get(srv.url("/v1/releases"), headers=bearer(token)).status_code == 401,
-        timeout=10,
-        what="the revoked token refused",
-    )
+# The edge would trust a cached token for 10 minutes: only the revocation signal can refuse it.
+LONG_CACHE = {"AUTONOMY_TOKEN_CACHE_TTL": "600"}
+
+
+def test_revoked_token_is_refused_on_its_next_request(tmp_path):
+    """SQLite: `token revoke` in another process; the very next request is 401 (the stamp file
+    in the shared data dir), although the edge's cache would trust the token for 10 minutes."""
+    data_dir = tmp_path / "data"
+    keep = make_token(data_dir, "keeper", "viewer")
+    token = make_token(data_dir, "short-lived", "viewer")
+    with ServeProcess(data_dir, "--auth", "required", env=LONG_CACHE) as srv:
+        assert requests.get(srv.url("/v1/releases"), headers=bearer(token)).status_code == 200
+        assert cli("token", "revoke", "short-lived", "--data-dir", str(data_dir)).returncode == 0
+        refused = requests.get(srv.url("/v1/releases"), headers=bearer(token))
+        assert refused.status_code == 401, refused.text
+        assert requests.get(srv.url("/v1/releases"), headers=bearer(keep)).status_code == 200
+    stamp = data_dir / "token-revocations.stamp"
+    assert stamp.stat().st_mode & 0o777 == 0o600
+
+
+@pytest.mark.postgres
+def test_revoked_token_is_refused_on_its_next_request_on_postgresql(tmp_path):
+    """PostgreSQL: the revoke runs with another data dir (as on another host, no shared stamp);
+    NOTIFY reaches the server, whose next request with the token is 401."""
+    from tests.pg import require_postgres, temp_database
+
+    require_postgres()
+    with temp_database() as url:
+        store = ("--postgres-url", url, "--data-dir", str(tmp_path / "cli"))
+        created = cli("token", "create", "--name", "short-lived", "--role", "viewer", *store)
+        assert created.returncode == 0, created.stderr
+        token = created.stdout.strip().splitlines()[-1]
+        args = ("--postgres-url", url, "--auth", "required")
+        with ServeProcess(tmp_path / "data", *args, env=LONG_CACHE) as srv:
+            assert requests.get(srv.url("/v1/releases"), headers=bearer(token)).status_code == 200
+            assert cli("token", "revoke", "short-lived", *store).returncode == 0
+            refused = requests.get(srv.url("/v1/releases"), headers=bearer(token))
+            assert refused.status_code == 401, refused.text
+
+
+def test_an_expired_token_is_refused_on_its_first_request_after_expiry(tmp_path):
+    """Expiry is checked on every use of the cached token, not when the cache entry ends (the
+    cache here would keep it 10 minutes)."""
+    data_dir = tmp_path / "data"
+    make_token(data_dir, "keeper", "viewer")
+    with ServeProcess(data_dir, "--auth", "required", env=LONG_CACHE) as srv:
+        result = cli(
+            "token", "create", "--name", "brief", "--role", "viewer", "--expires", "5s",
+            "--data-dir", str(data_dir),
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        token = result.stdout.strip().splitlines()[-1]
+        first = requests.get(srv.url("/v1/releases"), headers=bearer(token))
+        if first.status_code == 401:
+            pytest.skip("this machine took longer than the token's 5 s to answer")
+        wait_for(
+            lambda: requests.get(srv.url("/v1/releases"), headers=bearer(token)).status_code == 401,
+            timeout=15,
+            what="the expired token refused",
+        )
 
 
 def test_node_scope(server):

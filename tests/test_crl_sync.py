@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 
 import pytest
 
 from crl.store import crl_der, parse_crl
-from tests.liveserver import ServeProcess, free_port, run_serve_expect_exit
+from tests.liveserver import ServeProcess, cli, free_port, run_serve_expect_exit
 from tests.pki import SERVER_NAME, get, refused
 
 pytestmark = pytest.mark.e2e
@@ -32,6 +33,14 @@ def _wait_for(predicate, timeout: float, what: str) -> None:
             return
         time.sleep(0.1)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def _audit(data_dir) -> dict[str, dict]:
+    """The `cert.*` records of the replica's audit log (the CLI's export), by event name."""
+    result = cli("audit", "export", "--since", "1h", "--data-dir", str(data_dir))
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
+    return {r["event_name"]: r for r in lines if r["event_name"].startswith("cert.")}
 
 
 def test_replica_pulls_a_newer_crl_only_with_enough_agreeing_sources(tmp_path, pki):
@@ -65,6 +74,20 @@ def test_replica_pulls_a_newer_crl_only_with_enough_agreeing_sources(tmp_path, p
         assert get(replica.url("/v1/health"), pki.context("node-b"))[0] == 200
         assert get(replica.url("/v1/crl"), ctx)[1] == crl_b.read_bytes()
         assert "CRL sync: adopted CRL number 2" in replica.logs()
+        # The audit log of the replica: the installed CRL (system principal crl-sync) and the
+        # handshake refused for node-a's revoked certificate.
+        _wait_for(
+            lambda: {"cert.crl.synced", "cert.revocation.rejected"} <= set(_audit(tmp_path / "b")),
+            20,
+            "the cert.* audit records",
+        )
+        records = _audit(tmp_path / "b")
+        synced = records["cert.crl.synced"]
+        assert synced["principal"] == "crl-sync" and synced["principal_kind"] == "system"
+        assert synced["detail"]["crl_number"] == 2 and synced["detail"]["sources"] == [source]
+        rejected = records["cert.revocation.rejected"]
+        assert rejected["outcome"] == "denied" and rejected["source_ip"] == "127.0.0.1"
+        assert "node-a" in rejected["principal"] and rejected["principal_kind"] == "cert"
 
         # min-sources 2 with one reachable publisher: never accepted, failures name the source.
         _wait_for(lambda: dead in strict.logs(), 10, "the dead source to be logged")

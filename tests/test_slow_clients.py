@@ -160,3 +160,94 @@ def test_a_huge_chunked_upload_is_never_spooled_past_the_limit(tmp_path, accept)
         assert answer.status_code == 413
         assert answer.json()["limit"] == limit
     assert watched["largest"] < 2 * limit  # 40 MB sent, the server kept about the limit
+
+
+def _from(address: str, port: int) -> socket.socket:
+    """A connection to the server from the loopback address `address` (127.0.0.x)."""
+    return socket.create_connection(
+        ("127.0.0.1", port), timeout=TIMEOUT, source_address=(address, 0)
+    )
+
+
+def _json(address: str, port: int, method: str, path: str, body: object = None) -> tuple[int, dict]:
+    """One request over a fresh connection from `address`."""
+    import http.client
+    import json
+
+    conn = http.client.HTTPConnection(
+        "127.0.0.1", port, timeout=TIMEOUT, source_address=(address, 0)
+    )
+    try:
+        payload = json.dumps(body).encode() if body is not None else None
+        headers = {"Content-Type": "application/json"} if payload is not None else {}
+        conn.request(method, path, body=payload, headers=headers)
+        response = conn.getresponse()
+        return response.status, json.loads(response.read() or b"{}")
+    finally:
+        conn.close()
+
+
+def test_background_threads_keep_working_while_the_listener_is_saturated(tmp_path):
+    """Four client addresses each hold the per-client cap of slow connections (headers never
+    finish); meanwhile a stage's time_soak expires and the evaluator promotes it, and an ingest
+    from a fifth address through a fresh connection is stored by the event writer."""
+    cap = 16
+    env = {
+        "AUTONOMY_MAX_CONNECTIONS_PER_CLIENT": str(cap),
+        "AUTONOMY_CLIENT_HEADER_TIMEOUT": "120",  # the slow ones stay for the whole test
+    }
+    with ServeProcess(tmp_path / "data", env=env) as srv:
+        port = srv.port
+        release = {"release_id": "r1", "channel": "stable", "artifact_ref": "oci://example/a:1"}
+        assert _json("127.0.0.1", port, "POST", "/v1/releases", release)[0] == 201
+        held: list[socket.socket] = []
+        try:
+            for n in range(2, 6):
+                for _ in range(cap):
+                    sock = _from(f"127.0.0.{n}", port)
+                    sock.sendall(b"GET /v1/health HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+                    held.append(sock)
+            for sock in held:
+                sock.settimeout(0.2)
+                assert not closed_by_server(sock)  # all held open by the server
+            over = _from("127.0.0.2", port)  # the cap is reached for that address
+            assert closed_by_server(over)
+            over.close()
+
+            spec = {
+                "plan_id": "soak",
+                "release_id": "r1",
+                "stages": [
+                    {
+                        "stage_id": "s1",
+                        "percent": 10,
+                        "gates": [{"kind": "time_soak", "seconds": 2}],
+                    },
+                    {"stage_id": "s2", "percent": 100},
+                ],
+            }
+            assert _json("127.0.0.6", port, "POST", "/v1/rollouts", spec)[0] == 201
+            event = {
+                "event_id": "sat-1",
+                "event_type": "app.heartbeat",
+                "node_id": "node-sat",
+                "timestamp": "2026-04-07T10:00:00Z",
+            }
+            status, answer = _json("127.0.0.7", port, "POST", "/v1/events", {"events": [event]})
+            assert (status, answer["inserted"]) == (200, 1)
+
+            deadline = time.monotonic() + 30
+            while True:
+                status, plan = _json("127.0.0.8", port, "GET", "/v1/rollouts/soak/status")
+                if plan.get("current_stage_id") == "s2":
+                    break
+                assert time.monotonic() < deadline, f"not promoted while saturated: {plan}"
+                time.sleep(0.2)
+            assert plan["history"][-1]["operator"] == "evaluator"
+            status, stored = _json("127.0.0.9", port, "GET", "/v1/events?node_id=node-sat")
+            assert status == 200 and [e["event_id"] for e in stored["events"]] == ["sat-1"]
+            for sock in held:  # still held: the promotion happened during the saturation
+                assert not closed_by_server(sock)
+        finally:
+            for sock in held:
+                sock.close()

@@ -15,8 +15,19 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DatabaseError, connections
 
 from access.services import Denial, DenialRecorder, edge_token_resolver
-from core import dberrors, dbpool_metrics, ha, leader, metrics, pgconf, pglock, pgurl
-from core.auth import AuthMode, Enforcement, auth_mode, startup_refusal
+from core import (
+    dberrors,
+    dbpool_metrics,
+    ha,
+    leader,
+    metrics,
+    pgconf,
+    pglock,
+    pgurl,
+    revocation,
+    tls,
+)
+from core.auth import AuthMode, Enforcement, Kind, Principal, auth_mode, startup_refusal
 from core.datadir import DataDirError, load_or_create_secret, prepare_data_dir, private_umask
 from core.edge import configure_auth
 from core.flags import env_default, env_list, parse_duration
@@ -351,7 +362,35 @@ class Command(BaseCommand):
         def on_denied(**denial: Any) -> None:
             recorder.record(Denial(**denial))
 
-        configure_auth(enforcement, resolve_token=edge_token_resolver, on_denied=on_denied)
+        def on_revoked_certificate(subject: str, serial: str, client: str | None) -> None:
+            recorder.record(
+                Denial(
+                    principal=Principal(Kind.CERT, subject, rejected="certificate revoked"),
+                    route=None,
+                    reason="certificate_revoked",
+                    status=0,  # refused in the TLS handshake: no HTTP answer
+                    source_ip=client,
+                    target=f"serial={serial}",
+                    event_name="cert.revocation.rejected",
+                )
+            )
+
+        tls.REVOKED_CLIENT_HOOKS[:] = [on_revoked_certificate]
+
+        watch = revocation.RevocationWatch(revocation.stamp_path(settings.DATA_DIR))
+        revocation_listener = None
+        if postgres_url:  # revocations by other hosts arrive as NOTIFY
+            revocation_listener = revocation.NotifyListener(
+                watch, pglock.connect_kwargs(settings.DATABASES["default"])
+            )
+            revocation_listener.start()
+        configure_auth(
+            enforcement,
+            resolve_token=edge_token_resolver,
+            on_denied=on_denied,
+            token_ttl=settings.TOKEN_CACHE_TTL_SECONDS,
+            revocations=watch,
+        )
         recorder.start()
         leader.elector.hooks.append(ha.refresh_replication)
         leader.elector.start(node_name)
@@ -379,6 +418,8 @@ class Command(BaseCommand):
             if sharer is not None:
                 sharer.stop()
             recorder.stop()
+            if revocation_listener is not None:
+                revocation_listener.stop()
             leader.elector.stop()
 
     def _auth(self, mode: AuthMode, main: Listener, server_tls: ServerTls | None) -> Enforcement:

@@ -47,9 +47,12 @@ class ApiError(exceptions.APIException):
         self.extra = detail
 
 
+MALFORMED_JSON = "malformed JSON body: {}"
+
+
 def malformed_json(reason: object) -> ApiError:
     """The 400 for a request body that is not JSON (every route, both paths)."""
-    return ApiError(400, f"malformed JSON body: {reason}")
+    return ApiError(400, MALFORMED_JSON.format(reason))
 
 
 def handler404(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:

@@ -25,7 +25,7 @@ from typing import Any
 
 import orjson
 
-from core.errors import ApiError
+from core.errors import MALFORMED_JSON, ApiError
 
 MAX_DEPTH = 64
 MIN_INT = -(2**63)
@@ -56,7 +56,7 @@ class MalformedJson(ApiError):
 
     def __init__(self, detail: str) -> None:
         self.detail_text = detail
-        super().__init__(400, f"malformed JSON body: {detail}")
+        super().__init__(400, MALFORMED_JSON.format(detail))
 
 
 def _path(trail: tuple[Any, Any] | None) -> str:

@@ -60,8 +60,8 @@ WORKDIR /var/lib/autonomy-orchestrator
 # `serve` drains in-flight requests for up to 10 s on SIGTERM, then exits 0: give
 # `docker stop` more than that (`--time 20`, compose's stop_grace_period).
 STOPSIGNAL SIGTERM
-# GET /v1/health on AUTONOMY_LISTEN (HTTPS when TLS is on). TODO(issue: read-ready): switch to
-# /v1/health/read-ready once that route exists.
+# GET /v1/health/read-ready on AUTONOMY_LISTEN (HTTPS when TLS is on): healthy only while the
+# store answers.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
     CMD ["python3", "/opt/autonomy-orchestrator/healthcheck.py"]
 

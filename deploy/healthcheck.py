@@ -14,8 +14,8 @@ import ssl
 import sys
 import urllib.request
 
-# TODO(read-ready issue): probe /v1/health/read-ready once that route exists.
-PATH = "/v1/health"
+# Readiness (API.md §7): 200 only while the store answers; no credential needed.
+PATH = "/v1/health/read-ready"
 
 
 def target(listen: str) -> str:

@@ -209,17 +209,16 @@ def test_an_expired_token_is_refused_on_its_first_request_after_expiry(tmp_path)
     make_token(data_dir, "keeper", "viewer")
     with ServeProcess(data_dir, "--auth", "required", env=LONG_CACHE) as srv:
         result = cli(
-            "token", "create", "--name", "brief", "--role", "viewer", "--expires", "5s",
+            "token", "create", "--name", "brief", "--role", "viewer", "--expires", "20s",
             "--data-dir", str(data_dir),
         )  # fmt: skip
         assert result.returncode == 0, result.stderr
         token = result.stdout.strip().splitlines()[-1]
         first = requests.get(srv.url("/v1/releases"), headers=bearer(token))
-        if first.status_code == 401:
-            pytest.skip("this machine took longer than the token's 5 s to answer")
+        assert first.status_code == 200, first.text  # usable before it expires
         wait_for(
             lambda: requests.get(srv.url("/v1/releases"), headers=bearer(token)).status_code == 401,
-            timeout=15,
+            timeout=40,
             what="the expired token refused",
         )
 

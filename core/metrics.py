@@ -57,14 +57,6 @@ def install() -> None:
         return
     _installed = True
     observability.add_request_hook(_observe)
-    # django-prometheus's families (its middleware creates them on first use; make them exist
-    # from the first scrape).
-    try:
-        from django_prometheus.middleware import Metrics
-
-        Metrics.get_instance()
-    except Exception:
-        logger.debug("django-prometheus metrics unavailable", exc_info=True)
 
 
 def render() -> bytes:

@@ -38,7 +38,6 @@ INSTALLED_APPS = [
     "rest_framework",
     "drf_spectacular",
     "drf_spectacular_sidecar",
-    "django_prometheus",
     "orchestrator_site",
     "events",
     "releases",
@@ -48,8 +47,6 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
-    # django-prometheus's request families (served on /metrics with --metrics-addr).
-    "django_prometheus.middleware.PrometheusBeforeMiddleware",
     "core.middleware.ObservabilityMiddleware",
     "core.middleware.ApiErrorMiddleware",
     "core.ha.SyncReplicaGate",  # serve --require-sync-replicas
@@ -60,7 +57,6 @@ MIDDLEWARE = [
     "core.middleware.PrincipalMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "core.hardening.AdminHeadersMiddleware",  # X-Frame-Options + CSP on /admin/
-    "django_prometheus.middleware.PrometheusAfterMiddleware",
 ]
 
 ROOT_URLCONF = "orchestrator_site.urls"

@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from core import metrics
 from events.metrics import EVENTS_INGESTED, record_ingest
-from rollouts.metrics import RolloutPhaseCollector
+from rollouts.metrics import RolloutCollector
 from tests.liveserver import ServeProcess, free_port
 from tests.pki import get
 
@@ -76,9 +76,11 @@ def test_metrics_on_both_listeners_bounded_labels_and_promtool(tmp_path):
     assert _sample(text, "cp_events_ingested_total", result="deduped") == 1
     assert _sample(text, "cp_http_requests_total", route="/v1/events", code="200") == 1
     for phase in PHASES:
-        assert _sample(text, "cp_rollout_plans_total", phase=phase) is not None, phase
-    # django-prometheus's families count requests that went through Django.
-    assert _sample(text, "django_http_responses_total_by_status_total", status="404") >= 1
+        assert _sample(text, "cp_rollout_plans", phase=phase) is not None, phase
+    # One request-latency histogram: django-prometheus's duplicates are gone, and so is the
+    # gauge that was declared a counter (cp_rollout_plans_total, docs/metrics.md).
+    assert "django_http" not in text and "cp_rollout_plans_total" not in text
+    assert text.count("_bucket{") == text.count("cp_http_request_duration_seconds_bucket{")
     # Bounded cardinality: no raw paths or ids in any label.
     assert "secret-node-17" not in text and "node-secret-9" not in text
     routes = set(re.findall(r'route="([^"]*)"', text))
@@ -108,13 +110,23 @@ def test_rollout_phases_all_present_with_zero_defaults(monkeypatch):
     import rollouts.selectors
 
     monkeypatch.setattr(rollouts.selectors, "rollout_phase_counts", lambda: {"active": 4})
+    monkeypatch.setattr(
+        rollouts.selectors,
+        "rollout_live_summary",
+        lambda **_: rollouts.selectors.LiveSummary(2, 90.0, 1, 4000.0),
+    )
     registry = CollectorRegistry()
-    registry.register(RolloutPhaseCollector())
+    registry.register(RolloutCollector())
     text = generate_latest(registry).decode()
-    assert _sample(text, "cp_rollout_plans_total", phase="active") == 4
+    assert "# TYPE cp_rollout_plans gauge" in text
+    assert _sample(text, "cp_rollout_plans", phase="active") == 4
     for phase in PHASES:
         if phase != "active":
-            assert _sample(text, "cp_rollout_plans_total", phase=phase) == 0, phase
+            assert _sample(text, "cp_rollout_plans", phase=phase) == 0, phase
+    assert _sample(text, "cp_rollout_pending_approvals") == 2
+    assert _sample(text, "cp_rollout_pending_approval_age_seconds") == 90
+    assert _sample(text, "cp_rollout_stuck_plans") == 1
+    assert _sample(text, "cp_rollout_max_idle_seconds") == 4000
 
 
 def test_unknown_methods_share_one_label():

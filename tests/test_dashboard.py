@@ -61,7 +61,7 @@ def metric_names(expr: str) -> set[str]:
 
 def dashboard_exprs() -> list[str]:
     board = json.loads(DASHBOARD.read_text())
-    exprs = []
+    exprs: list[str] = []
 
     def walk(panels: list[dict[str, Any]]) -> None:
         for panel in panels:
@@ -105,7 +105,7 @@ def test_the_names_are_read_from_the_files():
     assert {"cp_rollout_plans", "cp_fleet_nodes", "cp_release_nodes"} <= dashboard
     assert {"cp_rollout_evaluator_lag_seconds", "cp_crl_next_update_timestamp_seconds"} <= alerts
     # Every allowed absence is really used (the list stays the small, explicit one it is).
-    assert NOT_YET_PROVIDED <= dashboard | alerts
+    assert not NOT_YET_PROVIDED - (dashboard | alerts)
 
 
 def test_promtool_accepts_the_rules_and_the_dashboard_queries(tmp_path):

@@ -78,7 +78,8 @@ def test_request_ids_principals_and_reasons_in_the_log(tmp_path):
         }
         operator = {"X-Autonomy-Operator": "alice"}
         assert send("POST", "/v1/rollouts", "req-publish", json=spec, headers=operator).ok
-        assert send("POST", "/v1/rollouts/plan-log/pause", "req-pause", json={}, headers=operator).ok
+        pause = send("POST", "/v1/rollouts/plan-log/pause", "req-pause", json={}, headers=operator)
+        assert pause.ok
         assert send("POST", "/v1/rollouts/plan-log/resume", json={}, headers=operator).ok
         # Two failed acks: the evaluator halts the plan by itself.
         for node in ("n1", "n2"):

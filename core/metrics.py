@@ -2,9 +2,12 @@
 
 * `cp_http_requests_total` / `cp_http_request_duration_seconds` are fed by
   `observability.observe_request` through a request hook (`install()`); nothing else to call.
-* The apps own their families and hooks: `events/metrics.py` (`cp_events_ingested_total`) and
-  `rollouts/metrics.py` (`cp_rollout_plans_total`). The composition root (`serve`) installs all
-  three when `--metrics-addr` is set.
+* The apps own their families and hooks: `events/metrics.py` (ingest, writer queue),
+  `rollouts/metrics.py` (plans, transitions, approvals, evaluator), `releases/metrics.py` (fleet,
+  adoption), `crl/metrics.py` (CRL times); `core/store_metrics.py` (store size). The composition
+  root (`serve`) installs them when `--metrics-addr` is set (docs/metrics.md lists every family).
+* There is one request-latency histogram; django-prometheus (whose middleware duplicated it with
+  hundreds of buckets, and saw only the Django path) is not used.
 
 `GET /metrics` is answered at the ASGI level (`with_metrics`, `metrics_only`), so it costs Django
 nothing and never reaches the URLconf. Labels are bounded: `route` is the contract's route
@@ -26,6 +29,8 @@ from core import observability
 logger = logging.getLogger("orchestrator.metrics")
 
 METRICS_PATH = "/metrics"
+_NOT_FOUND = "not found: this listener serves only GET /metrics"
+_NOT_ALLOWED = "method not allowed: use GET /metrics"
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 HTTP_REQUESTS = Counter(
@@ -93,20 +98,18 @@ async def _send(
 async def _answer(scope: dict[str, Any], send: Any, *, route: str) -> None:
     started = time.perf_counter()
     method = scope.get("method", "GET")
+    error = None
     if route == observability.UNMATCHED_ROUTE:
         status = 404
-        await _send(
-            send,
-            404,
-            b'{"error": "not found: this listener serves only GET /metrics"}',
-            b"application/json",
-        )
+        error = _NOT_FOUND
+        await _send(send, 404, b'{"error": "%s"}' % error.encode(), b"application/json")
     elif method not in ("GET", "HEAD"):
         status = 405
+        error = _NOT_ALLOWED
         await _send(
             send,
             405,
-            b'{"error": "method not allowed: use GET /metrics"}',
+            b'{"error": "%s"}' % error.encode(),
             b"application/json",
             [(b"allow", b"GET, HEAD")],
         )
@@ -123,6 +126,7 @@ async def _answer(scope: dict[str, Any], send: Any, *, route: str) -> None:
         duration=time.perf_counter() - started,
         client=client[0] if client else None,
         client_identity=observability.client_identity_from_scope(scope),
+        error=error,
     )
 
 

@@ -209,3 +209,43 @@ def test_every_metric_of_the_dashboard_and_the_rules_is_exposed(tmp_path, pki):
     assert "cp_rollout_pending_approvals 1.0" in text
     assert 'cp_release_nodes{ack_status="active",channel="stable",release_id="rel-2"} 1.0' in text
     assert 'cp_fleet_nodes{status="up"} 1.0' in text
+
+
+@pytest.mark.e2e
+@pytest.mark.postgres
+def test_store_fleet_and_adoption_families_on_postgres(tmp_path):
+    """The same families from PostgreSQL: the store size is pg_database_size(), the adoption
+    query's window function and the fleet's loose index scans run there too."""
+    from tests.pg import require_postgres, temp_database
+
+    require_postgres()
+    metrics_port = free_port()
+    with (
+        temp_database("test_dash") as url,
+        ServeProcess(
+            tmp_path / "data", "--postgres-url", url, "--metrics-addr", f"127.0.0.1:{metrics_port}"
+        ) as srv,
+    ):
+        for release_id in ("rel-1", "rel-2"):
+            request = urllib.request.Request(
+                srv.url("/v1/releases"),
+                data=json.dumps({"release_id": release_id}).encode(),
+                headers={"Content-Type": "application/json"},
+                method="POST",
+            )
+            with urllib.request.urlopen(request, timeout=10) as resp:
+                assert resp.status == 201
+        ack = urllib.request.Request(
+            srv.url("/v1/nodes/n1/ack"),
+            data=json.dumps({"release_id": "rel-1", "status": "failed"}).encode(),
+            headers={"Content-Type": "application/json"},
+            method="POST",
+        )
+        with urllib.request.urlopen(ack, timeout=10) as resp:
+            assert resp.status in (200, 201)
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as r:
+            text = r.read().decode()
+    size = [line for line in text.splitlines() if line.startswith("cp_store_size_bytes ")]
+    assert len(size) == 1 and float(size[0].split()[1]) > 1_000_000  # a migrated database
+    assert 'cp_release_nodes{ack_status="failed",channel="stable",release_id="rel-1"} 1.0' in text
+    assert 'cp_fleet_nodes{status="unknown"} 1.0' in text

@@ -15,8 +15,8 @@ replaced by a fresh id, never echoed or logged.
 from __future__ import annotations
 
 import logging
+import os
 import re
-import uuid
 from contextvars import ContextVar
 from typing import Any
 
@@ -28,7 +28,8 @@ REQUEST_ID: ContextVar[str | None] = ContextVar("request_id", default=None)
 
 
 def new_id() -> str:
-    return uuid.uuid4().hex
+    """32 random hex digits (128 bits, as a UUID4 has, at half its cost)."""
+    return os.urandom(16).hex()
 
 
 def accepted(raw: bytes | None) -> str | None:

@@ -6,8 +6,10 @@
   `rollouts/metrics.py` (plans, transitions, approvals, evaluator), `releases/metrics.py` (fleet,
   adoption), `crl/metrics.py` (CRL times); `core/store_metrics.py` (store size). The composition
   root (`serve`) installs them when `--metrics-addr` is set (docs/metrics.md lists every family).
-* There is one request-latency histogram; django-prometheus (whose middleware duplicated it with
-  hundreds of buckets, and saw only the Django path) is not used.
+* django-prometheus's families (API.md §5) are served too, except its request-latency
+  histograms: `install()` unregisters them (`drop_django_latency_histograms`), so each route has
+  one latency histogram, `cp_http_request_duration_seconds` (theirs duplicated it with hundreds
+  of buckets per view and saw only the Django path).
 
 `GET /metrics` is answered at the ASGI level (`with_metrics`, `metrics_only`), so it costs Django
 nothing and never reaches the URLconf. Labels are bounded: `route` is the contract's route
@@ -62,6 +64,33 @@ def install() -> None:
         return
     _installed = True
     observability.add_request_hook(_observe)
+    # django-prometheus's families (its middleware creates them on first use; make them exist
+    # from the first scrape), less its latency histograms.
+    try:
+        from django_prometheus.middleware import Metrics
+
+        drop_django_latency_histograms(Metrics.get_instance())
+    except Exception:
+        logger.debug("django-prometheus metrics unavailable", exc_info=True)
+
+
+def drop_django_latency_histograms(django_metrics: object) -> list[str]:
+    """Unregister django-prometheus's request-latency histograms (`django_http_requests_latency_*`)
+    from the default registry; its counters stay. Its middleware still observes them (into objects
+    nobody exposes). Idempotent; returns the family names removed by this call."""
+    removed = []
+    for collector in list(vars(django_metrics).values()):
+        if not isinstance(collector, Histogram):
+            continue
+        names = [family.name for family in collector.describe()]
+        if not any("latency" in name for name in names):
+            continue  # e.g. the body-size histograms: no latency, nothing duplicated
+        try:
+            REGISTRY.unregister(collector)
+        except KeyError:
+            continue  # already removed
+        removed.extend(names)
+    return removed
 
 
 def render() -> bytes:

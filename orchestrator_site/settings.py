@@ -38,6 +38,7 @@ INSTALLED_APPS = [
     "rest_framework",
     "drf_spectacular",
     "drf_spectacular_sidecar",
+    "django_prometheus",
     "orchestrator_site",
     "events",
     "releases",
@@ -47,6 +48,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # django-prometheus's request families (served on /metrics with --metrics-addr).
+    "django_prometheus.middleware.PrometheusBeforeMiddleware",
     "core.middleware.ObservabilityMiddleware",
     "core.middleware.ApiErrorMiddleware",
     "core.ha.SyncReplicaGate",  # serve --require-sync-replicas
@@ -57,6 +60,7 @@ MIDDLEWARE = [
     "core.middleware.PrincipalMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "core.hardening.AdminHeadersMiddleware",  # X-Frame-Options + CSP on /admin/
+    "django_prometheus.middleware.PrometheusAfterMiddleware",
 ]
 
 ROOT_URLCONF = "orchestrator_site.urls"

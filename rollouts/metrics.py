@@ -2,9 +2,11 @@
 
 Read from the store at scrape time (`RolloutCollector`, registered by `install()`):
 
-* `cp_rollout_plans{phase}` (gauge): plans now in each phase, every phase present. It replaces
-  `cp_rollout_plans_total`, a gauge that had to be declared a counter for its name: both cannot
-  be exposed (one family name, two types), see docs/metrics.md;
+* `cp_rollout_plans{phase}` (gauge): plans now in each phase, every phase present;
+* `cp_rollout_plans_total{phase}` (counter, deprecated): the same values, kept for the contract
+  (API.md §5). In the text format 0.0.4 the two are distinct families (`# TYPE
+  cp_rollout_plans_total counter`, `# TYPE cp_rollout_plans gauge`); both come from this one
+  collector, since the registry checks duplicate names only across collectors (docs/metrics.md);
 * `cp_rollout_pending_approvals`, `cp_rollout_pending_approval_age_seconds`,
   `cp_rollout_stuck_plans`, `cp_rollout_max_idle_seconds`: the running plans
   (`selectors.rollout_live_summary`);
@@ -27,7 +29,7 @@ import time
 from collections.abc import Iterable
 
 from prometheus_client import REGISTRY, Counter
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from rollouts.models import Phase
@@ -99,6 +101,14 @@ class RolloutCollector(Collector):
         gauge = GaugeMetricFamily(
             "cp_rollout_plans", "Rollout plans now in each phase.", labels=["phase"]
         )
+        # Exposed as `cp_rollout_plans_total` (TYPE counter): the contract's name, kept for
+        # compatibility. Deprecated: the value is a gauge's; query `cp_rollout_plans`.
+        legacy = CounterMetricFamily(
+            "cp_rollout_plans",
+            "Rollout plans now in each phase (deprecated: same values as the gauge "
+            "cp_rollout_plans; use that).",
+            labels=["phase"],
+        )
         try:
             counts = dict(selectors.rollout_phase_counts())
         except Exception:
@@ -108,7 +118,9 @@ class RolloutCollector(Collector):
             phases = [str(phase) for phase in Phase.values]
             for phase in (*phases, *sorted(set(counts) - set(phases))):
                 gauge.add_metric([phase], float(counts.get(phase, 0)))
+                legacy.add_metric([phase], float(counts.get(phase, 0)))
         yield gauge
+        yield legacy
         try:
             live = selectors.rollout_live_summary(stuck_threshold=STUCK_THRESHOLD_SECONDS)
         except Exception:

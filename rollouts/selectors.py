@@ -77,7 +77,8 @@ def desired_release_for_node(*, latest: Release, node_id: str) -> Release | None
 
 
 def rollout_phase_counts() -> dict[str, int]:
-    """Number of rollout plans per phase (every phase present), for `cp_rollout_plans_total`."""
+    """Number of rollout plans per phase (every phase present), for `cp_rollout_plans` (and its
+    deprecated twin `cp_rollout_plans_total`)."""
     counts = {phase.value: 0 for phase in Phase}
     for row in RolloutPlan.objects.values("phase").annotate(n=Count("id")).order_by():
         counts[row["phase"]] = row["n"]

@@ -120,6 +120,44 @@ def _ack_rows(release_pk: int) -> dict[str, tuple[str, datetime, datetime]]:
     return {node: (status, acked, updated) for node, status, acked, updated in rows}
 
 
+class _Cohort:
+    """What placing a node in a plan's stages needs, computed once per plan."""
+
+    def __init__(self, snap: PlanSnapshot, now: datetime, silent_after: float) -> None:
+        self.plan_id = snap.plan_id
+        self.count = len(snap.stages)
+        self.percents = [stage.percent for stage in snap.stages]
+        self.first_listed: dict[str, int] = {}
+        for stage in snap.stages:
+            for node in stage.nodes:
+                self.first_listed.setdefault(node, stage.position)
+        cutoff = now - timedelta(seconds=silent_after)
+        self.silent_from = [s.opened_at is not None and s.opened_at <= cutoff for s in snap.stages]
+
+    def place(self, node_id: str, ack_status: str | None) -> tuple[int, str] | None:
+        """(entry stage position, state) of a node, or None when no stage targets it."""
+        if ack_status == NodeAck.Status.ACTIVE:
+            entry = 0
+        else:
+            entry = min(
+                bisect.bisect_right(self.percents, bucket(self.plan_id, node_id)),
+                self.first_listed.get(node_id, self.count),
+            )
+            if entry >= self.count:
+                return None
+        if ack_status is not None:
+            return entry, ack_status
+        return entry, "silent" if self.silent_from[entry] else "waiting"
+
+
+def node_in_plan(
+    snap: PlanSnapshot, node_id: str, ack_status: str | None
+) -> tuple[str, str] | None:
+    """(entry stage_id, state) of one node in a plan, or None when no stage targets it."""
+    placed = _Cohort(snap, clock.now(), silent_after_seconds()).place(node_id, ack_status)
+    return None if placed is None else (snap.stages[placed[0]].stage_id, placed[1])
+
+
 def compute(
     snap: PlanSnapshot,
     *,
@@ -129,34 +167,16 @@ def compute(
     silent_after: float,
 ) -> PlanProgress:
     """The progress of `snap` over `known` nodes and the release's `acks`: one pass."""
+    cohort = _Cohort(snap, now, silent_after)
     stages = snap.stages
-    count = len(stages)
-    percents = [stage.percent for stage in stages]
-    first_listed: dict[str, int] = {}
-    for stage in stages:
-        for node in stage.nodes:
-            first_listed.setdefault(node, stage.position)
-    cutoff = now - timedelta(seconds=silent_after)
-    silent_from = [stage.opened_at is not None and stage.opened_at <= cutoff for stage in stages]
-    by_entry = [dict.fromkeys(STATES, 0) for _ in range(count)]
+    by_entry = [dict.fromkeys(STATES, 0) for _ in stages]
     rows: list[NodeState] = []
     for node_id in sorted(known):
         ack = acks.get(node_id)
-        if ack is not None and ack[0] == NodeAck.Status.ACTIVE:
-            entry = 0
-        else:
-            entry = min(
-                bisect.bisect_right(percents, bucket(snap.plan_id, node_id)),
-                first_listed.get(node_id, count),
-            )
-        if entry >= count:
+        placed = cohort.place(node_id, ack[0] if ack is not None else None)
+        if placed is None:
             continue
-        if ack is not None:
-            state = ack[0]
-        elif silent_from[entry]:
-            state = "silent"
-        else:
-            state = "waiting"
+        entry, state = placed
         by_entry[entry][state] = by_entry[entry].get(state, 0) + 1
         rows.append(
             NodeState(
@@ -175,7 +195,9 @@ def compute(
         for key, value in entered.items():
             running[key] = running.get(key, 0) + value
         stage_counts.append({"targeted": sum(running.values()), **running})
-    position = next((s.position for s in stages if s.stage_id == snap.current_stage_id), count - 1)
+    position = next(
+        (s.position for s in stages if s.stage_id == snap.current_stage_id), len(stages) - 1
+    )
     return PlanProgress(
         plan_id=snap.plan_id,
         version=snap.version,
@@ -204,10 +226,14 @@ def _ack_fingerprint(release_pk: int) -> tuple[int, datetime | None]:
     return int(row["n"] or 0), row["at"]
 
 
-def plan_progress(plan: RolloutPlan, *, max_age: float = CACHE_TTL_SECONDS) -> PlanProgress:
-    """The plan's progress now, from the cache when it is still true (see the module doc)."""
+def plan_progress(
+    plan: RolloutPlan, *, max_age: float = CACHE_TTL_SECONDS, snap: PlanSnapshot | None = None
+) -> PlanProgress:
+    """The plan's progress now, from the cache when it is still true (see the module doc).
+    `snap`: the plan's snapshot when the caller has it already."""
     silent_after = silent_after_seconds()
-    snap = snapshot_of(plan)
+    if snap is None or snap.version != plan.version:
+        snap = snapshot_of(plan)
     if connection.in_atomic_block:  # what a transaction sees may roll back: never cached
         return _build(snap, silent_after)
     key = (plan.version, _ack_fingerprint(snap.release_pk), silent_after)

@@ -117,7 +117,7 @@ def plan_signature(plan: RolloutPlan) -> dict[str, str]:
 def plan_status(plan: RolloutPlan) -> dict[str, Any]:
     snap = snapshot_of(plan)
     history = RolloutTransition.objects.filter(plan_id=plan.pk).order_by("id")
-    nodes = progress.plan_progress(plan)
+    nodes = progress.plan_progress(plan, snap=snap)
     return {
         "plan_id": plan.plan_id,
         "phase": plan.phase,

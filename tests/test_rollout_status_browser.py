@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import time
+from typing import Any
 
 import pytest
 import requests
@@ -22,7 +23,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.e2e]
 CANARY = ["b-1", "b-2", "b-3", "b-4"]
 
 
-def _call(srv: ServeProcess, method: str, path: str, body: object) -> None:
+def _call(srv: ServeProcess, method: str, path: str, body: dict[str, Any]) -> None:
     response = requests.request(method, srv.url(path), json=body, timeout=TIMEOUT)
     assert response.status_code in (200, 201), response.text
 
@@ -62,11 +63,11 @@ def _prepare(srv: ServeProcess) -> None:
     time.sleep(1.2)  # past --silent-after 1s: b-4 (an event, no ack) is silent
 
 
-def _screenshot(browser, name: str) -> None:
+def _screenshot(driver, name: str) -> None:
     """AUTONOMY_SCREENSHOTS=<dir>: keep a picture of each page (to look at; not asserted)."""
     directory = os.environ.get("AUTONOMY_SCREENSHOTS")
     if directory:
-        browser.save_screenshot(os.path.join(directory, f"{name}.png"))
+        driver.save_screenshot(os.path.join(directory, f"{name}.png"))
 
 
 def _shown_counts(element) -> dict[str, int]:

@@ -13,11 +13,12 @@ exactly as the gates count them. Each targeted node is in one state:
 
 The counts of a plan are those of its current stage (the furthest stage it reached).
 
-Cost: one pass over the known nodes (one sha256 each for the bucket, a binary search over the
-stage percents) and the release's acks: O(nodes + acks), ~0.3 s on SQLite at 50,000 nodes
-(bench/rollout_status.py). The result is cached per plan, keyed by (plan version, the release's
-ack count and newest ack update, silent_after) and at most `CACHE_TTL_SECONDS` old (new nodes and
-nodes turning silent show within that time); a cache hit costs one small aggregate query.
+Cost: one pass over the known node ids (a bucket each, hashed once per plan and process, and a
+binary search over the stage percents) and the release's acks: O(nodes + acks), ~0.2-0.3 s on
+SQLite at 50,000 nodes (bench/rollout_status.py, docs/operating.md). The result is cached per
+plan, keyed by (plan version, the release's ack count and newest ack update, silent_after) and
+at most `CACHE_TTL_SECONDS` old (new nodes and nodes turning silent show within that time); a
+cache hit costs one small aggregate query.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from django.conf import settings
 from django.db import connection
 from django.db.models import Count, Max
 
+from events.models import Event
 from releases import selectors as release_selectors
 from releases.models import NodeAck
 from rollouts import clock
@@ -46,13 +48,46 @@ DEFAULT_SILENT_AFTER_SECONDS = 600.0
 CACHE_TTL_SECONDS = 10.0
 
 
-def known_nodes() -> dict[str, datetime | None]:
-    """THE known nodes of the fleet for rollout status: node_id -> last_seen (the arrival time
-    of its newest event; None for a node known only by its acks).
-
-    Today: every node with an event or an ack (the same two index scans as `GET /v1/fleet`).
-    This is the one place to switch to a maintained per-node fleet table.
+def known_node_ids() -> set[str]:
+    """THE nodes known to the fleet, for rollout status: every node with an event or an ack
+    (two loose index scans, ids only). This module's reads of "the fleet" go through here,
+    `last_seen_of` and `known_nodes`: the places to switch to a maintained per-node fleet table.
     """
+    nodes = set(_event_node_ids())
+    nodes.update(release_selectors._acking_node_ids())
+    return nodes
+
+
+def _event_node_ids() -> list[str]:
+    """Distinct node_ids with an event: a loose index scan of the (node_id, id) index, as
+    `releases.selectors._acking_node_ids` does for acks (without each node's newest event)."""
+    qn = connection.ops.quote_name
+    table, node = qn(Event._meta.db_table), qn("node_id")
+    sql = (
+        f"WITH RECURSIVE nodes(node) AS ("
+        f"SELECT MIN({node}) FROM {table} "
+        f"UNION ALL SELECT (SELECT MIN({node}) FROM {table} WHERE {node} > nodes.node) "
+        f"FROM nodes WHERE nodes.node IS NOT NULL) "
+        f"SELECT node FROM nodes WHERE node IS NOT NULL"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql)
+        return [row[0] for row in cursor.fetchall()]
+
+
+def last_seen_of(node_ids: Iterable[str]) -> dict[str, datetime]:
+    """node_id -> arrival time of its newest event, for a page of nodes (one query)."""
+    ids = list(node_ids)
+    if not ids:
+        return {}
+    newest = Event.objects.filter(node_id__in=ids).values("node_id").annotate(m=Max("id"))
+    return dict(
+        Event.objects.filter(id__in=newest.values("m")).values_list("node_id", "received_at")
+    )
+
+
+def known_nodes() -> dict[str, datetime | None]:
+    """Every known node -> its last_seen (None: known by its acks only), for the fleet page."""
     nodes: dict[str, datetime | None] = dict(release_selectors._last_seen_by_node())
     for node_id in release_selectors._acking_node_ids():
         nodes.setdefault(node_id, None)
@@ -77,15 +112,18 @@ class NodeState:
 @dataclass(frozen=True)
 class PlanProgress:
     plan_id: str
+    release_pk: int
     version: int
     stage_ids: tuple[str, ...]
     current_position: int
     generated_at: datetime
     silent_after: float
     known: int
-    nodes: tuple[NodeState, ...]  # targeted nodes, by node_id
     stage_counts: tuple[dict[str, int], ...]  # per stage position, cumulative
-    node_ids: list[str] = field(default_factory=list, repr=False)  # for bisect
+    # The targeted nodes by node_id, with their entry stage and state (parallel lists).
+    node_ids: list[str] = field(repr=False)
+    entries: list[int] = field(repr=False)
+    states: list[str] = field(repr=False)
 
     @property
     def plan_counts(self) -> dict[str, int]:
@@ -101,23 +139,62 @@ class PlanProgress:
         self, *, position: int, state: str, after: str | None, limit: int
     ) -> tuple[list[NodeState], str | None]:
         """Targeted nodes of stage `position` in `state` (`targeted`: all), by node_id after
-        `after`; (rows, the cursor of the next page or None)."""
+        `after`, with their ack and last-seen times read now; (rows, next cursor or None)."""
         start = bisect.bisect_right(self.node_ids, after) if after is not None else 0
-        rows: list[NodeState] = []
-        for node in self.nodes[start:]:
-            if node.entry > position or (state != "targeted" and node.state != state):
+        picked: list[int] = []
+        more = False
+        for index in range(start, len(self.node_ids)):
+            if self.entries[index] > position or (
+                state != "targeted" and self.states[index] != state
+            ):
                 continue
-            if len(rows) == limit:
-                return rows, rows[-1].node_id
-            rows.append(node)
-        return rows, None
+            if len(picked) == limit:
+                more = True
+                break
+            picked.append(index)
+        ids = [self.node_ids[index] for index in picked]
+        acks = (
+            {
+                node: (status, acked, updated)
+                for node, status, acked, updated in NodeAck.objects.filter(
+                    release_id=self.release_pk, node_id__in=ids
+                ).values_list("node_id", "status", "acked_at", "updated_at")
+            }
+            if ids
+            else {}
+        )
+        seen = last_seen_of(ids)
+        rows = []
+        for index in picked:
+            node_id = self.node_ids[index]
+            ack = acks.get(node_id)
+            rows.append(
+                NodeState(
+                    node_id=node_id,
+                    entry=self.entries[index],
+                    state=self.states[index],
+                    ack_status=ack[0] if ack else None,
+                    acked_at=ack[1] if ack else None,
+                    ack_updated_at=ack[2] if ack else None,
+                    last_seen=seen.get(node_id),
+                )
+            )
+        return rows, (ids[-1] if more and ids else None)
 
 
-def _ack_rows(release_pk: int) -> dict[str, tuple[str, datetime, datetime]]:
-    rows = NodeAck.objects.filter(release_id=release_pk).values_list(
-        "node_id", "status", "acked_at", "updated_at"
-    )
-    return {node: (status, acked, updated) for node, status, acked, updated in rows}
+# plan_id -> {node_id: bucket}: a node's bucket in a plan never changes, so a recount hashes
+# only the nodes it has not seen (bounded: cleared beyond _BUCKETS_MAX plans).
+_buckets: dict[str, dict[str, float]] = {}
+_BUCKETS_MAX = 64
+
+
+def _buckets_of(plan_id: str) -> dict[str, float]:
+    known = _buckets.get(plan_id)
+    if known is None:
+        if len(_buckets) >= _BUCKETS_MAX:
+            _buckets.clear()
+        known = _buckets[plan_id] = {}
+    return known
 
 
 class _Cohort:
@@ -133,14 +210,18 @@ class _Cohort:
                 self.first_listed.setdefault(node, stage.position)
         cutoff = now - timedelta(seconds=silent_after)
         self.silent_from = [s.opened_at is not None and s.opened_at <= cutoff for s in snap.stages]
+        self.buckets = _buckets_of(snap.plan_id)
 
     def place(self, node_id: str, ack_status: str | None) -> tuple[int, str] | None:
         """(entry stage position, state) of a node, or None when no stage targets it."""
         if ack_status == NodeAck.Status.ACTIVE:
             entry = 0
         else:
+            share = self.buckets.get(node_id)
+            if share is None:
+                share = self.buckets[node_id] = bucket(self.plan_id, node_id)
             entry = min(
-                bisect.bisect_right(self.percents, bucket(self.plan_id, node_id)),
+                bisect.bisect_right(self.percents, share),
                 self.first_listed.get(node_id, self.count),
             )
             if entry >= self.count:
@@ -161,34 +242,30 @@ def node_in_plan(
 def compute(
     snap: PlanSnapshot,
     *,
-    known: dict[str, datetime | None],
-    acks: dict[str, tuple[str, datetime, datetime]],
+    known: Iterable[str],
+    acks: dict[str, str],
     now: datetime,
     silent_after: float,
 ) -> PlanProgress:
-    """The progress of `snap` over `known` nodes and the release's `acks`: one pass."""
+    """The progress of `snap` over the `known` node ids and the release's `acks` (node_id ->
+    status): one pass."""
     cohort = _Cohort(snap, now, silent_after)
     stages = snap.stages
     by_entry = [dict.fromkeys(STATES, 0) for _ in stages]
-    rows: list[NodeState] = []
+    node_ids: list[str] = []
+    entries: list[int] = []
+    states: list[str] = []
+    known_count = 0
     for node_id in sorted(known):
-        ack = acks.get(node_id)
-        placed = cohort.place(node_id, ack[0] if ack is not None else None)
+        known_count += 1
+        placed = cohort.place(node_id, acks.get(node_id))
         if placed is None:
             continue
         entry, state = placed
         by_entry[entry][state] = by_entry[entry].get(state, 0) + 1
-        rows.append(
-            NodeState(
-                node_id=node_id,
-                entry=entry,
-                state=state,
-                ack_status=ack[0] if ack is not None else None,
-                acked_at=ack[1] if ack is not None else None,
-                ack_updated_at=ack[2] if ack is not None else None,
-                last_seen=known[node_id],
-            )
-        )
+        node_ids.append(node_id)
+        entries.append(entry)
+        states.append(state)
     stage_counts = []
     running = dict.fromkeys(STATES, 0)
     for entered in by_entry:
@@ -200,15 +277,17 @@ def compute(
     )
     return PlanProgress(
         plan_id=snap.plan_id,
+        release_pk=snap.release_pk,
         version=snap.version,
         stage_ids=tuple(stage.stage_id for stage in stages),
         current_position=position,
         generated_at=now,
         silent_after=silent_after,
-        known=len(known),
-        nodes=tuple(rows),
+        known=known_count,
         stage_counts=tuple(stage_counts),
-        node_ids=[row.node_id for row in rows],
+        node_ids=node_ids,
+        entries=entries,
+        states=states,
     )
 
 
@@ -217,6 +296,11 @@ _cache: dict[int, tuple[tuple[object, ...], float, PlanProgress]] = {}
 _cache_lock = threading.Lock()
 _build_lock = threading.Lock()
 _CACHE_MAX = 256
+
+
+def _cacheable() -> bool:
+    """Not inside a transaction: what it sees may roll back (as every test's does)."""
+    return not connection.in_atomic_block
 
 
 def _ack_fingerprint(release_pk: int) -> tuple[int, datetime | None]:
@@ -234,7 +318,7 @@ def plan_progress(
     silent_after = silent_after_seconds()
     if snap is None or snap.version != plan.version:
         snap = snapshot_of(plan)
-    if connection.in_atomic_block:  # what a transaction sees may roll back: never cached
+    if not _cacheable():
         return _build(snap, silent_after)
     key = (plan.version, _ack_fingerprint(snap.release_pk), silent_after)
     entry = _cache.get(plan.pk)
@@ -253,11 +337,15 @@ def plan_progress(
     return progress
 
 
+def _ack_statuses(release_pk: int) -> dict[str, str]:
+    return dict(NodeAck.objects.filter(release_id=release_pk).values_list("node_id", "status"))
+
+
 def _build(snap: PlanSnapshot, silent_after: float) -> PlanProgress:
     return compute(
         snap,
-        known=known_nodes(),
-        acks=_ack_rows(snap.release_pk),
+        known=known_node_ids(),
+        acks=_ack_statuses(snap.release_pk),
         now=clock.now(),
         silent_after=silent_after,
     )
@@ -266,6 +354,7 @@ def _build(snap: PlanSnapshot, silent_after: float) -> PlanProgress:
 def clear_cache() -> None:
     with _cache_lock:
         _cache.clear()
+        _buckets.clear()
 
 
 def counts_dict(counts: dict[str, int]) -> dict[str, int]:

@@ -486,11 +486,11 @@ class RolloutPlanAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
         current_nodes = nodes.stage_counts[nodes.current_position]
         listed = {}
         for state in LISTED_STATES:
-            shown, _ = nodes.page(
-                position=nodes.current_position, state=state, after=None, limit=LISTED_NODES
+            shown = nodes.first_ids(
+                position=nodes.current_position, state=state, limit=LISTED_NODES
             )
             listed[state] = {
-                "nodes": [row.node_id for row in shown],
+                "nodes": shown,
                 "total": current_nodes[state],
                 "url": plan_nodes_url(plan.pk, current.stage_id, state),
             }

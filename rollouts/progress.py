@@ -135,23 +135,33 @@ class PlanProgress:
         except ValueError:
             return None
 
-    def page(
+    def _pick(
         self, *, position: int, state: str, after: str | None, limit: int
-    ) -> tuple[list[NodeState], str | None]:
-        """Targeted nodes of stage `position` in `state` (`targeted`: all), by node_id after
-        `after`, with their ack and last-seen times read now; (rows, next cursor or None)."""
+    ) -> tuple[list[int], bool]:
+        """Indexes of up to `limit` matching nodes after `after`, and whether more follow."""
         start = bisect.bisect_right(self.node_ids, after) if after is not None else 0
         picked: list[int] = []
-        more = False
         for index in range(start, len(self.node_ids)):
             if self.entries[index] > position or (
                 state != "targeted" and self.states[index] != state
             ):
                 continue
             if len(picked) == limit:
-                more = True
-                break
+                return picked, True
             picked.append(index)
+        return picked, False
+
+    def first_ids(self, *, position: int, state: str, limit: int) -> list[str]:
+        """The first `limit` node ids of stage `position` in `state` (no query)."""
+        picked, _ = self._pick(position=position, state=state, after=None, limit=limit)
+        return [self.node_ids[index] for index in picked]
+
+    def page(
+        self, *, position: int, state: str, after: str | None, limit: int
+    ) -> tuple[list[NodeState], str | None]:
+        """Targeted nodes of stage `position` in `state` (`targeted`: all), by node_id after
+        `after`, with their ack and last-seen times read now; (rows, next cursor or None)."""
+        picked, more = self._pick(position=position, state=state, after=after, limit=limit)
         ids = [self.node_ids[index] for index in picked]
         acks = (
             {

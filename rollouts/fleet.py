@@ -8,9 +8,8 @@ time, its latest events, and where it stands in every live rollout plan.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from django.utils import timezone
 
@@ -25,8 +24,7 @@ DEFAULT_STALE_SECONDS = 60
 NODE_EVENTS_SHOWN = 20
 
 
-@dataclass(frozen=True)
-class FleetRow:
+class FleetRow(NamedTuple):
     node_id: str
     status: str
     last_seen: datetime | None

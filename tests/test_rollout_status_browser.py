@@ -84,12 +84,19 @@ def _nonzero(counts: dict[str, int]) -> dict[str, int]:
 
 
 def test_plan_fleet_node_and_release_pages_show_the_apis_numbers(tmp_path, browser):  # noqa: F811
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import Select, WebDriverWait
 
     data = tmp_path / "data"
     wait = WebDriverWait(browser, TIMEOUT)
+    # For the self-refreshing plan page: an element may vanish with a reload between two reads.
+    settle = WebDriverWait(
+        browser,
+        TIMEOUT,
+        ignored_exceptions=(NoSuchElementException, StaleElementReferenceException),
+    )
     env = {"AUTONOMY_ADMIN_REFRESH_SECONDS": "1"}
     with ServeProcess(data, "--silent-after", "1s", env=env) as srv:
         created = cli(
@@ -119,19 +126,29 @@ def test_plan_fleet_node_and_release_pages_show_the_apis_numbers(tmp_path, brows
             assert "1 active of 3 acks, 1 failed" in row.text
             _screenshot(browser, "plan-list")
 
-            # The plan page: every stage's bar numbers are the status API's.
-            row.find_element(By.LINK_TEXT, "plan-status").click()
-            panel = wait.until(ec.presence_of_element_located((By.ID, "rollout-nodes")))
+            # The plan page: every stage's bar numbers are the status API's. Read until they
+            # match: the page reloads itself every second while the plan runs.
+            browser.get(row.find_element(By.LINK_TEXT, "plan-status").get_attribute("href"))
             status = requests.get(
                 srv.url("/v1/rollouts/plan-status/status"), timeout=TIMEOUT
             ).json()
-            assert _shown_counts(panel) == _nonzero(status["nodes"])
             assert status["nodes"]["silent"] == 1 and status["nodes"]["failed"] == 1
-            for stage in status["stages"]:
-                cell = browser.find_element(
-                    By.CSS_SELECTOR, f"tr[data-stage-id='{stage['stage_id']}'] .stage-nodes"
+
+            def shows_the_status(driver) -> bool:
+                panel = driver.find_element(By.ID, "rollout-nodes")
+                if _shown_counts(panel) != _nonzero(status["nodes"]):
+                    return False
+                return all(
+                    _shown_counts(
+                        driver.find_element(
+                            By.CSS_SELECTOR, f"tr[data-stage-id='{stage['stage_id']}'] .stage-nodes"
+                        )
+                    )
+                    == _nonzero(stage["nodes"])
+                    for stage in status["stages"]
                 )
-                assert _shown_counts(cell) == _nonzero(stage["nodes"]), stage["stage_id"]
+
+            settle.until(shows_the_status)
 
             # A new ack shows without touching the page: it refreshes itself while it runs.
             _call(srv, "POST", "/v1/nodes/b-3/ack", {"release_id": "rel-s1", "status": "active"})
@@ -140,12 +157,33 @@ def test_plan_fleet_node_and_release_pages_show_the_apis_numbers(tmp_path, brows
                     (By.ID, "rollout-nodes"), "data-active", "2"
                 )
             )
-
             _screenshot(browser, "plan-page")
 
+            # "targeted" links to the nodes behind it: the API's page of them.
+            nodes_url = settle.until(
+                lambda d: d.find_element(
+                    By.CSS_SELECTOR, "#rollout-nodes a[data-state='targeted']"
+                ).get_attribute("href")
+            )
+            failed_url = settle.until(
+                lambda d: d.find_element(By.CSS_SELECTOR, "#rollout-failed-nodes a").get_attribute(
+                    "href"
+                )
+            )
+            browser.get(nodes_url)
+            rows = wait.until(
+                ec.presence_of_all_elements_located((By.CSS_SELECTOR, "#plan-nodes-table tbody tr"))
+            )
+            listed = requests.get(srv.url("/v1/rollouts/plan-status/nodes"), timeout=TIMEOUT).json()
+            assert [r.get_attribute("data-node-id") for r in rows] == [
+                n["node_id"] for n in listed["nodes"]
+            ]
+            total = browser.find_element(By.ID, "plan-nodes-total").text
+            assert total.startswith(f"{listed['total']} nodes of stage canary targeted")
+
             # The failed node is listed and linked: its page has its ack and its stage.
-            failed = browser.find_element(By.ID, "rollout-failed-nodes")
-            failed.find_element(By.LINK_TEXT, "b-2").click()
+            assert failed_url.endswith("/admin/fleet/nodes/b-2/")
+            browser.get(failed_url)
             plan_row = wait.until(
                 ec.presence_of_element_located((By.CSS_SELECTOR, "tr[data-plan-id='plan-status']"))
             )

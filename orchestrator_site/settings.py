@@ -176,6 +176,11 @@ CLIENT_BODY_TIMEOUT_SECONDS = env.float("AUTONOMY_CLIENT_BODY_TIMEOUT", default=
 MAX_CONNECTIONS_PER_CLIENT = env.int("AUTONOMY_MAX_CONNECTIONS_PER_CLIENT", default=64)
 # How long the edge trusts a resolved bearer token without a revocation signal (core.revocation).
 TOKEN_CACHE_TTL_SECONDS = env.float("AUTONOMY_TOKEN_CACHE_TTL", default=2.0)
+# A targeted node without an ack for the plan's release is `silent` this long after its stage
+# opened (rollouts.progress; `serve --silent-after` sets it, default 10m).
+ROLLOUT_SILENT_AFTER_SECONDS = 600.0
+# A running plan's admin page reloads itself this often (rollouts/static/rollouts/rolloutplan.js).
+ADMIN_REFRESH_SECONDS = env.int("AUTONOMY_ADMIN_REFRESH_SECONDS", default=10)
 
 REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": [

@@ -41,6 +41,8 @@ def _assert_one_line_refusal(result, *needles: str) -> None:
         (["--tls-crl-sync-interval", "5 minutes"], ["--tls-crl-sync-interval", "30s, 5m"]),
         (["--tls-crl-sync-min-sources", "0"], ["--tls-crl-sync-min-sources"]),
         (["--tls-crl-sync-interval", "10ms"], ["--tls-crl-sync-interval", "at least 1s"]),
+        (["--stuck-after", "soon"], ["--stuck-after", "30s, 5m"]),
+        (["--stuck-after", "500ms"], ["--stuck-after", "at least 1s"]),
     ],
 )
 def test_bad_flag_values_are_one_line_errors(tmp_path, args, needles):

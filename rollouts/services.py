@@ -31,6 +31,7 @@ from access.models import AuditRecord
 from access.services import audit_write
 from core.auth import Kind, Principal, acting, is_open_mode, system
 from core.errors import ApiError
+from core.params import format_rfc3339
 from releases.models import NodeAck, Release
 from rollouts import clock, signing
 from rollouts.cohort import PlanSnapshot, bucket, display_percent, snapshot_of
@@ -426,7 +427,7 @@ def _notify_transition(
         "stage_id": snap.current_stage_id,
         "operator": actor.name,
         "automatic": actor.kind is Kind.SYSTEM,
-        "at": now,
+        "at": format_rfc3339(now),
     }
     if new_phase == Phase.HALTED:
         data["reason"] = reason or "halted by an operator"

@@ -73,6 +73,26 @@ def test_the_signature_verifies_only_with_the_secret_the_body_and_a_recent_times
     assert not verify(SECRET, body, header.replace("t=1800000000", "t=1800000200"))
 
 
+def test_the_verification_snippet_in_the_docs_accepts_our_signature_and_nothing_else():
+    import re
+    import time
+    from pathlib import Path
+
+    page = (Path(__file__).resolve().parent.parent / "docs" / "operating.md").read_text()
+    section = page.split("### Verifying the signature", 1)[1]
+    snippet = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    namespace: dict = {}
+    exec(compile(snippet, "docs/operating.md", "exec"), namespace)
+    docs_verify = namespace["verify"]
+    body = b'{"id":"evt_1","type":"rollout.halted"}'
+    header = signature_header(SECRET, body)
+    assert docs_verify(SECRET, body, header)
+    assert not docs_verify("wrong", body, header)
+    assert not docs_verify(SECRET, body + b"x", header)
+    assert not docs_verify(SECRET, body, signature_header(SECRET, body, int(time.time()) - 600))
+    assert not docs_verify(SECRET, body, "garbage")
+
+
 def test_retries_back_off_exponentially_up_to_the_cap():
     policy = RetryPolicy(base=30, cap=3600, attempts=16)
     lowest = [policy.delay(n, rand=0.0) for n in range(1, 10)]
@@ -214,7 +234,7 @@ def test_crl_sync_failure_is_announced_once_per_failing_episode():
     endpoint(events=["cert.crl.sync_failed"])
     thread = CrlSyncThread(
         config=CrlSyncConfig(urls=("https://peer:8443/v1/crl",)),
-        store=SimpleNamespace(path="/etc/aorch/crl.pem"),  # type: ignore[arg-type]
+        store=SimpleNamespace(path="/etc/aorch/crl.pem"),
     )
     failed = SyncResult(
         reason="no CRL returned by at least 1 sources (best agreement: 0 of 1)",

@@ -36,8 +36,8 @@ def halt_a_plan(srv: ServeProcess, n: int) -> None:
     """Publish plan-N (of a new release rel-N) and halt it: one rollout.halted event."""
     status, _, body = call(srv, "POST", "/v1/releases", {"release_id": f"rel-{n}"})
     assert status == 201, body
-    spec = {"plan_id": f"plan-{n}", "release_id": f"rel-{n}", "stages": [{"stage_id": "s1"}]}
-    spec["stages"][0]["percent"] = 10
+    stages = [{"stage_id": "s1", "percent": 10}]
+    spec = {"plan_id": f"plan-{n}", "release_id": f"rel-{n}", "stages": stages}
     status, _, body = call(srv, "POST", "/v1/rollouts", spec)
     assert status == 201, body
     status, _, body = call(srv, "POST", f"/v1/rollouts/plan-{n}/halt", {"reason": f"halt {n}"})

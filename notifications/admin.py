@@ -7,14 +7,14 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin
-from django.db.models import QuerySet
+from django.db.models import Count, Q, QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 from django.utils.html import format_html
 
 from core.admin import ReadOnlyAdminMixin
 from core.auth import Kind, Principal, Role
-from notifications import selectors, services
+from notifications import services
 from notifications.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint
 from notifications.signing import redact_url
 
@@ -78,8 +78,8 @@ class WebhookEndpointAdmin(admin.ModelAdmin):
         return fields + (["created_at", "created_by", "updated_at"] if obj is not None else [])
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[WebhookEndpoint]:
-        self._pending = selectors.pending_by_endpoint()
-        return super().get_queryset(request)
+        pending = Count("deliveries", filter=Q(deliveries__state=WebhookDelivery.State.PENDING))
+        return super().get_queryset(request).annotate(pending_count=pending)
 
     @admin.display(description="URL")
     def shown_url(self, obj: WebhookEndpoint) -> str:
@@ -91,7 +91,7 @@ class WebhookEndpointAdmin(admin.ModelAdmin):
 
     @admin.display(description="pending deliveries")
     def pending(self, obj: WebhookEndpoint) -> str:
-        count = getattr(self, "_pending", {}).get(obj.pk, 0)
+        count = getattr(obj, "pending_count", 0)
         url = f"../webhookdelivery/?endpoint__id__exact={obj.pk}&state__exact=pending"
         return format_html('<a href="{}">{}</a>', url, count)
 

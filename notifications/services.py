@@ -324,6 +324,36 @@ def event_emit(
     return event_id
 
 
+def plan_tampered_emit(
+    *,
+    plan_id: str,
+    digest: str,
+    actual_digest: str,
+    reason: str,
+    phase: str = "",
+    halted: bool = False,
+    release_id: str | None = None,
+    channel: str | None = None,
+) -> str | None:
+    """`rollout.plan.tampered` for a plan whose stored spec no longer matches its signed
+    `digest`; once per plan and tampered content (`actual_digest`), however often it is found.
+    Call it in the transaction that records the finding (the audit record)."""
+    return event_emit(
+        name="rollout.plan.tampered",
+        data={
+            "plan_id": plan_id,
+            "release_id": release_id,
+            "channel": channel,
+            "phase": phase,
+            "halted": halted,
+            "digest": digest,
+            "actual_digest": actual_digest,
+            "reason": reason,
+        },
+        dedup_key=f"rollout.plan.tampered:{plan_id}:{actual_digest}",
+    )
+
+
 # --- deliveries --------------------------------------------------------------------------------
 
 

@@ -250,16 +250,46 @@ def test_crl_sync_failure_is_announced_once_per_failing_episode():
 
 
 @pytest.mark.django_db
-def test_event_emit_is_public_for_the_tamper_check_and_refuses_unknown_names():
+def test_the_tamper_check_announces_a_tampered_plan_once_per_tampered_content():
     endpoint(events=["rollout.plan.tampered"])
-    event_id = services.event_emit(
-        name="rollout.plan.tampered",
-        data={"plan_id": "p1", "reason": "spec digest mismatch"},
-    )
-    assert event_id is not None
-    assert bodies()[0]["data"]["reason"] == "spec digest mismatch"
+    found = {
+        "plan_id": "p1",
+        "digest": "sha256:aa",
+        "reason": "the stored spec no longer matches its signed digest",
+        "phase": "active",
+        "halted": True,
+    }
+    assert services.plan_tampered_emit(**found, actual_digest="sha256:bb") is not None
+    assert services.plan_tampered_emit(**found, actual_digest="sha256:bb") is None
+    assert services.plan_tampered_emit(**found, actual_digest="sha256:cc") is not None
+    first = bodies("rollout.plan.tampered")[0]["data"]
+    assert first["actual_digest"] == "sha256:bb" and first["halted"] is True
     with pytest.raises(ValueError):
         services.event_emit(name="rollout.exploded", data={})
+
+
+@pytest.mark.django_db
+def test_an_automatic_halt_by_a_failure_gate_says_so():
+    from tests.factories import NodeAckFactory
+
+    endpoint()
+    plan = RolloutPlanFactory(
+        plan_id="p-auto",
+        stages=[
+            {
+                "stage_id": "canary",
+                "percent": 100,
+                "gates": [{"kind": "ack_failure", "max_ratio": 0.5}],
+            },
+            {"stage_id": "all", "percent": 100},
+        ],
+    )
+    for node in ("n1", "n2"):
+        NodeAckFactory(node_id=node, release=plan.release, status="failed")
+    evaluator.evaluate_open_stages()
+    [body] = bodies("rollout.halted")
+    assert body["data"]["automatic"] is True and body["data"]["operator"] == "evaluator"
+    assert "ack_failure gate tripped" in body["data"]["reason"]
 
 
 # --- delivery ----------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 import signal
 import sqlite3
 import time
+import urllib.request
 from pathlib import Path
 
 import psycopg
@@ -77,7 +78,8 @@ def test_halts_arrive_signed_once_past_a_dead_endpoint_and_a_failing_one_is_retr
         live_secret = live.splitlines()[-1]
         insert_endpoint(data, rx.url("/hang"), '["*"]')  # dead: holds a request for 30 s
         insert_endpoint(data, rx.url("/fail2"), '["rollout.halted"]')
-        with ServeProcess(data, env=ENV) as srv:
+        metrics = ("--metrics-addr", f"127.0.0.1:{free_port()}")
+        with ServeProcess(data, *metrics, env=ENV) as srv:
             halt_a_plan(srv, 1)
             wait_until(lambda: rx.hanging, what="the dead endpoint to be called")
             [first] = rx.wait_for(1, "/ok")
@@ -120,6 +122,14 @@ def test_halts_arrive_signed_once_past_a_dead_endpoint_and_a_failing_one_is_retr
                 (3, "delivered", 200),
             ]
             assert log[0][3] < log[1][3]  # 160-200 ms, then 320-400 ms
+
+            text = urllib.request.urlopen(srv.url("/metrics"), timeout=5).read().decode()
+            samples = dict(
+                line.rsplit(" ", 1) for line in text.splitlines() if line.startswith("cp_webhook")
+            )
+            assert float(samples['cp_webhook_deliveries_total{outcome="delivered"}']) == 4
+            assert float(samples['cp_webhook_deliveries_total{outcome="retrying"}']) == 4
+            assert float(samples["cp_webhook_outbox_pending"]) == 2  # the dead endpoint's
             listing = webhook("list", "--data-dir", str(data))
             assert live_secret not in listing and SECRET not in listing
             assert "/hang" in listing

@@ -21,6 +21,17 @@ def endpoint_get(ref: str) -> WebhookEndpoint | None:
     return WebhookEndpoint.objects.filter(url=value).first()
 
 
+def subscribers(name: str) -> list[WebhookEndpoint]:
+    """The enabled endpoints subscribed to event `name` (a few rows: read them all)."""
+    from notifications.services import subscribed
+
+    return [
+        e
+        for e in WebhookEndpoint.objects.filter(enabled=True).only("id", "events")
+        if subscribed(e.events, name)
+    ]
+
+
 def _due(now: datetime) -> Q:
     return Q(
         state=WebhookDelivery.State.PENDING, next_attempt_at__lte=now, endpoint__enabled=True

@@ -289,11 +289,9 @@ def event_emit(
     if name not in EVENTS and name != TEST_EVENT:
         raise ValueError(f"unknown webhook event {name!r}")
     if endpoints is None:
-        endpoints = [
-            e
-            for e in WebhookEndpoint.objects.filter(enabled=True).only("id", "events")
-            if subscribed(e.events, name)
-        ]
+        from notifications.selectors import subscribers
+
+        endpoints = subscribers(name)
     if not endpoints:
         return None
     if dedup_key is not None and WebhookEvent.objects.filter(dedup_key=dedup_key).exists():

@@ -126,13 +126,16 @@ def _emitted(key: str) -> bool:
 def _emit_once(key: str, name: str, data: dict[str, Any], lease: tuple[int, str] | None) -> None:
     """Emit the webhook event `name` unless `key` was emitted before (here or in the outbox);
     with `lease`, only while this replica leads."""
+    from notifications.selectors import subscribers
     from notifications.services import event_emit
 
     if _emitted(key):
         return
-    fence = leader.leader_transaction(lease) if lease is not None else nullcontext()
-    with fence:
-        event_emit(name=name, data=data, dedup_key=key)
+    endpoints = subscribers(name)
+    if endpoints:  # no endpoint, no leader-only write
+        fence = leader.leader_transaction(lease) if lease is not None else nullcontext()
+        with fence:
+            event_emit(name=name, data=data, dedup_key=key, endpoints=endpoints)
     with _notified_lock:
         if len(_notified) > 10_000:
             _notified.clear()
@@ -161,9 +164,13 @@ def notify_stuck_plans(
     *, threshold_seconds: float | None = None, lease: tuple[int, str] | None = None
 ) -> int:
     """Emit `rollout.stuck` for every running plan without a transition for the threshold
-    (default `--stuck-after`), once per episode; returns how many plans are stuck."""
+    (default `--stuck-after`), once per episode; returns how many plans are stuck (0 without
+    an endpoint subscribed: nothing is evaluated then)."""
+    from notifications.selectors import subscribers
     from rollouts.selectors import stuck_plans
 
+    if not subscribers("rollout.stuck"):
+        return 0
     threshold = int(_stuck_after if threshold_seconds is None else threshold_seconds)
     stuck = stuck_plans(threshold_seconds=threshold)
     for entry in stuck:

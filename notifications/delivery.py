@@ -8,10 +8,13 @@ back are not hit by every retry at once. Plain Python: no database here.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import os
 import random
+import socket
 import ssl
+import threading
 import time
 import urllib.parse
 from dataclasses import dataclass
@@ -26,7 +29,7 @@ from notifications.signing import (
     signature_header,
 )
 
-REQUEST_TIMEOUT_SECONDS = 10.0  # connect, and each read of the answer
+REQUEST_TIMEOUT_SECONDS = 10.0  # the whole request: connect, send, the answer
 MAX_RESPONSE_BYTES = 64 * 1024  # read (and ignored) of an answer; the status is what counts
 
 # Test-only: AUTONOMY_TEST_WEBHOOK_RETRY="<base>,<cap>,<attempts>" (durations like 200ms, 1s)
@@ -92,9 +95,10 @@ def send(
     timeout: float = REQUEST_TIMEOUT_SECONDS,
     timestamp: int | None = None,
 ) -> SendResult:
-    """POST `body` to `url`, signed with `secret`. 2xx is delivered; anything else (another
-    status, a refused connection, a timeout, a TLS failure) is a failed attempt. Redirects are
-    not followed."""
+    """POST `body` to `url`, signed with `secret`, within `timeout` seconds in all (a receiver
+    that trickles its answer is cut off too). 2xx is delivered; anything else (another status, a
+    refused connection, a timeout, a TLS failure) is a failed attempt. Redirects are not
+    followed."""
     payload = body.encode()
     parts = urllib.parse.urlsplit(url)
     path = parts.path or "/"
@@ -124,19 +128,34 @@ def send(
         connection = http.client.HTTPConnection(host, parts.port, timeout=timeout)
     started = time.monotonic()
     status: int | None = None
+    expired = threading.Event()
+
+    def cut_off() -> None:
+        expired.set()
+        sock = connection.sock
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)  # the blocked read returns at once
+
+    deadline = threading.Timer(timeout, cut_off)
+    deadline.daemon = True
+    deadline.start()
     try:
         connection.request("POST", path, body=payload, headers=headers)
         response = connection.getresponse()
         status = response.status
         response.read(MAX_RESPONSE_BYTES)
-    except ssl.SSLError as exc:
-        return _failed(started, status, f"TLS failed: {exc.reason or exc}")
-    except TimeoutError:
-        return _failed(started, status, f"no answer within {timeout:g}s")
     except (OSError, http.client.HTTPException) as exc:
+        if expired.is_set() or isinstance(exc, TimeoutError):
+            return _failed(started, None, f"no answer within {timeout:g}s")
+        if isinstance(exc, ssl.SSLError):
+            return _failed(started, status, f"TLS failed: {exc.reason or exc}")
         return _failed(started, status, f"request failed: {exc or type(exc).__name__}")
     finally:
+        deadline.cancel()
         connection.close()
+    if expired.is_set():
+        return _failed(started, None, f"no answer within {timeout:g}s")
     duration = int((time.monotonic() - started) * 1000)
     if 200 <= status < 300:
         return SendResult(True, status, "", duration)

@@ -5,15 +5,16 @@
 only on the leader of background work (`core.leader`; every replica on SQLite is its own
 leader). It finds the endpoints with due deliveries and gives each its own worker thread: one
 endpoint's deliveries go one at a time, oldest first, while other endpoints' workers send in
-parallel, so a slow or dead endpoint (each request waits at most REQUEST_TIMEOUT_SECONDS per
-connect or read) only delays itself. No request thread ever sends.
+parallel, so a slow or dead endpoint (a request takes at most REQUEST_TIMEOUT_SECONDS) only
+delays itself. No request thread ever sends.
 
 Each delivery is claimed before it is sent (a conditional UPDATE that commits only while this
 replica's lease is the leader's) and held for the request's time plus a margin: of several
 replicas exactly one sends it. The outcome is written after the request, with no database
-connection held while it waits. A process killed mid-request leaves the claim to expire and the
-next leader sends again: at-least-once in that one case, which is why every request carries the
-event id (`X-Autonomy-Event-Id`) for receivers to drop a repeat.
+connection held while it waits. A process killed mid-request leaves the claim to expire (or to be
+released when a replica of the same `--node-name` starts again) and the next leader sends again:
+at-least-once in that one case, which is why every request carries the event id
+(`X-Autonomy-Event-Id`) for receivers to drop a repeat.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ POLL_SECONDS = 1.0
 MAX_WORKERS = 32  # endpoints sent to at once; more wait for a free worker
 BATCH = 50
 PRUNE_EVERY_SECONDS = 3600.0
-CLAIM_MARGIN_SECONDS = 30.0
+CLAIM_MARGIN_SECONDS = 10.0  # a claim lasts the request's timeout plus this
 
 _wakeup = threading.Event()
 
@@ -65,6 +66,19 @@ class Dispatcher:
     def start(self) -> None:
         if self._thread is not None:
             return
+        if self.replica:
+            try:
+                released = services.delivery_release_claims(holder=self.replica)
+            except Exception:
+                logger.exception("could not release this replica's earlier webhook claims")
+            else:
+                if released:
+                    logger.info(
+                        "%d webhook deliveries this replica held when it stopped are due again",
+                        released,
+                    )
+            finally:
+                connection.close()
         self._thread = threading.Thread(target=self._run, name="webhook-dispatcher", daemon=True)
         self._thread.start()
 
@@ -149,8 +163,9 @@ class Dispatcher:
         """Claim, send and record one delivery; the outcome, or None when it was not ours."""
         claim = services.delivery_claim(
             delivery_id=delivery_id,
-            hold_seconds=2 * self.timeout + CLAIM_MARGIN_SECONDS,
+            hold_seconds=self.timeout + CLAIM_MARGIN_SECONDS,
             lease=lease,
+            holder=self.replica,
         )
         connection.close()  # no pooled connection is held while the endpoint answers
         if claim is None:

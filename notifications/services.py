@@ -14,6 +14,7 @@ changes write audit records (`webhook.endpoint.created|updated|removed`), never 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import secrets
@@ -370,7 +371,11 @@ class Claim:
 
 
 def delivery_claim(
-    *, delivery_id: int, hold_seconds: float, lease: tuple[int, str] | None
+    *,
+    delivery_id: int,
+    hold_seconds: float,
+    lease: tuple[int, str] | None,
+    holder: str = "",
 ) -> Claim | None:
     """Take a due delivery for `hold_seconds` (a conditional UPDATE: of two replicas one wins);
     None when it is not due, delivered, held by another sender or its endpoint is disabled.
@@ -378,7 +383,7 @@ def delivery_claim(
     from contextlib import nullcontext
 
     now = timezone.now()
-    token = secrets.token_hex(16)
+    token = f"{_holder_tag(holder)}:{secrets.token_hex(8)}"
     fence = leader.leader_transaction(lease) if lease is not None else nullcontext()
     with fence, transaction.atomic():
         taken = (
@@ -417,6 +422,21 @@ def delivery_claim(
         event_id=row["event__event_id"],
         event_name=row["event__name"],
     )
+
+
+def delivery_release_claims(*, holder: str) -> int:
+    """Free the deliveries `holder` (a replica's `--node-name`) held when it stopped: called when
+    it starts again, so they are sent at once instead of when their claims expire."""
+    if not holder:
+        return 0
+    return WebhookDelivery.objects.filter(
+        state=WebhookDelivery.State.PENDING, claim_token__startswith=f"{_holder_tag(holder)}:"
+    ).update(claimed_until=None, claim_token="")
+
+
+def _holder_tag(holder: str) -> str:
+    """A short fixed-length tag of a replica name, the prefix of its claim tokens."""
+    return hashlib.sha256(holder.encode()).hexdigest()[:16]
 
 
 def delivery_record(

@@ -350,11 +350,32 @@ def test_a_dead_endpoint_is_given_up_after_the_last_attempt():
 
 
 @pytest.mark.django_db
-def test_a_claimed_delivery_is_not_sent_twice():
+def test_a_claimed_delivery_is_not_sent_twice_until_its_holder_starts_again():
     queued = _queue_halt("http://127.0.0.1:9/hook")
-    first = services.delivery_claim(delivery_id=queued.pk, hold_seconds=30, lease=None)
+    first = services.delivery_claim(delivery_id=queued.pk, hold_seconds=30, lease=None, holder="r1")
     assert first is not None and first.attempt == 1 and first.secret == SECRET
     assert services.delivery_claim(delivery_id=queued.pk, hold_seconds=30, lease=None) is None
+    # r1 died holding it; another replica name starting frees nothing, r1 starting again does.
+    assert services.delivery_release_claims(holder="r2") == 0
+    assert services.delivery_release_claims(holder="r1") == 1
+    assert services.delivery_claim(delivery_id=queued.pk, hold_seconds=30, lease=None)
+
+
+def test_a_receiver_that_trickles_its_answer_is_cut_off_at_the_timeout():
+    from notifications.delivery import send
+
+    with Receiver() as rx:
+        # Each byte comes well within the socket timeout; the whole answer would take 5 s.
+        result = send(
+            url=rx.url("/trickle"),
+            secret=SECRET,
+            body="{}",
+            event_id="evt_1",
+            event_name="webhook.test",
+            attempt=1,
+            timeout=0.5,
+        )
+    assert not result.ok and result.error == "no answer within 0.5s"
 
 
 # --- the command -------------------------------------------------------------------------------

@@ -140,7 +140,8 @@ def test_a_restart_in_the_middle_delivers_exactly_once(tmp_path):
     port = free_port()  # the receiver is down at first: nothing listens here
     url = f"http://127.0.0.1:{port}/ok"
     webhook("add", url, "--events", "rollout.halted", "--secret", SECRET, "--data-dir", str(data))
-    srv = ServeProcess(data, env=ENV).start()
+    name = ("--node-name", "hooks-1")  # the same replica again: it frees what it held
+    srv = ServeProcess(data, *name, env=ENV).start()
     try:
         halt_a_plan(srv, 1)
         wait_until(
@@ -151,7 +152,7 @@ def test_a_restart_in_the_middle_delivers_exactly_once(tmp_path):
         srv.stop(signal.SIGKILL)
     assert sqlite_rows(data, "SELECT state FROM notifications_webhookdelivery") == [("pending",)]
 
-    with Receiver(port) as rx, ServeProcess(data, env=ENV):
+    with Receiver(port) as rx, ServeProcess(data, *name, env=ENV):
         [got] = rx.wait_for(1)
         assert got.verified(SECRET) and got.json()["data"]["plan_id"] == "plan-1"
         time.sleep(1.0)  # room for a duplicate to show up

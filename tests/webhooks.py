@@ -6,7 +6,8 @@
         assert rx.requests[0].verified(secret)
 
 Paths choose the answer: `/ok` 200; `/fail<N>` 500 for the first N requests of each event, then
-200; `/hang` never answers until `release()` (a dead endpoint); anything else 404.
+200; `/hang` never answers until `release()` (a dead endpoint); `/trickle` answers one byte of
+its headers every 0.1 s for 5 s; anything else 404.
 """
 
 from __future__ import annotations
@@ -67,6 +68,17 @@ class Receiver:
             self._counts[path] = self._counts.get(path, 0) + 1
             seen = self._counts.get(f"{path} {event_id}", 0)
             self._counts[f"{path} {event_id}"] = seen + 1
+        if path == "/trickle":
+            try:
+                handler.wfile.write(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+                for _ in range(50):
+                    handler.wfile.write(b"x")
+                    handler.wfile.flush()
+                    time.sleep(0.1)
+                handler.wfile.write(b"\r\nContent-Length: 0\r\n\r\n")
+            except OSError:
+                pass  # the sender hung up
+            return
         if path == "/hang":
             with self._lock:
                 self.hanging.append(item)

@@ -415,8 +415,12 @@ def _notify_transition(
     now: datetime,
 ) -> None:
     """Queue the webhook event of a transition (in its transaction: both commit or neither)."""
+    from notifications.selectors import subscribers
     from notifications.services import event_emit
 
+    endpoints = subscribers(event)
+    if not endpoints:
+        return
     release_id = Release.objects.filter(pk=plan.release_id).values_list("release_id", flat=True)
     data: dict[str, Any] = {
         "plan_id": plan.plan_id,
@@ -431,7 +435,7 @@ def _notify_transition(
     }
     if new_phase == Phase.HALTED:
         data["reason"] = reason or "halted by an operator"
-    event_emit(name=event, data=data)
+    event_emit(name=event, data=data, endpoints=endpoints)
 
 
 def rollout_transition(

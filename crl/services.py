@@ -288,7 +288,8 @@ class CrlSyncThread(threading.Thread):
             finally:
                 from django.db import connection
 
-                connection.close()  # this thread keeps no pooled connection between rounds
+                if not connection.in_atomic_block:
+                    connection.close()  # this thread keeps no pooled connection between rounds
         self.failing = result.failed
 
     def stop(self) -> None:

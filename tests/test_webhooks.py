@@ -494,8 +494,6 @@ def test_the_delivery_log_is_read_only_and_shows_each_attempt(staff):
     detail = staff.get(f"/admin/notifications/webhookdelivery/{queued.pk}/change/")
     html = detail.content.decode()
     assert "HTTP 503" in html and "30000" in html and SECRET not in html
-    assert staff.post(f"/admin/notifications/webhookdelivery/{queued.pk}/delete/").status_code in (
-        403,
-        302,
-    )
+    deleting = staff.post(f"/admin/notifications/webhookdelivery/{queued.pk}/delete/")
+    assert deleting.status_code == 403
     assert WebhookDelivery.objects.count() == 1

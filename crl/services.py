@@ -6,7 +6,8 @@ A pulled CRL replaces `--tls-crl-file` only when
 3. it is not older than the CRL in force (CRL number, then thisUpdate).
 The file is replaced atomically (temp file, fsync, rename), and the next handshake enforces it.
 Every failure is logged with its source and never stops the server. Runs in its own thread; it
-never touches the database.
+touches the database only for audit records and, when a round fails after rounds that did not,
+the `cert.crl.sync_failed` webhook event (`notifications.services.event_emit`).
 """
 
 from __future__ import annotations
@@ -65,6 +66,8 @@ class SyncResult:
     adopted: bool = False
     reason: str = ""
     failures: dict[str, str] = field(default_factory=dict)
+    # No CRL could be adopted: too few sources agreed, or the file could not be written.
+    failed: bool = False
 
 
 class _HTTPSConnection(http.client.HTTPSConnection):
@@ -163,6 +166,7 @@ def crl_sync_once(*, config: CrlSyncConfig, store: CrlStore) -> SyncResult:
             f"no CRL returned by at least {config.min_sources} sources "
             f"(best agreement: {best} of {len(config.urls)})"
         )
+        result.failed = True
         logger.warning("CRL sync: %s; keeping the current CRL", result.reason)
         return result
     # Several groups may qualify when min_sources is small: take the newest.
@@ -194,6 +198,7 @@ def crl_sync_once(*, config: CrlSyncConfig, store: CrlStore) -> SyncResult:
         replace_crl_file(Path(store.path), pem)
     except OSError as exc:
         result.reason = f"cannot write {store.path}: {exc.strerror or exc}"
+        result.failed = True
         logger.error("CRL sync: %s", result.reason)
         return result
     store.refresh()
@@ -231,6 +236,21 @@ def _audit_synced(crl: x509.CertificateRevocationList, sources: list[str], path:
         logger.exception("CRL sync: could not write the cert.crl.synced audit record")
 
 
+def notify_sync_failed(config: CrlSyncConfig, result: SyncResult, crl_file: str) -> None:
+    from notifications.services import event_emit
+
+    event_emit(
+        name="cert.crl.sync_failed",
+        data={
+            "reason": result.reason,
+            "sources": list(config.urls),
+            "failures": dict(result.failures),
+            "min_sources": config.min_sources,
+            "crl_file": crl_file,
+        },
+    )
+
+
 class CrlSyncThread(threading.Thread):
     """Runs `crl_sync_once` at start and then every `interval` seconds (0: only once), on the
     leader of background work only (`core.leader`; a follower waits until it leads)."""
@@ -240,6 +260,7 @@ class CrlSyncThread(threading.Thread):
         self.config = config
         self.store = store
         self.stopped = threading.Event()
+        self.failing = False  # the last round failed (a failure is announced once per episode)
 
     def run(self) -> None:
         while not self.stopped.is_set():
@@ -247,12 +268,29 @@ class CrlSyncThread(threading.Thread):
                 self.stopped.wait(1.0)
                 continue
             try:
-                crl_sync_once(config=self.config, store=self.store)
-            except Exception:
+                result = crl_sync_once(config=self.config, store=self.store)
+            except Exception as exc:
                 logger.exception("CRL sync round failed")
+                result = SyncResult(reason=f"the round failed: {exc!r}", failed=True)
+            self.announce(result)
             if self.config.interval <= 0:
                 return
             self.stopped.wait(self.config.interval)
+
+    def announce(self, result: SyncResult) -> None:
+        """`cert.crl.sync_failed` for the first failed round after a good one (or the start)."""
+        if result.failed and not self.failing:
+            try:
+                notify_sync_failed(self.config, result, str(self.store.path))
+            except Exception:
+                logger.exception("CRL sync: could not queue the cert.crl.sync_failed event")
+                return  # try again after the next failed round
+            finally:
+                from django.db import connection
+
+                if not connection.in_atomic_block:
+                    connection.close()  # this thread keeps no pooled connection between rounds
+        self.failing = result.failed
 
     def stop(self) -> None:
         self.stopped.set()

@@ -26,11 +26,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "createsuperuser": ("createsuperuser", "create an admin user for /admin/"),
     "token": ("token", "create, list or revoke API bearer tokens"),
     "audit": ("audit", "export the audit log (audit export --since 24h) as JSON lines"),
+    "webhook": ("webhook", "add, list, remove or test the webhook endpoints that receive events"),
 }
 
 # Management commands whose database is the serving store chosen by --data-dir/--postgres-url.
 _STORE_COMMANDS = {"serve", "signing_key", "signing-key", "createsuperuser", "changepassword"}
-_STORE_COMMANDS |= {"token", "audit"}
+_STORE_COMMANDS |= {"token", "audit", "webhook"}
 _STORE_FLAGS = {"--data-dir": "AUTONOMY_DATA_DIR", "--postgres-url": "AUTONOMY_POSTGRES_URL"}
 
 USAGE = """\

@@ -45,6 +45,7 @@ INSTALLED_APPS = [
     "rollouts",
     "crl",
     "access",
+    "notifications",
 ]
 
 MIDDLEWARE = [

@@ -12,13 +12,20 @@ With several replicas the thread evaluates only on the leader (`core.leader`, AP
 each promote or halt it makes commits only while the lease it started the pass with is still
 the leader's (`leader_transaction`): a stale leader's change is refused and rolled back.
 
-Tests call `evaluate_open_stages()` / `evaluate_plan()` directly.
+It also tells webhook endpoints (`notifications.services.event_emit`, docs/operating.md
+"Webhooks") when a stage waits only for its manual approval (`rollout.awaiting_approval`, once
+per opening of the stage) and when a running plan made no progress for `--stuck-after`
+(`rollout.stuck`, once per episode: until the plan's next transition). Each is keyed in the
+outbox (`dedup_key`), so a restart or another leader does not send it again.
+
+Tests call `evaluate_open_stages()` / `evaluate_plan()` / `notify_stuck_plans()` directly.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime
@@ -37,9 +44,15 @@ logger = logging.getLogger("orchestrator.rollouts")
 INTERVAL_SECONDS = 2.0  # the contract asks for "at least every few seconds" (<= 5 s)
 MIN_SPACING_SECONDS = 0.25  # a burst of pokes (busy ingest) costs one evaluation per 250 ms
 
+DEFAULT_STUCK_AFTER_SECONDS = 3600.0  # as GET /v1/rollouts/stuck's default threshold
+
 _wakeup = threading.Event()
 _started = False
 _start_lock = threading.Lock()
+_stuck_after = DEFAULT_STUCK_AFTER_SECONDS
+# Events already emitted by this process (dedup keys): skips the outbox look-up on every pass.
+_notified: set[str] = set()
+_notified_lock = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -79,6 +92,8 @@ def evaluate_plan(
         kinds = ", ".join(gate.kind for gate in report.gates)
         action, reason = "promote", f"stage {stage.stage_id}: all gates passed ({kinds})"
     else:
+        if report.unmet and all(gate.kind == "manual" for gate in report.unmet):
+            _notify_awaiting_approval(plan, stage, lease)
         return Outcome(None, stage.stage_id, unmet_reason(report))
     fence = leader.leader_transaction(lease) if lease is not None else nullcontext()
     try:
@@ -95,6 +110,77 @@ def evaluate_plan(
         return Outcome(None, stage.stage_id, "the rollout changed during evaluation")
     # rollouts.services logged the change with its principal (a halt of its own at warning).
     return Outcome(action, stage.stage_id, reason)
+
+
+def _emitted(key: str) -> bool:
+    with _notified_lock:
+        return key in _notified
+
+
+def _emit_once(key: str, name: str, data: dict[str, Any], lease: tuple[int, str] | None) -> None:
+    """Emit the webhook event `name` unless `key` was emitted before (here or in the outbox);
+    with `lease`, only while this replica leads."""
+    from notifications.selectors import subscribers
+    from notifications.services import event_emit
+
+    if _emitted(key):
+        return
+    endpoints = subscribers(name)
+    if endpoints:  # no endpoint, no leader-only write
+        fence = leader.leader_transaction(lease) if lease is not None else nullcontext()
+        with fence:
+            event_emit(name=name, data=data, dedup_key=key, endpoints=endpoints)
+    with _notified_lock:
+        if len(_notified) > 10_000:
+            _notified.clear()
+        _notified.add(key)
+
+
+def _notify_awaiting_approval(plan: RolloutPlan, stage: Any, lease: tuple[int, str] | None) -> None:
+    from core.params import format_rfc3339
+
+    opened = format_rfc3339(stage.opened_at) if stage.opened_at else ""
+    key = f"rollout.awaiting_approval:{plan.plan_id}:{stage.stage_id}:{opened}"
+    if _emitted(key):
+        return  # the common case on every pass: no query
+    data = {
+        "plan_id": plan.plan_id,
+        "release_id": plan.release.release_id,
+        "channel": plan.channel,
+        "stage_id": stage.stage_id,
+        "stage_opened_at": opened or None,
+        "approve": f"/v1/rollouts/{plan.plan_id}/stages/{stage.stage_id}/gates/approve",
+    }
+    _emit_once(key, "rollout.awaiting_approval", data, lease)
+
+
+def notify_stuck_plans(
+    *, threshold_seconds: float | None = None, lease: tuple[int, str] | None = None
+) -> int:
+    """Emit `rollout.stuck` for every running plan without a transition for the threshold
+    (default `--stuck-after`), once per episode; returns how many plans are stuck (0 without
+    an endpoint subscribed: nothing is evaluated then)."""
+    from notifications.selectors import subscribers
+    from rollouts.selectors import stuck_plans
+
+    if not subscribers("rollout.stuck"):
+        return 0
+    threshold = int(_stuck_after if threshold_seconds is None else threshold_seconds)
+    stuck = stuck_plans(threshold_seconds=threshold)
+    for entry in stuck:
+        key = f"rollout.stuck:{entry['plan_id']}:{entry['stuck_since']}"
+        _emit_once(key, "rollout.stuck", {**entry, "threshold_seconds": threshold}, lease)
+    return len(stuck)
+
+
+def configure(*, stuck_after: float) -> None:
+    """`serve --stuck-after`: how long a running plan may go without a transition."""
+    global _stuck_after
+    _stuck_after = stuck_after
+
+
+def _stuck_check_period() -> float:
+    return min(30.0, max(1.0, _stuck_after / 4))
 
 
 def evaluate_open_stages(
@@ -134,6 +220,7 @@ def poke() -> None:
 
 
 def _run(stop: threading.Event) -> None:
+    last_stuck_check = 0.0
     while not stop.is_set():
         _wakeup.wait(INTERVAL_SECONDS)
         _wakeup.clear()
@@ -147,6 +234,9 @@ def _run(stop: threading.Event) -> None:
                 if not evaluate_open_stages(keep_going=True, lease=lease):
                     break
             rollout_metrics.evaluator_pass_completed()
+            if time.monotonic() - last_stuck_check >= _stuck_check_period():
+                last_stuck_check = time.monotonic()
+                notify_stuck_plans(lease=lease)
         except leader.NotLeader as exc:
             logger.warning("rollout evaluation stopped: %s", exc)
         except Exception:  # keep the thread alive; the next pass retries

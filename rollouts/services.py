@@ -32,6 +32,7 @@ from access.models import AuditRecord
 from access.services import audit_write
 from core.auth import Kind, Principal, acting, is_open_mode, system
 from core.errors import ApiError
+from core.params import format_rfc3339
 from releases.models import NodeAck, Release
 from rollouts import clock, signing
 from rollouts import metrics as rollout_metrics
@@ -49,6 +50,7 @@ from rollouts.models import (
 from rollouts.statemachine import (
     ADVANCE,
     HISTORY_ACTION,
+    NOTIFY_ON_PHASE,
     RECOVER_STRATEGIES,
     STAGE_EFFECTS,
     TRANSITIONS,
@@ -439,6 +441,9 @@ def _apply(
                 "reason": reason,
             },
         )
+        event = NOTIFY_ON_PHASE.get(new_phase)
+        if event is not None and new_phase != plan.phase:
+            _notify_transition(event, plan, snap, actor, new_phase, reason, now)
 
     def committed() -> None:  # counted and logged once it holds (the evaluator's leader fence
         # may still roll its transaction back)
@@ -459,6 +464,39 @@ def _apply(
 
     transaction.on_commit(committed)
     return True
+
+
+def _notify_transition(
+    event: str,
+    plan: RolloutPlan,
+    snap: PlanSnapshot,
+    actor: Principal,
+    new_phase: str,
+    reason: str,
+    now: datetime,
+) -> None:
+    """Queue the webhook event of a transition (in its transaction: both commit or neither)."""
+    from notifications.selectors import subscribers
+    from notifications.services import event_emit
+
+    endpoints = subscribers(event)
+    if not endpoints:
+        return
+    release_id = Release.objects.filter(pk=plan.release_id).values_list("release_id", flat=True)
+    data: dict[str, Any] = {
+        "plan_id": plan.plan_id,
+        "release_id": release_id.first(),
+        "channel": plan.channel,
+        "phase": new_phase,
+        "from_phase": plan.phase,
+        "stage_id": snap.current_stage_id,
+        "operator": actor.name,
+        "automatic": actor.kind is Kind.SYSTEM,
+        "at": format_rfc3339(now),
+    }
+    if new_phase == Phase.HALTED:
+        data["reason"] = reason or "halted by an operator"
+    event_emit(name=event, data=data, endpoints=endpoints)
 
 
 def rollout_transition(

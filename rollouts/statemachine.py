@@ -67,6 +67,13 @@ STAGE_EFFECTS: Final[dict[str, str | None]] = {
     "skip_failed": "skip",
 }
 
+# The phases whose arrival is announced to webhook endpoints (the event name; the services emit
+# it in the transaction of the transition, docs/operating.md "Webhooks").
+NOTIFY_ON_PHASE: Final[dict[str, str]] = {
+    HALTED: "rollout.halted",
+    Phase.COMPLETED: "rollout.completed",
+}
+
 # Verbs for messages: "cannot pause a rollout that is completed".
 HISTORY_ACTION: Final = {
     "retry": "recover_retry",

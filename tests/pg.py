@@ -142,7 +142,7 @@ def copied_models() -> list[type[Model]]:
     from django.contrib.auth.models import Group, User
 
     found: list[type[Model]] = []
-    for app in ("releases", "events", "rollouts", "crl"):
+    for app in ("releases", "events", "rollouts", "crl", "notifications"):
         found += [m for m in apps.get_app_config(app).get_models() if m._meta.managed]
     return [*found, Group, User, User.groups.through]
 

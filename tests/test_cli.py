@@ -26,7 +26,7 @@ NO_TEST_DB = {"AUTONOMY_TEST_DATABASE": ""}
 def test_help_lists_the_commands():
     result = cli("--help")
     assert result.returncode == 0
-    for name in ("serve", "migrate", "version", "signing-key"):
+    for name in ("serve", "migrate", "version", "signing-key", "webhook"):
         assert re.search(rf"^\s+{name}\s", result.stdout, re.M), result.stdout
 
 
@@ -72,9 +72,9 @@ HELP_EXPECTED = {
         ("--listen", "--data-dir", "--postgres-url", "--metrics-addr", "--tls-cert-file",
          "--tls-key-file", "--tls-ca-file", "--tls-crl-file", "--tls-crl-sync-url",
          "--tls-crl-sync-min-sources", "--tls-crl-sync-interval", "--tls-crl-sync-server-name",
-         "--log-format", "--log-level"),
+         "--log-format", "--log-level", "--stuck-after"),
         ("default 127.0.0.1:8888", "default $XDG_STATE_HOME/autonomyops/orchestrator",
-         "default 5m", "default text", "default info"),
+         "default 5m", "default text", "default info", "default 1h"),
     ),
     "migrate": (
         ("--sqlite-dir", "--postgres-url", "--batch-size"),

@@ -8,7 +8,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-APPS = {"events", "releases", "rollouts", "crl"}
+APPS = {"events", "releases", "rollouts", "crl", "notifications"}
 PROJECT = "orchestrator_site"
 
 # The composition root: settings, URLconf (with the fast-route table), ASGI, CLI and commands.

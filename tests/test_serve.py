@@ -43,6 +43,8 @@ def _assert_one_line_refusal(result, *needles: str) -> None:
         (["--tls-crl-sync-interval", "10ms"], ["--tls-crl-sync-interval", "at least 1s"]),
         (["--silent-after", "ten minutes"], ["--silent-after", "30s, 5m"]),
         (["--silent-after", "0"], ["--silent-after", "between 1s and 8760h"]),
+        (["--stuck-after", "soon"], ["--stuck-after", "30s, 5m"]),
+        (["--stuck-after", "500ms"], ["--stuck-after", "at least 1s"]),
     ],
 )
 def test_bad_flag_values_are_one_line_errors(tmp_path, args, needles):

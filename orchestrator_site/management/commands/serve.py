@@ -178,6 +178,13 @@ class Command(BaseCommand):
             "(default empty = each URL's host; AUTONOMY_TLS_CRL_SYNC_SERVER_NAME)",
         )
         parser.add_argument(
+            "--stuck-after",
+            metavar="DURATION",
+            default=env_default("stuck-after", "1h"),
+            help="a published or active plan with no transition for this long is stuck: the "
+            "rollout.stuck webhook event, once per episode (default 1h; AUTONOMY_STUCK_AFTER)",
+        )
+        parser.add_argument(
             "--auth",
             metavar="MODE",
             default=env_default("auth", "auto"),
@@ -256,6 +263,12 @@ class Command(BaseCommand):
         node_name = str(options["node_name"] or "").strip()
         if len(node_name) > 200:
             raise ServeError("--node-name must be at most 200 characters")
+        try:
+            stuck_after = parse_duration(str(options["stuck_after"]))
+        except ValueError as exc:
+            raise ServeError(f"--stuck-after {exc}") from None
+        if stuck_after < 1:
+            raise ServeError("--stuck-after must be at least 1s")
         server_tls, crl_store = self._tls(options)
         sync_config = self._crl_sync(options, server_tls, crl_store)
 
@@ -312,6 +325,8 @@ class Command(BaseCommand):
         from orchestrator_site.asgi import application as site_application
 
         application: Any = site_application  # wrapped below (metrics)
+        from notifications.dispatcher import start_dispatcher, stop_dispatcher
+        from rollouts.evaluator import configure as configure_evaluator
         from rollouts.evaluator import start_background_evaluator
 
         # asgi.py runs django.setup() again, whose dictConfig resets the loggers we tuned
@@ -321,6 +336,7 @@ class Command(BaseCommand):
         if metrics_listen is not None:
             import crl.metrics
             import events.metrics
+            import notifications.metrics
             import releases.metrics
             import rollouts.metrics
 
@@ -330,6 +346,7 @@ class Command(BaseCommand):
             releases.metrics.install()
             crl.metrics.install()
             store_metrics.install()
+            notifications.metrics.install()
             dbpool_metrics.install()
             ha.install_metrics()
             application = with_request_id(metrics.with_metrics(application))
@@ -410,7 +427,14 @@ class Command(BaseCommand):
         recorder.start()
         leader.elector.hooks.append(ha.refresh_replication)
         leader.elector.start(node_name)
+        configure_evaluator(stuck_after=stuck_after)
         start_background_evaluator()
+        on_outcome = None
+        if metrics_listen is not None:
+            import notifications.metrics
+
+            on_outcome = notifications.metrics.record_outcome
+        start_dispatcher(replica=node_name, on_outcome=on_outcome)
         syncer = None
         if sync_config is not None and crl_store is not None:
             syncer = CrlSyncThread(config=sync_config, store=crl_store)
@@ -429,6 +453,7 @@ class Command(BaseCommand):
             )
             run_daphne(application, listeners, on_ready=ready, periodic=periodic, limits=limits)
         finally:
+            stop_dispatcher()
             if syncer is not None:
                 syncer.stop()
             if sharer is not None:

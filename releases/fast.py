@@ -13,7 +13,12 @@ from typing import Any
 from core import dbthreads, edge
 from core.errors import ApiError
 from releases.params import parse_channel, parse_optional_node_id
-from releases.selectors import latest_cache, no_release_body, release_latest_answer
+from releases.selectors import (
+    latest_cache,
+    no_release_body,
+    release_latest_answer,
+    release_latest_answer_cached,
+)
 
 
 def latest_release_answer(query: dict[str, str]) -> tuple[int, bytes]:
@@ -32,8 +37,9 @@ def cached_latest_answer(query: dict[str, str]) -> tuple[int, bytes] | None:
 
     Safe to call on the event loop (it never touches a database connection): invalid
     `channel`/`node_id` -> the 400 answer; a plain poll (no `node_id`) whose channel is in the
-    SQLite in-process cache -> its 200/404 answer. Anything else (`node_id` given: the rollout
-    rules read the database; cache miss; PostgreSQL) -> None: call `latest_release_answer` on a
+    SQLite in-process cache -> its 200/404 answer; a node's poll whose every piece (latest
+    release, plan head and snapshot, the node's ack, previous release) is cached -> its
+    answer. Anything else (cache miss; PostgreSQL) -> None: call `latest_release_answer` on a
     database thread. Lets the fast path skip the thread hop for most polls.
     """
     try:
@@ -42,7 +48,7 @@ def cached_latest_answer(query: dict[str, str]) -> tuple[int, bytes] | None:
     except ApiError as exc:
         return exc.status_code, edge.json_bytes(exc.message, **exc.extra)
     if node_id is not None:
-        return None
+        return release_latest_answer_cached(channel=channel, node_id=node_id)
     entry = latest_cache.get(channel)
     if entry is None:
         return None

@@ -147,13 +147,17 @@ class Conn(asyncio.Protocol):
             self.fleet.failed(self.job, "connection lost")
             self.job = None
         self.fleet.lost += 1
+        self.fleet.conns.remove(self)
+        self.fleet.reconnect()
 
 
 class Fleet:
     """The nodes of one worker: their schedule, their state, the connection pool."""
 
-    def __init__(self, index: int, args: argparse.Namespace, t0: float) -> None:
+    def __init__(self, index: int, port: int, args: argparse.Namespace, t0: float) -> None:
         self.args = args
+        self.port = port
+        self.closing = False
         self.t0 = t0
         self.stop_at = t0 + args.seconds
         self.rng = random.Random(1000 + index)
@@ -178,6 +182,22 @@ class Fleet:
         self.stats = Stats()
         self.outstanding = 0
         self.lost = 0
+
+    def reconnect(self) -> None:
+        """Replace a connection the server closed (an idle keep-alive connection is closed after
+        serve's header timeout)."""
+        if self.closing:
+            return
+
+        async def connect() -> None:
+            loop = asyncio.get_running_loop()
+            try:
+                await loop.create_connection(lambda: Conn(self), "127.0.0.1", self.port)
+            except OSError:
+                await asyncio.sleep(0.1)
+                self.reconnect()
+
+        asyncio.get_running_loop().create_task(connect())
 
     # scheduling ------------------------------------------------------------------------------
 
@@ -287,7 +307,7 @@ def _worker_main(
     async def run() -> dict[str, Any]:
         loop = asyncio.get_running_loop()
         t0 = time.perf_counter() + max(0.0, start_at - time.time())
-        fleet = Fleet(index, args, t0)
+        fleet = Fleet(index, port, args, t0)
         per = args.connections // args.client_processes + (
             1 if index < args.connections % args.client_processes else 0
         )
@@ -298,6 +318,7 @@ def _worker_main(
         drain_until = time.perf_counter() + args.drain
         while fleet.outstanding > 0 and time.perf_counter() < drain_until:
             await asyncio.sleep(0.01)
+        fleet.closing = True
         unanswered = list(fleet.queue) + [c.job for c in fleet.conns if c.job is not None]
         for job in unanswered:
             fleet.failed(job, "unanswered after the drain")
@@ -440,7 +461,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--nodes", type=int, default=50_000)
     parser.add_argument("--seconds", type=float, default=180.0, help="scheduled seconds")
     parser.add_argument("--cadence", type=float, default=60.0, help="seconds between polls")
-    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument(
+        "--connections",
+        type=int,
+        default=48,
+        help="keep-alive connections in all (serve allows 64 per client address by default)",
+    )
     parser.add_argument("--client-processes", type=int, default=2)
     parser.add_argument("--failed-share", type=float, default=0.01)
     parser.add_argument(

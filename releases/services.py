@@ -222,6 +222,31 @@ def acks_committed(outcomes: list[Outcome | ApiError]) -> None:
     evaluator.poke()
 
 
+def ack_write(
+    *,
+    node_id: str,
+    release_id: str,
+    status: str,
+    lock_fingerprint: str | None = None,
+    message: str | None = None,
+    acked_at: datetime | None = None,
+) -> AckWrite:
+    """The row a validated ack stores: omitted optional fields are null, `acked_at` defaults to
+    now, `updated_at` is now."""
+    now = timezone.now()
+    return AckWrite(
+        node_id=node_id,
+        release_id=release_id,
+        values={
+            "status": status,
+            "lock_fingerprint": lock_fingerprint,
+            "message": message,
+            "acked_at": acked_at or now,
+            "updated_at": now,
+        },
+    )
+
+
 def node_ack_upsert(
     *,
     node_id: str,
@@ -239,17 +264,13 @@ def node_ack_upsert(
     transaction (tests, admin) it is stored right there instead. Rollout gates are re-evaluated
     after the commit.
     """
-    now = timezone.now()
-    write = AckWrite(
+    write = ack_write(
         node_id=node_id,
         release_id=release_id,
-        values={
-            "status": status,
-            "lock_fingerprint": lock_fingerprint,
-            "message": message,
-            "acked_at": acked_at or now,
-            "updated_at": now,
-        },
+        status=status,
+        lock_fingerprint=lock_fingerprint,
+        message=message,
+        acked_at=acked_at,
     )
     if connection.in_atomic_block:
         result = node_acks_store(writes=[write])[0]

@@ -57,10 +57,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import AUTH, add_auth_argument, machine_summary, start_orchestrator, use_auth
 
-CHANNEL = "fleet"
-BASELINE = "fleet-r1"
-NEW_RELEASE = "fleet-r2"
-PLAN_ID = "fleet-plan"
+# Names of this run (a PostgreSQL database may already hold an earlier run's).
+RUN = time.strftime("%Y%m%d%H%M%S")
+CHANNEL = f"fleet-{RUN}"
+BASELINE = f"fleet-{RUN}-r1"
+NEW_RELEASE = f"fleet-{RUN}-r2"
+PLAN_ID = f"fleet-{RUN}-plan"
 ROUTES = ("poll", "events", "ack")
 EVENTS_PER_BATCH = 10
 OPERATOR_ROUTES = ("rollout_status", "publish")

@@ -24,8 +24,9 @@ reads the plan's status every 2 s (route `rollout_status`).
 
 Output: a table on stderr and one JSON object per figure on stdout (`{"figure": ..., "value":
 ..., "unit": ...}` plus the run's parameters): per route the achieved rate, p50/p95/p99/max
-latency and errors; the server's CPU (share of one core) and peak RSS (VmHWM of its pid), the
-generator's CPU; how far the plan got. Bounded: scheduling stops after `--seconds`, requests
+latency and errors; the server's CPU (share of one core), the time its threads waited for a CPU
+(other work on the machine), its peak RSS (VmHWM of its pid), the generator's CPU; how far the
+plan got. Bounded: scheduling stops after `--seconds`, requests
 still unanswered `--drain` seconds later count as errors. Not a CI test (tests/test_bench_fleet.py
 runs a small one). Figures go to docs/performance.md ("A 50,000-node fleet").
 """
@@ -450,6 +451,18 @@ def proc_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def proc_runqueue_wait_seconds(pid: int) -> float:
+    """Seconds the process's threads spent runnable but waiting for a CPU (schedstat; threads
+    that already ended are not counted): how much other work on the machine held it back."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            total += int((task / "schedstat").read_text().split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+    return total / 1e9
+
+
 def proc_peak_rss_mb(pid: int) -> float:
     with open(f"/proc/{pid}/status") as fh:
         for line in fh:
@@ -525,9 +538,11 @@ def run(args: argparse.Namespace, emit: Callable[[dict[str, Any]], None]) -> dic
         op_thread.start()
         time.sleep(max(0.0, start_at - time.time()))
         cpu_before = proc_cpu_seconds(srv.proc.pid)
+        wait_before = proc_runqueue_wait_seconds(srv.proc.pid)
         began = time.time()
         time.sleep(max(0.0, start_at + args.seconds - time.time()))
         cpu_window = proc_cpu_seconds(srv.proc.pid) - cpu_before
+        wait_window = proc_runqueue_wait_seconds(srv.proc.pid) - wait_before
         window = time.time() - began
         stop.set()
         results = [out.get(timeout=args.drain + 120) for _ in procs]
@@ -563,6 +578,7 @@ def run(args: argparse.Namespace, emit: Callable[[dict[str, Any]], None]) -> dic
         generator_cpu = sum(r["cpu"] for r in results)
         figures = {
             "server_cpu_percent": (cpu_window / window * 100, "% of one core"),
+            "server_runqueue_wait_percent": (wait_window / window * 100, "% of wall time"),
             "server_peak_rss_mb": (peak_rss, "MiB"),
             "generator_cpu_percent": (generator_cpu / window * 100, "% of one core"),
             "errors_total": (total_errors, "requests"),

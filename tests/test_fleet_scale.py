@@ -266,3 +266,13 @@ def test_a_warm_node_poll_needs_no_database(django_assert_num_queries):
         with django_assert_num_queries(0):
             assert cached_latest_answer(query) == first
             assert latest_release_answer(query) == first
+
+
+def test_slow_evaluation_passes_are_spaced_out_within_the_contract():
+    """A burst of acks pokes the evaluator on every commit; when a pass is slow (PostgreSQL
+    recounts the acks) the pause after it grows, but a stage is still checked every 2 s."""
+    from rollouts.evaluator import INTERVAL_SECONDS, spacing_after
+
+    assert spacing_after(0.001) == 0.25
+    assert spacing_after(0.2) == pytest.approx(0.8)
+    assert spacing_after(3.0) == INTERVAL_SECONDS == 2.0

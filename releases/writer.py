@@ -9,10 +9,11 @@ answered only after its ack committed and the in-process ack book learnt it
 (`services.acks_committed`), so a poll right after the 200 sees it.
 
 On SQLite the transaction takes its turn with the events writer (`core.dbthreads.write_turn`).
-An unknown release fails only its own ack (404). A group that fails as a whole for any other
-reason than an unavailable store is retried one ack per transaction, so one bad ack (a NUL
-character on PostgreSQL) answers its own error and the others are stored: the same answers as
-when every ack had its own transaction.
+An unknown release fails only its own ack (404). A group that fails as a whole because the
+database refused a value (a NUL character on PostgreSQL, a constraint) is retried one ack per
+transaction, so the bad ack answers its own error and the others are stored: the same answers
+as when every ack had its own transaction. A busy, full or unavailable store fails the group
+alike (503 + Retry-After, 507, ...).
 """
 
 from __future__ import annotations
@@ -82,17 +83,27 @@ class AckWriter:
 
     def _run(self) -> None:
         while True:
-            jobs = self._take_group()
-            try:
-                results = store_with_retries([job.write for job in jobs])
-            except BaseException as exc:
-                if len(jobs) > 1 and not (isinstance(exc, ApiError) and exc.status_code == 503):
-                    self._one_by_one(jobs)
-                else:
-                    for job in jobs:
-                        job.future.set_exception(exc)
-                continue
-            self._answer(jobs, results)
+            self.write_group()
+
+    def write_group(self) -> None:
+        """Take one group of queued acks (waiting for the first), store it, answer each."""
+        jobs = self._take_group()
+        try:
+            results = store_with_retries([job.write for job in jobs])
+        except BaseException as exc:
+            if len(jobs) > 1 and _maybe_one_ack(exc):
+                self._one_by_one(jobs)
+            else:
+                for job in jobs:
+                    job.future.set_exception(exc)
+            return
+        self._answer(jobs, results)
+
+    def queue(self, write: AckWrite) -> Future[Outcome]:
+        """Queue without starting the thread (tests drive `write_group` themselves)."""
+        job = _Job(write)
+        self._queue.put(job)
+        return job.future
 
     def _one_by_one(self, jobs: list[_Job]) -> None:
         for job in jobs:
@@ -114,6 +125,16 @@ class AckWriter:
                 job.future.set_exception(result)
             else:
                 job.future.set_result(result)
+
+
+def _maybe_one_ack(exc: BaseException) -> bool:
+    """Whether a group's failure may be one ack's fault (a value the database refuses: NUL on
+    PostgreSQL, a constraint), so that storing the acks one by one gives each its own answer.
+    Not when the store is busy, full, unavailable or corrupt: every ack would fail alike, and
+    one at a time only multiplies the wait."""
+    if not isinstance(exc, DatabaseError):
+        return False
+    return dberrors.classify(exc) in (None, dberrors.NUL)
 
 
 def store_with_retries(writes: list[AckWrite]) -> list[Outcome | ApiError]:

@@ -276,3 +276,65 @@ def test_slow_evaluation_passes_are_spaced_out_within_the_contract():
     assert spacing_after(0.001) == 0.25
     assert spacing_after(0.2) == pytest.approx(0.8)
     assert spacing_after(3.0) == INTERVAL_SECONDS == 2.0
+
+
+# --- the ack writer's group failures -----------------------------------------------------------
+
+
+def _writes(*release_ids):
+    from releases.services import ack_write
+
+    return [
+        ack_write(node_id=f"n{i}", release_id=r, status="active") for i, r in enumerate(release_ids)
+    ]
+
+
+def test_a_refused_value_fails_only_its_own_ack(monkeypatch):
+    """A group the database refuses as a whole (PostgreSQL refuses NUL in text) is stored again
+    one ack per transaction: the bad ack gets its error, the others are stored."""
+    from django.db import DataError
+
+    from releases import writer
+    from releases.services import Outcome
+
+    calls = []
+
+    def store(*, writes):
+        calls.append([w.release_id for w in writes])
+        if any("\x00" in w.release_id for w in writes):
+            raise DataError("A string literal cannot contain NUL (0x00) characters.")
+        return [Outcome(w, created=True) for w in writes]
+
+    monkeypatch.setattr(writer, "node_acks_store", store)
+    monkeypatch.setattr(writer, "acks_committed", lambda results: None)
+    ack_writer = writer.AckWriter()
+    futures = [ack_writer.queue(w) for w in _writes("r1", "r\x00", "r3")]
+    ack_writer.write_group()
+    assert calls == [["r1", "r\x00", "r3"], ["r1"], ["r\x00"], ["r3"]]
+    assert futures[0].result().obj.release_id == "r1"
+    assert futures[2].result().obj.release_id == "r3"
+    with pytest.raises(DataError):
+        futures[1].result()
+
+
+def test_a_busy_store_fails_the_group_at_once(monkeypatch):
+    """Busy (or full, or unavailable): every ack of the group gets the error after one try, not
+    one busy timeout per ack."""
+    from django.db import OperationalError
+
+    from releases import writer
+
+    calls = []
+
+    def store(*, writes):
+        calls.append(len(writes))
+        raise OperationalError("database is locked")
+
+    monkeypatch.setattr(writer, "node_acks_store", store)
+    ack_writer = writer.AckWriter()
+    futures = [ack_writer.queue(w) for w in _writes("r1", "r2", "r3")]
+    ack_writer.write_group()
+    assert calls == [3]
+    for future in futures:
+        with pytest.raises(OperationalError):
+            future.result()

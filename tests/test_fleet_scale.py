@@ -307,6 +307,7 @@ def test_a_refused_value_fails_only_its_own_ack(monkeypatch):
 
     monkeypatch.setattr(writer, "node_acks_store", store)
     monkeypatch.setattr(writer, "acks_committed", lambda results: None)
+    monkeypatch.setattr(writer, "reset_broken_connection", lambda exc: False)  # no connection
     ack_writer = writer.AckWriter()
     futures = [ack_writer.queue(w) for w in _writes("r1", "r\x00", "r3")]
     ack_writer.write_group()
@@ -331,6 +332,7 @@ def test_a_busy_store_fails_the_group_at_once(monkeypatch):
         raise OperationalError("database is locked")
 
     monkeypatch.setattr(writer, "node_acks_store", store)
+    monkeypatch.setattr(writer, "reset_broken_connection", lambda exc: False)  # no connection
     ack_writer = writer.AckWriter()
     futures = [ack_writer.queue(w) for w in _writes("r1", "r2", "r3")]
     ack_writer.write_group()

@@ -10,12 +10,15 @@ Django + DRF under daphne costs about 2 ms of CPU per request, more than the SQL
 (docs/performance.md).
 
 Everything else goes to Django unchanged: other routes and methods (so 404/405 with `Allow` come
-from DRF) and requests whose `Accept` asks for HTML (the browsable API). Both paths share the
-edge (`core.edge`: Host check, body limit, error answers, headers) and request observation.
+from DRF) and requests whose `Accept` asks for HTML (the browsable API). A handler may also leave
+one request to Django by raising `Delegate` (with the body it read, which Django then gets), e.g.
+to keep DRF's own answers to every invalid body (the ack route). Both paths share the edge
+(`core.edge`: Host check, body limit, error answers, headers) and request observation.
 """
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -34,9 +37,28 @@ Handler = Callable[[dict[str, Any], Any, dict[bytes, bytes]], Awaitable[edge.Ans
 @dataclass(frozen=True)
 class FastRoute:
     method: str
-    path: str  # the exact request path, which is also the route template (no parameters)
+    path: str  # the route template (`/v1/nodes/{node_id}/ack`): the exact path when no parameter
     handler: Handler
     allow: bytes  # the `Allow` header DRF sends on this route
+    pattern: re.Pattern[str] | None = None  # routes with parameters: matches the request path
+
+
+class Delegate(Exception):
+    """Raised by a handler: let Django answer this request; `body` is what the handler already
+    read of the request body (replayed to Django)."""
+
+    def __init__(self, body: bytes = b"") -> None:
+        super().__init__("delegated to Django")
+        self.body = body
+
+
+def _path_pattern(template: str) -> re.Pattern[str]:
+    """`/v1/nodes/{node_id}/ack` -> a pattern matching what Django's `<str:node_id>` matches."""
+    parts = re.split(r"\{(\w+)\}", template)
+    regex = "".join(
+        re.escape(part) if n % 2 == 0 else f"(?P<{part}>[^/]+)" for n, part in enumerate(parts)
+    )
+    return re.compile(regex)
 
 
 def _walk(patterns: Iterable[Any], prefix: str = "") -> Iterable[tuple[str, URLPattern]]:
@@ -51,8 +73,9 @@ def fast_routes(
     urlpatterns: Iterable[Any], handlers: Mapping[tuple[str, str], Handler]
 ) -> list[FastRoute]:
     """The fast-path table: `handlers[(method, url_name)]` answers `method` on the URLconf's route
-    named `url_name`. Refuses (ImproperlyConfigured) a name that is not in the URLconf, a route
-    with parameters, and a method the DRF view does not answer."""
+    named `url_name` (path parameters are handed to the handler as `scope["path_params"]`).
+    Refuses (ImproperlyConfigured) a name that is not in the URLconf and a method the DRF view
+    does not answer."""
     by_name = {pattern.name: (route, pattern) for route, pattern in _walk(urlpatterns)}
     table: list[FastRoute] = []
     for (method, name), handler in handlers.items():
@@ -60,15 +83,14 @@ def fast_routes(
             raise ImproperlyConfigured(f"fast route {method} {name!r} is not in the URLconf")
         route, pattern = by_name[name]
         path = route_template(route)
-        if "{" in path:
-            raise ImproperlyConfigured(f"fast route {method} {path} has path parameters")
         view_class = getattr(pattern.callback, "view_class", None)
         if view_class is None or not hasattr(view_class, method.lower()):
             raise ImproperlyConfigured(f"the view of {path} does not answer {method}")
         allow = edge.view_allow(view_class)
         if allow is None:
             raise ImproperlyConfigured(f"the view of {path} is not a DRF view")
-        table.append(FastRoute(method, path, handler, allow.encode()))
+        matcher = _path_pattern(path) if "{" in path else None
+        table.append(FastRoute(method, path, handler, allow.encode(), matcher))
     return table
 
 
@@ -78,7 +100,9 @@ class FastPath:
 
     def __init__(self, app: edge.ASGIApp, routes: Iterable[FastRoute]) -> None:
         self.app = app
-        self.routes = {(route.method, route.path): route for route in routes}
+        routes = list(routes)
+        self.routes = {(r.method, r.path): r for r in routes if r.pattern is None}
+        self.param_routes = [r for r in routes if r.pattern is not None]
         self._host_allowed: edge.HostCheck | None = None
         self._headers: dict[tuple[str, str], edge.Headers] = {}
 
@@ -87,7 +111,8 @@ class FastPath:
         base = [(b"content-type", edge.JSON), (b"vary", b"Accept")]
         security = edge.security_headers()
         self._headers = {
-            key: [*base, (b"allow", route.allow), *security] for key, route in self.routes.items()
+            (route.method, route.path): [*base, (b"allow", route.allow), *security]
+            for route in (*self.routes.values(), *self.param_routes)
         }
         self._host_allowed = edge.HostCheck()
         return self._host_allowed
@@ -95,10 +120,12 @@ class FastPath:
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        key = (scope["method"], scope["path"])
-        route = self.routes.get(key)
+        route = self.routes.get((scope["method"], scope["path"]))
         if route is None:
-            return await self.app(scope, receive, send)
+            route = self._match(scope)
+            if route is None:
+                return await self.app(scope, receive, send)
+        key = (route.method, route.path)
         headers = dict(scope["headers"])
         accept = headers.get(b"accept")
         if accept is not None and b"text/html" in accept:
@@ -123,10 +150,22 @@ class FastPath:
                 answer = await route.handler(scope, receive, headers)
         except edge.Disconnected:
             return None
+        except Delegate as delegated:
+            return await self.app(scope, edge._replay(delegated.body, receive), send)
         except Exception as exc:
             answer = edge.error_answer(exc)
         await edge.send_answer(send, answer, self._headers[key])
         edge.observe(scope, observed_route, answer[0], started, answer[1])
+        return None
+
+    def _match(self, scope: dict[str, Any]) -> FastRoute | None:
+        for route in self.param_routes:
+            if route.method == scope["method"]:
+                assert route.pattern is not None
+                found = route.pattern.fullmatch(scope["path"])
+                if found is not None:
+                    scope["path_params"] = found.groupdict()
+                    return route
         return None
 
     @staticmethod
@@ -145,7 +184,7 @@ class FastPath:
             read.append(await edge.read_body(receive, headers.get(b"content-length")))
             return read[0]
 
-        answer = await gate.admit(scope, headers, route.path, {}, body)
+        answer = await gate.admit(scope, headers, route.path, scope.get("path_params", {}), body)
         if read:
             receive = edge._replay(read[0], receive)
         return receive, answer

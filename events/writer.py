@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from django.db import DatabaseError, connection
 
 from core import dberrors
-from core.dbthreads import reset_broken_connection
+from core.dbthreads import reset_broken_connection, write_turn
 from core.errors import ApiError
 from events.services import IngestResult, events_store
 from events.validation import EventRow
@@ -114,7 +114,8 @@ def store_with_retries(batches: list[list[EventRow]]) -> list[IngestResult]:
     conflicts = 0
     while True:
         try:
-            return events_store(batches=batches)
+            with write_turn():
+                return events_store(batches=batches)
         except DatabaseError as exc:  # also InternalError: "read-only transaction" is one
             if dberrors.is_retryable_conflict(exc) and conflicts < CONFLICT_RETRIES:
                 conflicts += 1

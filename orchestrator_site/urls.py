@@ -37,6 +37,7 @@ FAST_ROUTES = fast_routes(
         ("POST", "events"): events_fast.ingest,
         ("GET", "events"): events_fast.events,
         ("GET", "release-latest"): releases_fast.latest,
+        ("POST", "node-ack"): releases_fast.ack,
     },
 )
 

@@ -24,6 +24,7 @@ from core import jsonvalues
 from core.errors import ApiError
 from core.params import format_rfc3339
 from events.models import Event
+from releases.ackbook import ack_book as ack_book  # for rollouts: the in-process ack book
 from releases.models import NodeAck, Release
 
 RELEASE_FIELDS = (
@@ -205,6 +206,18 @@ def no_release_body(channel: str) -> bytes:
     return orjson.dumps({"error": f"channel '{channel}' has no release", "channel": channel})
 
 
+def _node_answer(channel: str, node_id: str, chosen: Release | None, latest: Release) -> bytes:
+    if chosen is None:
+        return orjson.dumps(
+            {
+                "error": f"no release of channel '{channel}' for node '{node_id}' yet",
+                "channel": channel,
+                "node_id": node_id,
+            }
+        )
+    return _release_body(chosen)
+
+
 def release_latest_answer(*, channel: str, node_id: str | None) -> tuple[int, bytes]:
     """`GET /v1/releases/latest`: (200, release JSON) or (404, error JSON).
 
@@ -219,17 +232,40 @@ def release_latest_answer(*, channel: str, node_id: str | None) -> tuple[int, by
     from rollouts.selectors import desired_release_for_node
 
     chosen = desired_release_for_node(latest=latest, node_id=node_id)
-    if chosen is None:
-        return 404, orjson.dumps(
-            {
-                "error": f"no release of channel '{channel}' for node '{node_id}' yet",
-                "channel": channel,
-                "node_id": node_id,
-            }
-        )
-    if chosen.pk == latest.pk:
+    if chosen is not None and chosen.pk == latest.pk:
         return 200, body  # type: ignore[return-value]
-    return 200, _release_body(chosen)
+    return (404 if chosen is None else 200), _node_answer(channel, node_id, chosen, latest)
+
+
+_bodies: dict[tuple[int, str], bytes] = {}  # (pk, release_id) -> JSON body (never changes)
+
+
+def release_latest_answer_cached(*, channel: str, node_id: str) -> tuple[int, bytes] | None:
+    """`release_latest_answer` for a node from this process's caches only (latest release, plan
+    head, plan snapshot, ack book, previous release), or None when any piece is not cached:
+    then call `release_latest_answer` on a database thread. Never touches a database
+    connection, so the fast path calls it on the event loop. The caches fill only on SQLite."""
+    entry = latest_cache.get(channel)
+    if entry is None:
+        return None
+    latest, body = entry
+    if latest is None:
+        return 404, no_release_body(channel)
+    from rollouts.selectors import MISSING, desired_release_cached
+
+    chosen = desired_release_cached(latest=latest, node_id=node_id)
+    if chosen is MISSING:
+        return None
+    if chosen is not None and chosen.pk == latest.pk:
+        return 200, body  # type: ignore[return-value]
+    if chosen is None:
+        return 404, _node_answer(channel, node_id, None, latest)
+    cached = _bodies.get((chosen.pk, chosen.release_id))
+    if cached is None:
+        if len(_bodies) >= MAX_CACHED_CHANNELS:
+            _bodies.clear()
+        cached = _bodies[(chosen.pk, chosen.release_id)] = _release_body(chosen)
+    return 200, cached
 
 
 # --- the fleet view -----------------------------------------------------------------------

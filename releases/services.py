@@ -1,4 +1,5 @@
-"""Writes for releases and acks: `release_publish`, `node_ack_upsert`."""
+"""Writes for releases and acks: `release_publish`, `node_ack_upsert` (through the ack writer,
+`releases.writer`), `node_acks_store` (the group commit of acks)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import Max
 from django.utils import timezone
 
@@ -16,8 +17,9 @@ from access.services import audit_write
 from core import jsonvalues
 from core.auth import Principal, acting
 from core.errors import ApiError
+from releases.ackbook import ack_book
 from releases.models import NodeAck, Release
-from releases.selectors import latest_cache, release_get
+from releases.selectors import latest_cache
 
 logger = logging.getLogger("orchestrator.releases")
 
@@ -124,6 +126,127 @@ def release_publish(
     )
 
 
+@dataclass(frozen=True)
+class AckWrite:
+    """One validated ack to store: `values` are the row's status, lock_fingerprint, message,
+    acked_at and updated_at."""
+
+    node_id: str
+    release_id: str
+    values: dict[str, Any]
+
+
+_ACK_COLUMNS = ("status", "lock_fingerprint", "message", "acked_at", "updated_at")
+_ack_sql: tuple[str, str, str] | None = None
+
+
+def _ack_statements() -> tuple[str, str, str]:
+    """(select releases, update one ack, insert one ack) in this database's quoting."""
+    global _ack_sql
+    if _ack_sql is None:
+        qn = connection.ops.quote_name
+        acks, releases = qn(NodeAck._meta.db_table), qn(Release._meta.db_table)
+        sets = ", ".join(f"{qn(c)} = %s" for c in _ACK_COLUMNS)
+        columns = ", ".join(qn(c) for c in ("node_id", "release_id", *_ACK_COLUMNS))
+        _ack_sql = (
+            f"SELECT {qn('id')}, {qn('release_id')} FROM {releases} WHERE {qn('release_id')} IN ",
+            f"UPDATE {acks} SET {sets} WHERE {qn('node_id')} = %s AND {qn('release_id')} = %s",
+            f"INSERT INTO {acks} ({columns}) VALUES ({', '.join(['%s'] * 7)}) "
+            f"ON CONFLICT ({qn('node_id')}, {qn('release_id')}) DO NOTHING",
+        )
+    return _ack_sql
+
+
+def node_acks_store(*, writes: list[AckWrite]) -> list[Outcome | ApiError]:
+    """Store a group of acks in one transaction (the ack writer's group commit,
+    `releases.writer`); per write its Outcome, or the ApiError 404 of an unknown release (that
+    write stores nothing, the others still do).
+
+    Per ack: UPDATE the (node, release) row; when there is none, INSERT it (ON CONFLICT DO
+    NOTHING), and when a concurrent first ack took it meanwhile (another PostgreSQL replica),
+    UPDATE after all: the same upsert as one `node_ack_upsert` always was. Writes are applied
+    in (node_id, release_id) order, those of one key in submission order, so concurrent groups
+    on PostgreSQL lock rows in one order (no deadlocks)."""
+    select_sql, update_sql, insert_sql = _ack_statements()
+    adapt = connection.ops.adapt_datetimefield_value
+    wanted = sorted({write.release_id for write in writes})
+    results: list[Outcome | ApiError | None] = [None] * len(writes)
+    order = sorted(range(len(writes)), key=lambda n: (writes[n].node_id, writes[n].release_id))
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(select_sql + f"({', '.join(['%s'] * len(wanted))})", wanted)
+        release_pks = {release_id: pk for pk, release_id in cursor.fetchall()}
+        for n in order:
+            write = writes[n]
+            pk = release_pks.get(write.release_id)
+            if pk is None:
+                results[n] = ApiError(
+                    404, f"release '{write.release_id}' not found", release_id=write.release_id
+                )
+                continue
+            values = [
+                adapt(value) if name in ("acked_at", "updated_at") else value
+                for name, value in ((c, write.values[c]) for c in _ACK_COLUMNS)
+            ]
+            cursor.execute(update_sql, [*values, write.node_id, pk])
+            created = False
+            if cursor.rowcount == 0:
+                cursor.execute(insert_sql, [write.node_id, pk, *values])
+                created = cursor.rowcount == 1
+                if not created:  # a concurrent first ack of the same (node, release)
+                    cursor.execute(update_sql, [*values, write.node_id, pk])
+            release = Release(pk=pk, release_id=write.release_id)
+            results[n] = Outcome(
+                NodeAck(node_id=write.node_id, release=release, **write.values), created=created
+            )
+        # (One more statement per group fits here, e.g. a per-node table updated from acks.)
+    return [result for result in results if result is not None]
+
+
+def _book_entries(outcomes: list[Outcome | ApiError]) -> list[tuple[int, str, str]]:
+    return [
+        (outcome.obj.release.pk, outcome.obj.node_id, outcome.obj.status)
+        for outcome in outcomes
+        if isinstance(outcome, Outcome)
+    ]
+
+
+def acks_committed(outcomes: list[Outcome | ApiError]) -> None:
+    """After a group of acks committed: the in-process ack book learns them (before anyone is
+    answered: read-your-writes for the next poll) and the rollout evaluator re-checks gates."""
+    stored = _book_entries(outcomes)
+    if not stored:
+        return
+    ack_book.apply(stored)
+    from rollouts import evaluator
+
+    evaluator.poke()
+
+
+def ack_write(
+    *,
+    node_id: str,
+    release_id: str,
+    status: str,
+    lock_fingerprint: str | None = None,
+    message: str | None = None,
+    acked_at: datetime | None = None,
+) -> AckWrite:
+    """The row a validated ack stores: omitted optional fields are null, `acked_at` defaults to
+    now, `updated_at` is now."""
+    now = timezone.now()
+    return AckWrite(
+        node_id=node_id,
+        release_id=release_id,
+        values={
+            "status": status,
+            "lock_fingerprint": lock_fingerprint,
+            "message": message,
+            "acked_at": acked_at or now,
+            "updated_at": now,
+        },
+    )
+
+
 def node_ack_upsert(
     *,
     node_id: str,
@@ -136,33 +259,31 @@ def node_ack_upsert(
     """Insert or replace the node's ack for a release; 404 (ApiError) for an unknown release.
 
     The stored ack takes the body's fields (omitted optional ones become null); `acked_at`
-    defaults to now, `updated_at` is now. Rollout gates are re-evaluated after the commit.
+    defaults to now, `updated_at` is now. Stored by the ack writer thread in a group commit with
+    other acks (`releases.writer`); answered only after that commit. Inside a caller's
+    transaction (tests, admin) it is stored right there instead. Rollout gates are re-evaluated
+    after the commit.
     """
-    release = release_get(release_id=release_id)
-    now = timezone.now()
-    values: dict[str, Any] = {
-        "status": status,
-        "lock_fingerprint": lock_fingerprint,
-        "message": message,
-        "acked_at": acked_at or now,
-        "updated_at": now,
-    }
-    created = False
-    for _attempt in range(3):
-        try:
-            with transaction.atomic():
-                updated = NodeAck.objects.filter(node_id=node_id, release=release).update(**values)
-                if not updated:
-                    NodeAck.objects.create(node_id=node_id, release=release, **values)
-                    created = True
-            break
-        except IntegrityError:  # a concurrent first ack of the same (node, release): update it
-            created = False
-            continue
+    write = ack_write(
+        node_id=node_id,
+        release_id=release_id,
+        status=status,
+        lock_fingerprint=lock_fingerprint,
+        message=message,
+        acked_at=acked_at,
+    )
+    if connection.in_atomic_block:
+        result = node_acks_store(writes=[write])[0]
+        if isinstance(result, Outcome):
+            stored = _book_entries([result])
+            connection.on_commit(lambda: ack_book.apply(stored))
+            from rollouts import evaluator
+
+            evaluator.poke()
     else:
-        raise ApiError(503, "the ack could not be stored; retry shortly", node_id=node_id)
+        from releases import writer
 
-    from rollouts import evaluator
-
-    evaluator.poke()
-    return Outcome(NodeAck(node_id=node_id, release=release, **values), created=created)
+        result = writer.submit(write).result()
+    if isinstance(result, ApiError):
+        raise result
+    return result

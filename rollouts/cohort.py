@@ -170,6 +170,11 @@ def snapshot_of(plan: RolloutPlan) -> PlanSnapshot:
     return snap
 
 
+def cached_snapshot(pk: int, version: int) -> PlanSnapshot | None:
+    """The cached snapshot of plan `pk` at `version`, or None (never touches the database)."""
+    return _cache.get((pk, version))
+
+
 def snapshot_by_pk(pk: int, version: int) -> PlanSnapshot | None:
     snap = _cache.get((pk, version))
     if snap is not None:

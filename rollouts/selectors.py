@@ -9,14 +9,23 @@ from typing import Any
 
 from django.db import connection
 from django.db.models import Count
+from django.db.models.signals import post_delete, post_migrate, post_save
 
 from core.errors import ApiError
 from core.params import format_rfc3339
 from releases.models import NodeAck, Release
+from releases.selectors import ack_book
 from rollouts import clock, progress
-from rollouts.cohort import display_percent, snapshot_by_pk, snapshot_of
+from rollouts.cohort import cached_snapshot, display_percent, snapshot_by_pk, snapshot_of
 from rollouts.gates import StageReport, evaluate_stage, unmet_reason
-from rollouts.models import RUNNING_PHASES, Phase, RolloutPlan, RolloutTransition, StagePhase
+from rollouts.models import (
+    RUNNING_PHASES,
+    Phase,
+    RolloutPlan,
+    RolloutTransition,
+    StagePhase,
+    StageStatus,
+)
 
 _previous: dict[tuple[int, str], Release | None] = {}
 _previous_lock = threading.Lock()
@@ -51,29 +60,132 @@ _ACTIVE_ACK_SQL = (
     "WHERE release_id = %s AND node_id = %s AND status = %s LIMIT 1"
 )
 
+_MISSING: Any = object()
+
+
+class _PlanHeads:
+    """release pk -> (id, version) of its newest plan, or None: no plan (SQLite store only).
+
+    Every change to a plan or its stages bumps the plan's version in a transaction that calls
+    `plans_changed()` (rollouts.services), which empties this cache at once and again after the
+    commit; model signals do the same for other writes (admin, tests, flush). A generation
+    counter makes a read that raced with a change drop its result instead of caching it. Like
+    the latest-release cache (releases.selectors), only for the SQLite store: one `serve`
+    process owns it, so every plan change passes through this process. On PostgreSQL every
+    poll reads the plan head (one indexed query).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._generation = 0
+        self._entries: dict[int, tuple[int, int] | None] = {}
+
+    @staticmethod
+    def usable() -> bool:
+        return connection.vendor == "sqlite" and not connection.in_atomic_block
+
+    def get(self, release_pk: int) -> Any:
+        return self._entries.get(release_pk, _MISSING)
+
+    def generation(self) -> int:
+        return self._generation
+
+    def put(self, release_pk: int, generation: int, head: tuple[int, int] | None) -> None:
+        with self._lock:
+            if generation == self._generation:
+                if len(self._entries) >= 4096:
+                    self._entries.clear()
+                self._entries[release_pk] = head
+
+    def invalidate(self) -> None:
+        with self._lock:
+            self._generation += 1
+            self._entries.clear()
+
+
+plan_heads = _PlanHeads()
+
+
+def plans_changed(**_: Any) -> None:
+    """A plan or its stages changed (or will, when the current transaction commits)."""
+    plan_heads.invalidate()
+    if connection.in_atomic_block:  # readers outside the transaction may refill before commit
+        connection.on_commit(plan_heads.invalidate)
+
+
+post_save.connect(plans_changed, sender=RolloutPlan, dispatch_uid="rollouts.plan_heads.save")
+post_delete.connect(plans_changed, sender=RolloutPlan, dispatch_uid="rollouts.plan_heads.del")
+post_save.connect(plans_changed, sender=StageStatus, dispatch_uid="rollouts.plan_heads.stage")
+post_migrate.connect(plans_changed, dispatch_uid="rollouts.plan_heads.migrate")
+
+
+def _plan_head(cursor: Any, release_pk: int) -> tuple[int, int] | None:
+    use_cache = plan_heads.usable()
+    if use_cache:
+        head = plan_heads.get(release_pk)
+        if head is not _MISSING:
+            return head
+        generation = plan_heads.generation()
+    cursor.execute(_PLAN_HEAD_SQL, [release_pk])
+    row = cursor.fetchone()
+    head = None if row is None else (int(row[0]), int(row[1]))
+    if use_cache:
+        plan_heads.put(release_pk, generation, head)
+    return head
+
 
 def desired_release_for_node(*, latest: Release, node_id: str) -> Release | None:
     """The release `node_id` should run when `latest` is its channel's latest release
     (rollout-aware, API.md §4 "Which release a node gets"). None: no release for this node.
 
-    The poll hot path: one indexed query when `latest` has no plan; otherwise the plan's cached
-    snapshot (keyed by its version), at most one more indexed query (the node's `active` ack) and
-    the previous release (cached). Plain SQL: the ORM's query building costs more than SQLite.
+    The poll hot path. On SQLite usually no query at all: the plan head (`plan_heads`), the
+    plan's snapshot (keyed by its version), whether the node acked `active` (the in-process ack
+    book, `releases.ackbook`) and the previous release are all cached in this process. On
+    PostgreSQL one indexed query when `latest` has no plan; otherwise the cached snapshot, at
+    most one more indexed query (the node's `active` ack) and the previous release (cached).
+    Plain SQL: the ORM's query building costs more than SQLite.
     """
     with connection.cursor() as cursor:
-        cursor.execute(_PLAN_HEAD_SQL, [latest.pk])
-        head = cursor.fetchone()
+        head = _plan_head(cursor, latest.pk)
         if head is None:
             return latest
         # The newest plan governs: a new plan for a release can only be published once the
         # older ones are terminal.
-        snap = snapshot_by_pk(int(head[0]), int(head[1]))
+        snap = snapshot_by_pk(head[0], head[1])
         if snap is None or snap.in_rollout(node_id):
             return latest
-        cursor.execute(_ACTIVE_ACK_SQL, [latest.pk, node_id, NodeAck.Status.ACTIVE.value])
-        if cursor.fetchone() is not None:
+        active = ack_book.is_active(latest.pk, node_id)
+        if active is None:
+            cursor.execute(_ACTIVE_ACK_SQL, [latest.pk, node_id, NodeAck.Status.ACTIVE.value])
+            active = cursor.fetchone() is not None
+        if active:
             return latest
     return _previous_release(latest)
+
+
+def desired_release_cached(*, latest: Release, node_id: str) -> Any:
+    """`desired_release_for_node` from this process's caches only, or `MISSING` when any piece
+    is not cached (then call `desired_release_for_node` on a database thread). Never touches a
+    database connection: safe on the event loop. The caches are only ever filled on SQLite."""
+    head = plan_heads.get(latest.pk)
+    if head is _MISSING:
+        return MISSING
+    if head is None:
+        return latest
+    snap = cached_snapshot(head[0], head[1])
+    if snap is None:
+        return MISSING
+    if snap.in_rollout(node_id):
+        return latest
+    active = ack_book.is_active_cached(latest.pk, node_id)
+    if active is None:
+        return MISSING
+    if active:
+        return latest
+    return _previous.get((latest.pk, latest.release_id), MISSING)
+
+
+MISSING = _MISSING
 
 
 def rollout_phase_counts() -> dict[str, int]:

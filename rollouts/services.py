@@ -47,6 +47,7 @@ from rollouts.models import (
     StagePhase,
     StageStatus,
 )
+from rollouts.selectors import plans_changed
 from rollouts.statemachine import (
     ADVANCE,
     HISTORY_ACTION,
@@ -235,6 +236,7 @@ def rollout_publish(
                 at=now,
             )
             _audit(actor, "publish", plan_id, {"release_id": release.release_id})
+            plans_changed()
     except IntegrityError:
         _publishable(spec)  # a concurrent publish won: answer its 409
         raise
@@ -416,6 +418,7 @@ def _apply(
         )
         if not changed:
             return False
+        plans_changed()
         for pk, fields in updates:
             StageStatus.objects.filter(pk=pk).update(**fields)
         RolloutTransition.objects.create(
@@ -722,6 +725,7 @@ def rollout_gate_approve(
             ).update(version=F("version") + 1, updated_at=now)
             if not changed:
                 continue
+            plans_changed()
             StageStatus.objects.filter(pk=stage.pk).update(
                 manual_approved=True, manual_approved_by=actor.name
             )

@@ -5,13 +5,20 @@ from __future__ import annotations
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from releases.models import NodeAck
-from rollouts.gates.base import GateKind, GateResult, check_ratio, ratio_schema, share
+from rollouts.gates.base import (
+    FAILED_STATUSES,
+    AckCounts,
+    GateKind,
+    GateResult,
+    check_ratio,
+    ratio_schema,
+    share,
+)
 
 if TYPE_CHECKING:
     from rollouts.cohort import StageSnap
 
-FAILED_STATUSES = frozenset({NodeAck.Status.FAILED, NodeAck.Status.REJECTED})
+__all__ = ["FAILED_STATUSES", "AckFailure"]
 
 
 class AckFailure(GateKind):
@@ -29,12 +36,11 @@ class AckFailure(GateKind):
         self,
         params: dict[str, Any],
         stage: StageSnap,
-        acks: dict[str, str] | None,
+        acks: AckCounts | None,
         now: datetime,
     ) -> GateResult:
         assert acks is not None
-        total = len(acks)
-        failed = sum(1 for status in acks.values() if status in FAILED_STATUSES)
+        total, failed = acks.total, acks.failed
         ratio = share(failed, total)
         max_ratio = float(params["max_ratio"])
         tripped = ratio > max_ratio

@@ -6,8 +6,8 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from core.jsonvalues import MAX_INT  # the JSON-values rule (docs/api.md)
-from releases.models import NodeAck
 from rollouts.gates.base import (
+    AckCounts,
     GateKind,
     GateResult,
     check_ratio,
@@ -41,12 +41,11 @@ class AckSuccess(GateKind):
         self,
         params: dict[str, Any],
         stage: StageSnap,
-        acks: dict[str, str] | None,
+        acks: AckCounts | None,
         now: datetime,
     ) -> GateResult:
         assert acks is not None
-        total = len(acks)
-        active = sum(1 for status in acks.values() if status == NodeAck.Status.ACTIVE)
+        total, active = acks.total, acks.active
         ratio = share(active, total)
         min_ratio, min_acks = float(params["min_ratio"]), int(params["min_acks"])
         return GateResult(

@@ -9,6 +9,7 @@ takes its `openapi_schema()`.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar, TypeGuard
@@ -17,6 +18,31 @@ from core.errors import ApiError
 
 if TYPE_CHECKING:
     from rollouts.cohort import StageSnap
+
+
+FAILED_STATUSES = frozenset({"failed", "rejected"})
+
+
+@dataclass(frozen=True)
+class AckCounts:
+    """The acks a stage's gates look at: the release's acks from the stage's nodes (bucket or
+    listing up to this stage) plus every `active` ack of the release, counted per status;
+    `active_nodes` lists the nodes of the `active` ones (only filled when a gate needs them)."""
+
+    by_status: Mapping[str, int]
+    active_nodes: Sequence[str] = ()
+
+    @property
+    def total(self) -> int:
+        return sum(self.by_status.values())
+
+    @property
+    def active(self) -> int:
+        return self.by_status.get("active", 0)
+
+    @property
+    def failed(self) -> int:
+        return sum(self.by_status.get(status, 0) for status in FAILED_STATUSES)
 
 
 @dataclass(frozen=True)
@@ -82,6 +108,7 @@ class GateKind:
     properties: ClassVar[dict[str, dict[str, Any]]] = {}  # JSON schema of each parameter
     halts: ClassVar[bool] = False  # a failure gate: tripped, it halts the plan
     needs_acks: ClassVar[bool] = False  # evaluation reads the stage's acks
+    needs_active_nodes: ClassVar[bool] = False  # ... and which nodes acked `active`
 
     def validate(self, params: dict[str, Any], where: str) -> None:
         """Check the values of `params` (all required keys present, defaults filled in);
@@ -91,10 +118,10 @@ class GateKind:
         self,
         params: dict[str, Any],
         stage: StageSnap,
-        acks: dict[str, str] | None,
+        acks: AckCounts | None,
         now: datetime,
     ) -> GateResult:
-        """This gate for `stage` at `now`; `acks` (node_id -> ack status) when `needs_acks`."""
+        """This gate for `stage` at `now`; `acks` (the stage's ack counts) when `needs_acks`."""
         raise NotImplementedError
 
     def openapi_schema(self) -> dict[str, Any]:

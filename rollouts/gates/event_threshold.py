@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 from core.jsonvalues import MAX_INT  # the JSON-values rule (docs/api.md)
 from events.models import Event
-from releases.models import NodeAck
 from rollouts.gates.base import (
+    AckCounts,
     GateKind,
     GateResult,
     check_ratio,
@@ -58,6 +58,7 @@ class EventThreshold(GateKind):
     }
     halts = True
     needs_acks = True
+    needs_active_nodes = True
 
     def validate(self, params: dict[str, Any], where: str) -> None:
         event_type = params["event_type"]
@@ -73,13 +74,13 @@ class EventThreshold(GateKind):
         self,
         params: dict[str, Any],
         stage: StageSnap,
-        acks: dict[str, str] | None,
+        acks: AckCounts | None,
         now: datetime,
     ) -> GateResult:
         assert acks is not None
         event_type, max_ratio = str(params["event_type"]), float(params["max_ratio"])
         min_nodes = int(params["min_nodes"])
-        on_new = [node for node, status in acks.items() if status == NodeAck.Status.ACTIVE]
+        on_new = acks.active_nodes
         if len(on_new) < min_nodes:
             return GateResult(
                 self.kind,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from rollouts.gates.base import GateKind, GateResult
+from rollouts.gates.base import AckCounts, GateKind, GateResult
 
 if TYPE_CHECKING:
     from rollouts.cohort import StageSnap
@@ -19,7 +19,7 @@ class Manual(GateKind):
         self,
         params: dict[str, Any],
         stage: StageSnap,
-        acks: dict[str, str] | None,
+        acks: AckCounts | None,
         now: datetime,
     ) -> GateResult:
         if stage.manual_approved:

@@ -5,7 +5,14 @@ from __future__ import annotations
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from rollouts.gates.base import GateKind, GateResult, human_duration, invalid_field, is_number
+from rollouts.gates.base import (
+    AckCounts,
+    GateKind,
+    GateResult,
+    human_duration,
+    invalid_field,
+    is_number,
+)
 from rollouts.models import StagePhase
 
 if TYPE_CHECKING:
@@ -26,7 +33,7 @@ class TimeSoak(GateKind):
         self,
         params: dict[str, Any],
         stage: StageSnap,
-        acks: dict[str, str] | None,
+        acks: AckCounts | None,
         now: datetime,
     ) -> GateResult:
         required = float(params["seconds"])

@@ -31,6 +31,7 @@ import orjson
 from django.conf import settings
 
 from core.edge import Headers
+from core.errors import ApiError
 
 STATEMENT_TYPE = "autonomy.desired-state/v1"
 HEADER_STATE = "X-Autonomy-Desired-State"
@@ -115,7 +116,7 @@ def signed_headers(
         and now - entry.signed_at < ttl * RESIGN_FRACTION
         and entry.body == body
     ):
-        return entry.headers
+        return list(entry.headers)  # a copy: the cached list must never be extended
     issued = datetime.now(UTC).replace(microsecond=0)
     raw = statement_bytes(
         channel=channel,
@@ -135,7 +136,7 @@ def signed_headers(
         if len(_cache) >= MAX_CACHED:
             _cache.clear()
         _cache[cache_key] = _Signed(body, plan, key.key_id, ttl, now, headers)
-    return headers
+    return list(headers)
 
 
 # (active key, validity, monotonic time it was read, keyring generation): asked for again at most
@@ -152,7 +153,12 @@ def _active(now: float) -> tuple[Any, float]:
     state = _active_state
     generation = selectors.signing_generation()
     if state is None or now - state[2] >= RING_RECHECK_SECONDS or state[3] != generation:
-        key = selectors.signing_ring().active
+        try:
+            key = selectors.signing_ring().active
+        except Exception as exc:  # rollouts.signing.SigningKeyError: no unsigned answers
+            if state is None:
+                raise ApiError(503, f"cannot sign the answer: {exc}") from exc
+            key = state[0]  # keep signing with the key we had
         state = (key, float(settings.DESIRED_STATE_TTL_SECONDS), now, generation)
         _active_state = state
     return state[0], state[1]

@@ -12,12 +12,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 import requests
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from releases import release_signing
 from tests.liveserver import ServeProcess, cli, free_port, run_serve_expect_exit
+
+pytestmark = pytest.mark.e2e
 
 LATEST = "/v1/releases/latest"
 

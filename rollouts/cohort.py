@@ -128,9 +128,19 @@ def build_snapshot(plan: RolloutPlan) -> PlanSnapshot:
     raw = bytes(plan.spec)
     actual = digest_of(raw)
     if actual != plan.digest:
-        return _tampered_snapshot(plan, actual)
+        return _tampered_snapshot(plan, actual, _tamper_reason(plan, actual), {})
     spec_stages = stages_of(raw)
     rows = list(StageStatus.objects.filter(plan_id=plan.pk).order_by("position"))
+    signed = [(stage.stage_id, float(stage.percent)) for stage in spec_stages]
+    stored = [(row.stage_id, float(row.percent)) for row in rows]
+    if stored != signed:
+        # The stage rows are derived from the spec at publish and their id and percent never
+        # change: rows that differ were altered in the store. The signed percents are used.
+        reason = (
+            f"the stage rows no longer match the signed spec {plan.digest} (stored "
+            f"{_stages_text(stored)}, signed {_stages_text(signed)}): altered outside the API"
+        )
+        return _tampered_snapshot(plan, f"rows:{_stages_text(stored)}", reason, dict(signed))
     stages = tuple(
         StageSnap(
             pk=row.pk,
@@ -161,11 +171,17 @@ def build_snapshot(plan: RolloutPlan) -> PlanSnapshot:
     )
 
 
-def _tampered_snapshot(plan: RolloutPlan, actual: str) -> PlanSnapshot:
+def _stages_text(stages: list[tuple[str, float]]) -> str:
+    return ", ".join(f"{stage_id} {display_percent(percent)}%" for stage_id, percent in stages)
+
+
+def _tampered_snapshot(
+    plan: RolloutPlan, actual: str, reason: str, signed_percents: dict[str, float]
+) -> PlanSnapshot:
     """The plan as if halted, built from its stage rows only: the altered spec's nodes and
-    gates are never used. Reports the mismatch (halt, metric, audit, log) through
+    gates are never used (nor altered row percents above the signed ones, when the spec is
+    intact). Reports the mismatch (halt, metric, audit, log) through
     `rollouts.services.plan_tampered`, once per plan and altered content in this process."""
-    reason = _tamper_reason(plan, actual)
     rows = list(StageStatus.objects.filter(plan_id=plan.pk).order_by("position"))
     stages = tuple(
         StageSnap(
@@ -173,7 +189,9 @@ def _tampered_snapshot(plan: RolloutPlan, actual: str) -> PlanSnapshot:
             position=row.position,
             stage_id=row.stage_id,
             phase=StagePhase.HALTED if row.phase == StagePhase.OPEN else row.phase,
-            percent=row.percent,
+            percent=min(row.percent, signed_percents.get(row.stage_id, 0.0))
+            if signed_percents
+            else row.percent,
             nodes=frozenset(),
             gates=(),
             opened_at=row.opened_at,

@@ -710,7 +710,8 @@ _REFUSED_WHEN_TAMPERED = frozenset({"resume", "retry", "promote", "skip_failed"}
 
 
 def plan_tampered(*, plan: RolloutPlan, actual_digest: str, reason: str) -> None:
-    """A stored spec no longer matches its signed digest (`rollouts.cohort` found it while
+    """A stored spec no longer matches its signed digest, or its stage rows no longer match the
+    spec (`actual_digest` is then `rows:<what they say>`) (`rollouts.cohort` found it while
     building the plan's snapshot; the snapshot already ignores the spec, so nodes get what a
     halted plan gives). Halt the plan through the state machine when it is running, count
     `cp_rollout_plan_tampered_total`, write the `rollout.plan.tampered` audit record, log a
@@ -756,10 +757,10 @@ def plan_tampered(*, plan: RolloutPlan, actual_digest: str, reason: str) -> None
 
 def plan_spec_intact(plan: RolloutPlan) -> bool:
     """False (and the plan reported: `plan_tampered`) when the stored spec no longer matches its
-    digest."""
+    digest (checked uncached) or its stage rows no longer match the spec (its snapshot)."""
     from rollouts.cohort import spec_intact
 
-    return spec_intact(plan)
+    return spec_intact(plan) and not snapshot_of(plan).tampered
 
 
 def _refuse_tampered(plan: RolloutPlan, action: str) -> None:

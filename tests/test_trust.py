@@ -302,3 +302,17 @@ def test_a_plan_whose_stored_spec_was_altered_halts_and_its_stages_are_not_serve
     resumed = api.post("/v1/rollouts/plan-t/resume", {}, format="json")
     assert resumed.status_code == 409
     assert "no longer matches its signed digest" in resumed.json()["error"]
+
+
+def test_stage_rows_altered_in_the_store_halt_the_plan_too(api):
+    from rollouts.models import StageStatus
+
+    publish(api, release_id="r1")
+    publish(api, release_id="r2")
+    publish_plan(api, "plan-rows", "r2")
+    # the spec is intact, but the canary row now says 100 %: everyone would get r2
+    StageStatus.objects.filter(plan__plan_id="plan-rows", stage_id="canary").update(percent=100)
+    assert api.get("/v1/releases/latest?node_id=n-other").json()["release_id"] == "r1"
+    detail = api.get("/v1/rollouts/plan-rows").json()
+    assert detail["phase"] == "halted"
+    assert "stage rows no longer match the signed spec" in detail["status"]["history"][-1]["reason"]

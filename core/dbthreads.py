@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import sqlite3
 import threading
@@ -98,9 +99,11 @@ def call_with_reconnect(fn: Callable[..., T], *args: Any) -> T:
 
 
 async def run_read(fn: Callable[..., T], *args: Any) -> T:
-    """Run a read-only `fn(*args)` on the reader pool and await its result."""
+    """Run a read-only `fn(*args)` on the reader pool and await its result (in the caller's
+    context, so its log lines keep the request id, `core.requestid`)."""
     loop = asyncio.get_running_loop()
-    return await loop.run_in_executor(readers(), call_with_reconnect, fn, *args)
+    context = contextvars.copy_context()
+    return await loop.run_in_executor(readers(), context.run, call_with_reconnect, fn, *args)
 
 
 INLINE_CACHE_KIB = 64 * 1024

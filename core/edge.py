@@ -52,6 +52,7 @@ from core.errors import BAD_REQUEST, INTERNAL_ERROR, ApiError, error_body, malfo
 from core.observability import (
     UNMATCHED_ROUTE,
     client_identity_from_scope,
+    error_reason,
     observe_request,
     route_template,
 )
@@ -251,7 +252,10 @@ async def send_answer(send: Any, answer: Answer, base: Headers) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def observe(scope: dict[str, Any], route: str, status: int, started: float) -> None:
+def observe(
+    scope: dict[str, Any], route: str, status: int, started: float, body: bytes = b""
+) -> None:
+    """Count and log an answer of the edge (`body`: the answer's, for a 4xx's reason)."""
     client = scope.get("client")
     observe_request(
         method=scope["method"],
@@ -261,6 +265,7 @@ def observe(scope: dict[str, Any], route: str, status: int, started: float) -> N
         duration=time.perf_counter() - started,
         client=client[0] if client else None,
         client_identity=client_identity_from_scope(scope),
+        error=error_reason(status, body),
     )
 
 
@@ -314,7 +319,7 @@ class Guard:
         except ApiError as exc:
             answer = api_error_answer(exc)
             await send_answer(send, answer, [*self._headers, *_route_allow(scope["path"])])
-            return observe(scope, UNMATCHED_ROUTE, answer[0], started)
+            return observe(scope, UNMATCHED_ROUTE, answer[0], started, answer[1])
         gate = _gate
         route, params = (
             _route_of(scope["path"])
@@ -331,7 +336,7 @@ class Guard:
         denied = await gate.admit(scope, headers, route, params, read)
         if denied is not None:
             await send_answer(send, denied, [*self._headers, *_route_allow(scope["path"])])
-            return observe(scope, route or UNMATCHED_ROUTE, denied[0], started)
+            return observe(scope, route or UNMATCHED_ROUTE, denied[0], started, denied[1])
         return await self.app(scope, _replay(body, receive), send)
 
 

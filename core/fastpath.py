@@ -126,7 +126,7 @@ class FastPath:
         except Exception as exc:
             answer = edge.error_answer(exc)
         await edge.send_answer(send, answer, self._headers[key])
-        edge.observe(scope, observed_route, answer[0], started)
+        edge.observe(scope, observed_route, answer[0], started, answer[1])
         return None
 
     @staticmethod

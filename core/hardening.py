@@ -95,7 +95,7 @@ def json_errors(app: Any) -> Any:
                     )
             base = [(b"content-type", b"application/json"), *edge.security_headers()]
             await edge.send_answer(send, answer, base)
-            edge.observe(scope, UNMATCHED_ROUTE, answer[0], started_at)
+            edge.observe(scope, UNMATCHED_ROUTE, answer[0], started_at, answer[1])
             return None
 
     return guarded

@@ -10,6 +10,8 @@ from datetime import UTC, datetime
 
 import orjson
 
+from core.requestid import RequestIdFilter
+
 LEVELS = {
     "debug": logging.DEBUG,
     "info": logging.INFO,
@@ -79,11 +81,15 @@ def escape_controls(text: str) -> str:
 
 class TextFormatter(logging.Formatter):
     """One line per record; control characters in the message are escaped. A traceback follows
-    on lines of its own, each indented, so none of them can pass for a record."""
+    on lines of its own, each indented, so none of them can pass for a record. A record logged
+    during a request ends with ` request_id=<id>` (`core.requestid`)."""
 
     def format(self, record: logging.LogRecord) -> str:
         level = _LEVEL_NAMES.get(record.levelno, record.levelname.lower())
         line = f"{_timestamp(record)} {level:<5} {escape_controls(record.getMessage())}"
+        request_id = getattr(record, "request_id", None)
+        if request_id:
+            line += f" request_id={request_id}"  # validated by core.requestid: no controls
         if record.exc_info:
             trace = self.formatException(record.exc_info)
             line += "".join("\n  " + escape_controls(part) for part in trace.split("\n"))
@@ -93,6 +99,7 @@ class TextFormatter(logging.Formatter):
 def configure_logging(fmt: str = "text", level: str = "info") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    handler.addFilter(RequestIdFilter())  # `request_id` on every line logged during a request
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

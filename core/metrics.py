@@ -2,9 +2,14 @@
 
 * `cp_http_requests_total` / `cp_http_request_duration_seconds` are fed by
   `observability.observe_request` through a request hook (`install()`); nothing else to call.
-* The apps own their families and hooks: `events/metrics.py` (`cp_events_ingested_total`) and
-  `rollouts/metrics.py` (`cp_rollout_plans_total`). The composition root (`serve`) installs all
-  three when `--metrics-addr` is set.
+* The apps own their families and hooks: `events/metrics.py` (ingest, writer queue),
+  `rollouts/metrics.py` (plans, transitions, approvals, evaluator), `releases/metrics.py` (fleet,
+  adoption), `crl/metrics.py` (CRL times); `core/store_metrics.py` (store size). The composition
+  root (`serve`) installs them when `--metrics-addr` is set (docs/metrics.md lists every family).
+* django-prometheus's families (API.md §5) are served too, except its request-latency
+  histograms: `install()` unregisters them (`drop_django_latency_histograms`), so each route has
+  one latency histogram, `cp_http_request_duration_seconds` (theirs duplicated it with hundreds
+  of buckets per view and saw only the Django path).
 
 `GET /metrics` is answered at the ASGI level (`with_metrics`, `metrics_only`), so it costs Django
 nothing and never reaches the URLconf. Labels are bounded: `route` is the contract's route
@@ -26,6 +31,8 @@ from core import observability
 logger = logging.getLogger("orchestrator.metrics")
 
 METRICS_PATH = "/metrics"
+_NOT_FOUND = "not found: this listener serves only GET /metrics"
+_NOT_ALLOWED = "method not allowed: use GET /metrics"
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 HTTP_REQUESTS = Counter(
@@ -58,13 +65,32 @@ def install() -> None:
     _installed = True
     observability.add_request_hook(_observe)
     # django-prometheus's families (its middleware creates them on first use; make them exist
-    # from the first scrape).
+    # from the first scrape), less its latency histograms.
     try:
         from django_prometheus.middleware import Metrics
 
-        Metrics.get_instance()
+        drop_django_latency_histograms(Metrics.get_instance())
     except Exception:
         logger.debug("django-prometheus metrics unavailable", exc_info=True)
+
+
+def drop_django_latency_histograms(django_metrics: object) -> list[str]:
+    """Unregister django-prometheus's request-latency histograms (`django_http_requests_latency_*`)
+    from the default registry; its counters stay. Its middleware still observes them (into objects
+    nobody exposes). Idempotent; returns the family names removed by this call."""
+    removed = []
+    for collector in list(vars(django_metrics).values()):
+        if not isinstance(collector, Histogram):
+            continue
+        names = [family.name for family in collector.describe()]
+        if not any("latency" in name for name in names):
+            continue  # e.g. the body-size histograms: no latency, nothing duplicated
+        try:
+            REGISTRY.unregister(collector)
+        except KeyError:
+            continue  # already removed
+        removed.extend(names)
+    return removed
 
 
 def render() -> bytes:
@@ -101,20 +127,18 @@ async def _send(
 async def _answer(scope: dict[str, Any], send: Any, *, route: str) -> None:
     started = time.perf_counter()
     method = scope.get("method", "GET")
+    error = None
     if route == observability.UNMATCHED_ROUTE:
         status = 404
-        await _send(
-            send,
-            404,
-            b'{"error": "not found: this listener serves only GET /metrics"}',
-            b"application/json",
-        )
+        error = _NOT_FOUND
+        await _send(send, 404, b'{"error": "%s"}' % error.encode(), b"application/json")
     elif method not in ("GET", "HEAD"):
         status = 405
+        error = _NOT_ALLOWED
         await _send(
             send,
             405,
-            b'{"error": "method not allowed: use GET /metrics"}',
+            b'{"error": "%s"}' % error.encode(),
             b"application/json",
             [(b"allow", b"GET, HEAD")],
         )
@@ -131,6 +155,7 @@ async def _answer(scope: dict[str, Any], send: Any, *, route: str) -> None:
         duration=time.perf_counter() - started,
         client=client[0] if client else None,
         client_identity=observability.client_identity_from_scope(scope),
+        error=error,
     )
 
 

@@ -20,6 +20,7 @@ from core.auth import REQUEST_CONTEXT
 from core.errors import ApiError
 from core.observability import (
     client_identity_from_scope,
+    error_reason,
     observe_request,
     route_template,
 )
@@ -37,14 +38,16 @@ class ObservabilityMiddleware:
         match = getattr(request, "resolver_match", None)
         route = route_template(match.route if match else None)
         scope = getattr(request, "scope", None)
+        status = response.status_code
         observe_request(
             method=request.method or "",
             route=route,
             path=request.path,
-            status=response.status_code,
+            status=status,
             duration=time.perf_counter() - started,
             client=request.META.get("REMOTE_ADDR"),
             client_identity=client_identity_from_scope(scope),
+            error=None if response.streaming else error_reason(status, response.content),
         )
         return response
 

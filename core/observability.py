@@ -10,6 +10,8 @@ import logging
 import re
 from typing import Any
 
+import orjson
+
 access_logger = logging.getLogger("orchestrator.access")
 
 _CONVERTER = re.compile(r"<(?:[^:>]+:)?([^>]+)>")
@@ -34,6 +36,24 @@ def add_request_hook(hook: Any) -> None:
         _request_hooks.append(hook)
 
 
+MAX_ERROR_LOG = 300  # characters of a 4xx's reason in the access log
+
+
+def error_reason(status: int, body: bytes | None) -> str | None:
+    """The `error` of a 4xx JSON answer (the contract's error body), shortened for the access
+    log; None for other answers or bodies that are not an error object."""
+    if not 400 <= status < 500 or not body or body[:1] != b"{":
+        return None
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    error = parsed.get("error") if isinstance(parsed, dict) else None
+    if not isinstance(error, str) or not error:
+        return None
+    return error if len(error) <= MAX_ERROR_LOG else error[: MAX_ERROR_LOG - 1] + "…"
+
+
 def observe_request(
     *,
     method: str,
@@ -43,16 +63,20 @@ def observe_request(
     duration: float,
     client: str | None = None,
     client_identity: str | None = None,
+    error: str | None = None,
 ) -> None:
+    """Count the answer (the hooks) and write its access log line; `error` is a 4xx's reason
+    (`error_reason`), logged at the end of the line and as the `error` field."""
     for hook in _request_hooks:
         hook(method, route, status, duration)
     if access_logger.isEnabledFor(logging.INFO):
         access_logger.info(
-            "%s %s %s %.1fms",
+            "%s %s %s %.1fms%s",
             method,
             path,
             status,
             duration * 1000,
+            f" error={error!r}" if error else "",
             extra={
                 "method": method,
                 "path": path,
@@ -61,6 +85,7 @@ def observe_request(
                 "duration_ms": round(duration * 1000, 3),
                 "client": client,
                 "client_identity": client_identity,
+                "error": error,
             },
         )
 

@@ -259,6 +259,23 @@ _ALLOW = {
     "required": True,
     "schema": {"type": "string"},
 }
+_REQUEST_ID_DESCRIPTION = (
+    "The request's id (core.requestid): the client's `X-Request-ID` when it is 1 to 128 "
+    "characters of `A-Z a-z 0-9 - _ . : @ / + =`, else one the server made. The server's log "
+    "lines of the request carry it."
+)
+_REQUEST_ID_PARAMETER = {
+    "name": "X-Request-ID",
+    "in": "header",
+    "required": False,
+    "description": _REQUEST_ID_DESCRIPTION,
+    "schema": {"type": "string"},
+}
+_REQUEST_ID_HEADER = {
+    "description": _REQUEST_ID_DESCRIPTION,
+    "required": True,
+    "schema": {"type": "string"},
+}
 
 
 def postprocess_schema(
@@ -270,6 +287,7 @@ def postprocess_schema(
       413 and 507 on every write; 503 (with `Retry-After`) on every operation that touches
       the database; 405 (with `Allow`) everywhere: another method on the same path.
     - The `{}` security requirement (no authentication) is dropped: the API has none.
+    - `X-Request-ID`: an optional request header of every operation, a header of every answer.
     """
     result.setdefault("info", {})["description"] = API_DESCRIPTION
     result.setdefault("paths", {}).update(_plain_routes())
@@ -294,5 +312,13 @@ def postprocess_schema(
                 responses["503"] = _error_response(503)
                 responses["503"]["headers"] = {"Retry-After": _RETRY_AFTER}
             responses.setdefault("405", {**_error_response(405), "headers": {"Allow": _ALLOW}})
+            parameters = operation.setdefault("parameters", [])
+            if not any(p.get("name") == "X-Request-ID" for p in parameters):
+                parameters.append(dict(_REQUEST_ID_PARAMETER))
+            for response in responses.values():
+                response["headers"] = {
+                    **response.get("headers", {}),
+                    "X-Request-ID": _REQUEST_ID_HEADER,
+                }
             operation["responses"] = dict(sorted(responses.items()))
     return result

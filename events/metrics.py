@@ -1,4 +1,5 @@
-"""`cp_events_ingested_total{result="inserted"|"deduped"}` (docs/metrics.md).
+"""`cp_events_ingested_total{result="inserted"|"deduped"}` and `cp_events_writer_queue_depth`
+(docs/metrics.md).
 
 `install()` (called by `serve` with `core.metrics.install`) registers `record_ingest` as an
 ingest hook of `events.services`; it counts every committed batch on both request paths.
@@ -6,8 +7,9 @@ ingest hook of `events.services`; it counts every committed batch on both reques
 
 from __future__ import annotations
 
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 
+from events import writer
 from events.services import add_ingest_hook
 
 EVENTS_INGESTED = Counter(
@@ -17,6 +19,12 @@ EVENTS_INGESTED = Counter(
 )
 for _result in ("inserted", "deduped"):
     EVENTS_INGESTED.labels(result=_result)
+
+WRITER_QUEUE = Gauge(
+    "cp_events_writer_queue_depth",
+    "Event batches waiting for the single writer thread (read at scrape time).",
+)
+WRITER_QUEUE.set_function(writer.queue_depth)
 
 
 def record_ingest(*, inserted: int, deduped: int) -> None:

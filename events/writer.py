@@ -134,6 +134,11 @@ def store_with_retries(batches: list[list[EventRow]]) -> list[IngestResult]:
 _writer = EventWriter()
 
 
+def queue_depth() -> int:
+    """Batches waiting for the writer now (`cp_events_writer_queue_depth`)."""
+    return _writer._queue.qsize()
+
+
 def submit(rows: list[EventRow]) -> Future[IngestResult]:
     """Queue a validated batch; the future resolves after its transaction committed."""
     return _writer.submit(rows)

@@ -22,7 +22,8 @@ register_route(
         "operationId": "metrics",
         "summary": "Prometheus metrics",
         "description": (
-            "Prometheus text exposition (`cp_*` families plus django-prometheus'). Served "
+            "Prometheus text exposition (the `cp_*` families of docs/metrics.md, plus "
+            "prometheus_client's `process_*` and `python_*`). Served "
             "only when `serve --metrics-addr` is set (on that listener and on this one); "
             "otherwise 404."
         ),

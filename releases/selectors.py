@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 from django.db import connection
-from django.db.models import F, Window
+from django.db.models import Count, F, Window
 from django.db.models.functions import RowNumber
 from django.db.models.signals import post_delete, post_migrate, post_save
 from django.utils import timezone
@@ -365,3 +365,50 @@ def fleet_summary(*, channel: str, stale_threshold: int) -> dict[str, Any]:
         "latest_release": orjson.loads(latest_body) if latest_body is not None else None,
         "nodes": nodes,
     }
+
+
+# --- counts for /metrics (releases.metrics) ---------------------------------------------------
+# Each count is ONE function, so the fleet table's cheap counts can replace its body later.
+
+
+def fleet_status_counts(*, stale_threshold: int) -> dict[str, int]:
+    """Nodes per status across all channels, as `GET /v1/fleet` tells them: `up` (an event within
+    `stale_threshold` seconds), `stale` (older), `unknown` (acks but never an event). Two loose
+    index scans (O(nodes x log rows)), the same as the fleet view."""
+    now = timezone.now()
+    last_seen = _last_seen_by_node()
+    counts = {"up": 0, "stale": 0, "unknown": 0}
+    for seen in last_seen.values():
+        fresh = (now - seen).total_seconds() <= stale_threshold
+        counts["up" if fresh else "stale"] += 1
+    counts["unknown"] = sum(1 for node in _acking_node_ids() if node not in last_seen)
+    return counts
+
+
+def release_ack_counts(*, per_channel: int) -> list[tuple[str, str, str, int]]:
+    """(channel, release_id, ack_status, nodes) for the newest `per_channel` releases of every
+    channel, every ack status present (0 when none). Two queries; the count uses the
+    (release, status) index."""
+    newest = list(
+        Release.objects.annotate(
+            rank=Window(RowNumber(), partition_by=[F("channel")], order_by=[F("sequence").desc()])
+        )
+        .filter(rank__lte=per_channel)
+        .values_list("pk", "channel", "release_id")
+    )
+    if not newest:
+        return []
+    counts: dict[tuple[int, str], int] = {}
+    rows = (
+        NodeAck.objects.filter(release_id__in=[pk for pk, _c, _r in newest])
+        .values_list("release_id", "status")
+        .annotate(n=Count("id"))
+        .order_by()
+    )
+    for release_pk, status, n in rows:
+        counts[(release_pk, status)] = n
+    return [
+        (channel, release_id, status, counts.get((pk, status), 0))
+        for pk, channel, release_id in sorted(newest, key=lambda r: (r[1], r[2]))
+        for status in NodeAck.Status.values
+    ]

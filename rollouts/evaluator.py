@@ -29,6 +29,7 @@ from django.db import close_old_connections
 from core import leader
 from core.errors import ApiError
 from rollouts import clock
+from rollouts import metrics as rollout_metrics
 from rollouts.models import RUNNING_PHASES, RolloutPlan, StagePhase
 
 logger = logging.getLogger("orchestrator.rollouts")
@@ -94,14 +95,7 @@ def evaluate_plan(
             )
     except ApiError:
         return Outcome(None, stage.stage_id, "the rollout changed during evaluation")
-    logger.info(
-        "rollout %s: %s stage %s (%s)",
-        plan_id,
-        action,
-        stage.stage_id,
-        reason,
-        extra={"plan_id": plan_id, "action": action, "stage_id": stage.stage_id},
-    )
+    # rollouts.services logged the change with its principal (a halt of its own at warning).
     return Outcome(action, stage.stage_id, reason)
 
 
@@ -129,6 +123,7 @@ def evaluate_open_stages(
             if not keep_going:
                 raise
             logger.exception("rollout %s: evaluation failed; retrying on the next pass", plan_id)
+            rollout_metrics.EVALUATOR_ERRORS.inc()
             continue
         if outcome.action:
             changed.append((plan_id, outcome))
@@ -153,10 +148,12 @@ def _run(stop: threading.Event) -> None:
             for _ in range(50):
                 if not evaluate_open_stages(keep_going=True, lease=lease):
                     break
+            rollout_metrics.evaluator_pass_completed()
         except leader.NotLeader as exc:
             logger.warning("rollout evaluation stopped: %s", exc)
         except Exception:  # keep the thread alive; the next pass retries
             logger.exception("rollout evaluation failed; retrying in %ss", INTERVAL_SECONDS)
+            rollout_metrics.EVALUATOR_ERRORS.inc()
         finally:
             close_old_connections()
         stop.wait(MIN_SPACING_SECONDS)
@@ -172,5 +169,6 @@ def start_background_evaluator() -> None:
         if _started:
             return
         _started = True
+    rollout_metrics.evaluator_started()
     thread = threading.Thread(target=_run, args=(_stop,), name="rollout-evaluator", daemon=True)
     thread.start()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -15,7 +16,7 @@ from releases.models import NodeAck, Release
 from rollouts import clock
 from rollouts.cohort import PlanSnapshot, display_percent, snapshot_by_pk, snapshot_of
 from rollouts.gates import StageReport, evaluate_stage, unmet_reason
-from rollouts.models import RUNNING_PHASES, Phase, RolloutPlan, RolloutTransition
+from rollouts.models import RUNNING_PHASES, Phase, RolloutPlan, RolloutTransition, StagePhase
 
 _previous: dict[tuple[int, str], Release | None] = {}
 _previous_lock = threading.Lock()
@@ -84,11 +85,47 @@ def desired_for_node(
 
 
 def rollout_phase_counts() -> dict[str, int]:
-    """Number of rollout plans per phase (every phase present), for `cp_rollout_plans_total`."""
+    """Number of rollout plans per phase (every phase present), for `cp_rollout_plans` (and its
+    deprecated twin `cp_rollout_plans_total`)."""
     counts = {phase.value: 0 for phase in Phase}
     for row in RolloutPlan.objects.values("phase").annotate(n=Count("id")).order_by():
         counts[row["phase"]] = row["n"]
     return counts
+
+
+@dataclass(frozen=True)
+class LiveSummary:
+    """What `/metrics` says about the live rollouts (`rollouts.metrics`)."""
+
+    pending_approvals: int  # open stages of running plans whose manual gate nobody approved
+    oldest_pending_approval_seconds: float  # since the oldest of those stages opened (0: none)
+    stuck_plans: int  # running plans without a transition for `stuck_threshold` seconds
+    max_idle_seconds: float  # the longest time a running plan has gone without a transition
+
+
+def rollout_live_summary(*, stuck_threshold: int) -> LiveSummary:
+    """One read of the running plans (published/active: a handful, never the history) and their
+    cached snapshots."""
+    now = clock.now()
+    pending = 0
+    oldest = 0.0
+    stuck = 0
+    idle_max = 0.0
+    for plan in RolloutPlan.objects.filter(phase__in=RUNNING_PHASES):
+        idle = max((now - plan.updated_at).total_seconds(), 0.0)
+        idle_max = max(idle_max, idle)
+        if idle >= stuck_threshold:
+            stuck += 1
+        stage = snapshot_of(plan).current
+        if (
+            stage.phase == StagePhase.OPEN
+            and not stage.manual_approved
+            and any(gate.kind == "manual" for gate in stage.gates)
+        ):
+            pending += 1
+            if stage.opened_at is not None:
+                oldest = max(oldest, (now - stage.opened_at).total_seconds())
+    return LiveSummary(pending, oldest, stuck, idle_max)
 
 
 # --- API reads --------------------------------------------------------------------------------

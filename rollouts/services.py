@@ -30,10 +30,11 @@ from django.db.models import F
 
 from access.models import AuditRecord
 from access.services import audit_write
-from core.auth import Principal, acting, is_open_mode, system
+from core.auth import Kind, Principal, acting, is_open_mode, system
 from core.errors import ApiError
 from releases.models import NodeAck, Release
 from rollouts import clock, signing
+from rollouts import metrics as rollout_metrics
 from rollouts.cohort import PlanSnapshot, bucket, display_percent, snapshot_of
 from rollouts.models import (
     APPROVABLE_STAGE_PHASES,
@@ -84,6 +85,36 @@ def actor_of(principal: Principal | None, operator: str | None = None) -> Princi
     if operator == EVALUATOR:
         return system(EVALUATOR)
     return acting(None, operator)
+
+
+def principal_label(actor: Principal) -> str:
+    """`token:alice`, `system:evaluator`, `anonymous:bob (claims carol)`: who acted, for logs."""
+    label = f"{actor.kind}:{actor.name}"
+    return f"{label} (claims {actor.claimed_operator})" if actor.claimed_operator else label
+
+
+def _log_action(actor: Principal, action: str, plan_id: str, message: str, **fields: Any) -> None:
+    """One log line per committed rollout change, naming the principal: info, and warning for an
+    automatic halt (the server stopped a rollout by itself)."""
+    automatic = actor.kind == Kind.SYSTEM
+    level = logging.WARNING if automatic and action == "halt" else logging.INFO
+    logger.log(
+        level,
+        "rollout %s: %s by %s%s",
+        plan_id,
+        action,
+        principal_label(actor),
+        message,
+        extra={
+            "plan_id": plan_id,
+            "action": action,
+            "principal": actor.name,
+            "principal_kind": str(actor.kind),
+            "claimed_operator": actor.claimed_operator,
+            "trigger": rollout_metrics.AUTOMATIC if automatic else rollout_metrics.OPERATOR,
+            **fields,
+        },
+    )
 
 
 def audit_event(action: str) -> str:
@@ -205,6 +236,14 @@ def rollout_publish(
     except IntegrityError:
         _publishable(spec)  # a concurrent publish won: answer its 409
         raise
+    _log_action(
+        actor,
+        "publish",
+        plan_id,
+        f" (release {release.release_id}, stage {first})",
+        release_id=release.release_id,
+        stage_id=first,
+    )
     _poke()
     return plan
 
@@ -400,6 +439,25 @@ def _apply(
                 "reason": reason,
             },
         )
+
+    def committed() -> None:  # counted and logged once it holds (the evaluator's leader fence
+        # may still roll its transaction back)
+        rollout_metrics.record_transition(
+            to_phase=new_phase, action=action, automatic=actor.kind == Kind.SYSTEM
+        )
+        _log_action(
+            actor,
+            HISTORY_ACTION.get(action, action),
+            plan.plan_id,
+            f" ({plan.phase} -> {new_phase}, stage {snap.current_stage_id})"
+            + (f": {reason}" if reason else ""),
+            from_phase=plan.phase,
+            to_phase=new_phase,
+            stage_id=snap.current_stage_id,
+            reason=reason,
+        )
+
+    transaction.on_commit(committed)
     return True
 
 
@@ -642,6 +700,14 @@ def rollout_gate_approve(
                 at=now,
             )
             _audit(actor, "approve", plan_id, {"stage_id": stage_id, "reason": reason or ""})
+        _log_action(
+            actor,
+            "approve",
+            plan_id,
+            f" (stage {stage_id})" + (f": {reason}" if reason else ""),
+            stage_id=stage_id,
+            reason=reason or "",
+        )
         break
     else:
         raise _conflict("approve", plan_id)

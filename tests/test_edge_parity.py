@@ -5,6 +5,8 @@ bytes and headers must be identical.
 
 Headers are compared as a sorted list with lower-cased names (HTTP field names are
 case-insensitive and the order of different fields carries no meaning); nothing else is ignored.
+Both paths sit behind `core.requestid.with_request_id` as in asgi.py, and every request carries
+the same `X-Request-ID` (`REQUEST_ID`), so the echoed id is compared too.
 `Date` and `Server` do not appear at the ASGI level: daphne adds them to both paths alike.
 The one documented difference is not exercised: the fast path accepts any `Content-Type` on
 `POST /v1/events`, the DRF path wants JSON (docs/events.md), so every body here is sent as JSON.
@@ -26,6 +28,7 @@ from django.urls import resolve
 
 from core.edge import Guard
 from core.fastpath import FastPath
+from core.requestid import with_request_id
 from events.models import Event
 from events.services import events_store
 from orchestrator_site.urls import FAST_ROUTES
@@ -34,6 +37,7 @@ from releases import services as release_services
 pytestmark = pytest.mark.django_db(transaction=True)
 
 Answer = tuple[int, list[tuple[bytes, bytes]], bytes]
+REQUEST_ID = b"parity-0123456789"
 
 
 class Recorder:
@@ -58,6 +62,7 @@ def call(
     chunks: list[bytes] | None = None,
     host: bytes = b"127.0.0.1",
     length: bool = True,
+    request_id: bytes | None = REQUEST_ID,
 ) -> Answer:
     parts = chunks if chunks is not None else [body]
     messages = [
@@ -65,6 +70,8 @@ def call(
         for i, part in enumerate(parts)
     ]
     headers = [(b"host", host), (b"accept", b"application/json")]
+    if request_id is not None:
+        headers.append((b"x-request-id", request_id))
     if method == "POST":
         headers.append((b"content-type", b"application/json"))
         if length:
@@ -137,8 +144,8 @@ def short_lived_db_threads(monkeypatch):
 @pytest.fixture
 def paths() -> tuple[Any, Recorder]:
     """(the fast path with Django behind it, the Django path alone)."""
-    django = Recorder(Guard(ASGIHandler()))
-    return FastPath(django, FAST_ROUTES), django
+    django = Recorder(with_request_id(Guard(ASGIHandler())))  # passes through behind the fast path
+    return with_request_id(FastPath(django, FAST_ROUTES)), django
 
 
 def _no_events() -> None:
@@ -304,6 +311,7 @@ def test_both_paths_answer_alike(paths, settings, monkeypatch, request_args, sta
         state()
     django_answer = call(django, **request_args)
     assert fast_answer == django_answer
+    assert (b"x-request-id", REQUEST_ID) in fast_answer[1]
     # The fast route was answered by the fast path itself (a wrong method goes to Django).
     answered_by_fast = request_args["method"] in ("GET", "POST")
     assert fell_through == (0 if answered_by_fast else 1)
@@ -364,3 +372,20 @@ def test_fast_route_table_matches_the_urlconf(paths):
         status, headers, _ = call(paths[1], "OPTIONS", route.path)
         assert status == 200
         assert (b"allow", route.allow) in headers
+
+
+def test_a_request_id_is_generated_when_missing_or_unusable(paths):
+    """No id, or one that is too long or has unsafe characters: each answer gets a fresh one,
+    on both paths; a good id is echoed as sent."""
+    for app in paths:
+        for sent in (None, b"x" * 129, b"a b", b"id\r\nX-Evil: 1", "\u00e9".encode()):
+            ids = []
+            for _ in range(2):
+                _status, headers, _ = call(app, "GET", "/v1/health", request_id=sent)
+                [echoed] = [value for name, value in headers if name == b"x-request-id"]
+                assert echoed != sent and 1 <= len(echoed) <= 128
+                ids.append(echoed)
+            assert ids[0] != ids[1]
+        good = b"0f8fad5b-d9cb-469f-a165-70867728950e"
+        _status, headers, _ = call(app, "GET", "/v1/health", request_id=good)
+        assert (b"x-request-id", good) in headers

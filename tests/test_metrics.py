@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from core import metrics
 from events.metrics import EVENTS_INGESTED, record_ingest
-from rollouts.metrics import RolloutPhaseCollector
+from rollouts.metrics import RolloutCollector
 from tests.liveserver import ServeProcess, free_port
 from tests.pki import get
 
@@ -75,10 +75,20 @@ def test_metrics_on_both_listeners_bounded_labels_and_promtool(tmp_path):
     assert _sample(text, "cp_events_ingested_total", result="inserted") == 1
     assert _sample(text, "cp_events_ingested_total", result="deduped") == 1
     assert _sample(text, "cp_http_requests_total", route="/v1/events", code="200") == 1
+    # The gauge and, for the contract (API.md §5), the deprecated counter with the same values.
+    assert "# TYPE cp_rollout_plans gauge" in text
+    assert "# TYPE cp_rollout_plans_total counter" in text
     for phase in PHASES:
-        assert _sample(text, "cp_rollout_plans_total", phase=phase) is not None, phase
-    # django-prometheus's families count requests that went through Django.
-    assert _sample(text, "django_http_responses_total_by_status_total", status="404") >= 1
+        gauge = _sample(text, "cp_rollout_plans", phase=phase)
+        assert gauge is not None and _sample(text, "cp_rollout_plans_total", phase=phase) == gauge
+    # django-prometheus's families are served (API.md §5), but not its latency histograms: one
+    # request-latency histogram per route, ours (docs/metrics.md).
+    assert _sample(text, "django_http_requests_total_by_method_total", method="GET") is not None
+    assert "# TYPE django_http_responses_total_by_status_total counter" in text
+    histograms = set(re.findall(r"^# TYPE (\S+) histogram$", text, re.MULTILINE))
+    assert "cp_http_request_duration_seconds" in histograms
+    assert not [h for h in histograms if h.startswith("django_") and "latency" in h], histograms
+    assert not re.search(r"^django_\w*latency\w*_bucket", text, re.MULTILINE)
     # Bounded cardinality: no raw paths or ids in any label.
     assert "secret-node-17" not in text and "node-secret-9" not in text
     routes = set(re.findall(r'route="([^"]*)"', text))
@@ -108,13 +118,26 @@ def test_rollout_phases_all_present_with_zero_defaults(monkeypatch):
     import rollouts.selectors
 
     monkeypatch.setattr(rollouts.selectors, "rollout_phase_counts", lambda: {"active": 4})
+    monkeypatch.setattr(
+        rollouts.selectors,
+        "rollout_live_summary",
+        lambda **_: rollouts.selectors.LiveSummary(2, 90.0, 1, 4000.0),
+    )
     registry = CollectorRegistry()
-    registry.register(RolloutPhaseCollector())
+    registry.register(RolloutCollector())
     text = generate_latest(registry).decode()
+    assert "# TYPE cp_rollout_plans gauge" in text
+    assert "# TYPE cp_rollout_plans_total counter" in text  # deprecated, same values
+    assert _sample(text, "cp_rollout_plans", phase="active") == 4
     assert _sample(text, "cp_rollout_plans_total", phase="active") == 4
     for phase in PHASES:
         if phase != "active":
+            assert _sample(text, "cp_rollout_plans", phase=phase) == 0, phase
             assert _sample(text, "cp_rollout_plans_total", phase=phase) == 0, phase
+    assert _sample(text, "cp_rollout_pending_approvals") == 2
+    assert _sample(text, "cp_rollout_pending_approval_age_seconds") == 90
+    assert _sample(text, "cp_rollout_stuck_plans") == 1
+    assert _sample(text, "cp_rollout_max_idle_seconds") == 4000
 
 
 def test_unknown_methods_share_one_label():

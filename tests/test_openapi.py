@@ -282,6 +282,7 @@ def test_the_signed_spec_and_the_signing_key_declare_their_headers(
         "X-Autonomy-Digest",
         "X-Autonomy-Signature",
         "X-Autonomy-Key-Id",
+        "X-Request-ID",
     }
     answer = resolve(schema, spec["content"]["application/json"]["schema"])
     assert {"$ref": "#/components/schemas/SignedSpec"} in answer["anyOf"]
@@ -289,6 +290,14 @@ def test_the_signed_spec_and_the_signing_key_declare_their_headers(
     assert set(signed["required"]) == {"plan_id", "spec", "digest", "signature"}
     key = schema["paths"]["/v1/signing-key"]["get"]["responses"]["200"]
     assert key["headers"]["X-Autonomy-Key-Id"]["required"] is True
+
+
+def test_every_operation_takes_and_answers_a_request_id(schema: dict[str, Any]) -> None:
+    for method, path, operation in operations(schema):
+        [parameter] = [p for p in operation["parameters"] if p["name"] == "X-Request-ID"]
+        assert (parameter["in"], parameter["required"]) == ("header", False), (method, path)
+        for status, answer in operation["responses"].items():
+            assert answer["headers"]["X-Request-ID"]["required"] is True, (method, path, status)
 
 
 def test_every_operation_declares_405_with_allow(schema: dict[str, Any]) -> None:

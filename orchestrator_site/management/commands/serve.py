@@ -25,6 +25,7 @@ from core import (
     pglock,
     pgurl,
     revocation,
+    store_metrics,
     tls,
 )
 from core.auth import AuthMode, Enforcement, Kind, Principal, auth_mode, startup_refusal
@@ -39,6 +40,7 @@ from core.paths import (
     legacy_data_dir_notice,
     state_data_dir,
 )
+from core.requestid import with_request_id
 from core.server import (
     SCOPE_HOOKS,
     ClientLimits,
@@ -294,7 +296,7 @@ class Command(BaseCommand):
                     "metrics",
                     bind_socket(metrics_listen, "--metrics-addr"),
                     metrics_listen.family,
-                    application=metrics.metrics_only,
+                    application=with_request_id(metrics.metrics_only),
                 )
             )
 
@@ -339,15 +341,20 @@ class Command(BaseCommand):
         configure_logging(log_format, log_level)
 
         if metrics_listen is not None:
+            import crl.metrics
             import events.metrics
+            import releases.metrics
             import rollouts.metrics
 
             metrics.install()
             events.metrics.install()
             rollouts.metrics.install()
+            releases.metrics.install()
+            crl.metrics.install()
+            store_metrics.install()
             dbpool_metrics.install()
             ha.install_metrics()
-            application = metrics.with_metrics(application)
+            application = with_request_id(metrics.with_metrics(application))
 
         periodic = []
         if server_tls is not None:

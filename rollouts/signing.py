@@ -23,11 +23,13 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -270,7 +272,7 @@ def rotate(path: Path, *, now: datetime | None = None) -> KeyRing:
     global _generation
     path = Path(path)
     moment = (now or datetime.now(UTC)).replace(microsecond=0)
-    with _lock:
+    with _lock, _file_lock(path):
         _generation += 1
         _cache.pop(path, None)
         try:
@@ -305,6 +307,23 @@ def rotate(path: Path, *, now: datetime | None = None) -> KeyRing:
                 f"cannot write the signing keyring {path}: {exc.strerror or exc}"
             ) from exc
         return ring
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """Two rotations of one keyring (two hosts on a shared file, two shells) one after the
+    other: neither loses the key the other made. An advisory lock on `<keyring>.lock`."""
+    try:
+        fd = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise SigningKeyError(
+            f"cannot lock the signing keyring {path}: {exc.strerror or exc}"
+        ) from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def _rfc3339(value: datetime | None) -> str | None:

@@ -131,6 +131,8 @@ def test_signed_desired_state_end_to_end(tmp_path: Path) -> None:
         until(lambda: poll(srv, "n-canary").headers["X-Autonomy-Key-Id"] == new_key, "new key")
         keys = pinned(srv)
         assert set(keys) == {first_key, new_key}
+        listed = cli("signing-key", "--all", "--key-id", "--data-dir", str(data_dir))
+        assert listed.stdout.split() == [new_key, first_key]  # what a node pins, active first
         verify(poll(srv, "n-canary"), keys)
         keys[first_key].verify(
             base64.b64decode(plan["signature"]["value"]), plan["digest"].encode()

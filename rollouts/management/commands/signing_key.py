@@ -12,7 +12,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DatabaseError
 
 from core.flags import env_default
-from rollouts.signing import SigningKeyError, key_path, load_existing, load_or_create
+from rollouts.signing import SigningKeyError, key_path, load_existing, load_or_create, ring_at
 
 
 class Command(BaseCommand):
@@ -60,6 +60,12 @@ class Command(BaseCommand):
             "--key-id", action="store_true", help="print the key id instead of the PEM"
         )
         parser.add_argument(
+            "--all",
+            action="store_true",
+            help="print every key of the keyring (active first, then retired; PEM blocks one "
+            "after the other, or one id a line with --key-id): what a node pins",
+        )
+        parser.add_argument(
             "--create",
             action="store_true",
             help="create the key (and the data dir) when there is none yet, instead of failing",
@@ -77,12 +83,14 @@ class Command(BaseCommand):
                 key = load_existing(data_dir, key_file)
         except SigningKeyError as exc:
             raise CommandError(str(exc)) from None
-        if options["key_id"]:
-            self.stdout.write(key.key_id)
-        elif options["action"] == "rotate":
-            self.stdout.write(key.public_pem, ending="")
-        else:
-            self.stdout.write(key.public_pem, ending="")
+        keys = [key]
+        if options["all"]:
+            keys = list(ring_at(key_path(data_dir, key_file)).keys)
+        for each in keys:
+            if options["key_id"]:
+                self.stdout.write(each.key_id)
+            else:
+                self.stdout.write(each.public_pem, ending="")
 
     def _rotate(self, path: Path) -> Any:
         from rollouts.services import signing_key_rotate

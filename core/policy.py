@@ -52,6 +52,7 @@ POLICY: dict[tuple[str, str], Rule] = {
     ("GET", "/v1/rollouts/{plan_id}"): VIEWER,
     ("GET", "/v1/rollouts/{plan_id}/spec"): Rule(Role.VIEWER, NodeScope.ANY),
     ("GET", "/v1/rollouts/{plan_id}/status"): VIEWER,
+    ("GET", "/v1/rollouts/{plan_id}/nodes"): VIEWER,
     ("POST", "/v1/rollouts/{plan_id}/pause"): OPERATOR,
     ("POST", "/v1/rollouts/{plan_id}/resume"): OPERATOR,
     ("POST", "/v1/rollouts/{plan_id}/promote"): OPERATOR,

@@ -183,6 +183,11 @@ TOKEN_CACHE_TTL_SECONDS = env.float("AUTONOMY_TOKEN_CACHE_TTL", default=2.0)
 SIGNING_KEY_FILE = env.str("AUTONOMY_SIGNING_KEY_FILE", default="").strip()
 DESIRED_STATE_TTL_SECONDS = 300.0
 RELEASE_TRUST_KEYS: dict = {}
+# A targeted node without an ack for the plan's release is `silent` this long after its stage
+# opened (rollouts.progress; `serve --silent-after` sets it, default 10m).
+ROLLOUT_SILENT_AFTER_SECONDS = 600.0
+# A running plan's admin page reloads itself this often (rollouts/static/rollouts/rolloutplan.js).
+ADMIN_REFRESH_SECONDS = env.int("AUTONOMY_ADMIN_REFRESH_SECONDS", default=10)
 
 REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": [

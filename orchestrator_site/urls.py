@@ -16,6 +16,7 @@ from orchestrator_site.api_docs import OpenApiView
 from releases import fast as releases_fast
 
 urlpatterns = [
+    path("admin/fleet/", include("rollouts.fleet_admin")),  # the fleet and node pages
     path("admin/", admin.site.urls),
     path("v1/openapi.json", OpenApiView.as_view(), name="openapi-schema"),
     path("v1/docs", SpectacularSwaggerView.as_view(url_name="openapi-schema"), name="api-docs"),

@@ -17,14 +17,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlencode
 
 import orjson
 from django import forms
+from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.admin.helpers import ActionForm
 from django.contrib.admin.utils import quote, unquote
 from django.core.exceptions import PermissionDenied
-from django.db.models import Count, Max, Q, QuerySet
+from django.db.models import Count, Max, OuterRef, Q, QuerySet, Subquery
 from django.http import (
     Http404,
     HttpRequest,
@@ -32,6 +34,7 @@ from django.http import (
     HttpResponseNotAllowed,
     HttpResponseRedirect,
 )
+from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html
 
@@ -39,17 +42,21 @@ from access.services import audited_failure
 from core.admin import ReadOnlyAdminMixin
 from core.auth import Kind, Principal, Role
 from core.errors import ApiError
-from rollouts import clock, services
+from releases.models import NodeAck
+from rollouts import clock, progress, selectors, services
 from rollouts.cohort import LIVE_STAGE_PHASES, NO_NEW_NODES, snapshot_of
-from rollouts.gates import evaluate_stage
+from rollouts.gates import evaluate_stage, human_duration
 from rollouts.models import (
     APPROVABLE_STAGE_PHASES,
+    RUNNING_PHASES,
     TERMINAL_PHASES,
     Phase,
     RolloutPlan,
     StagePhase,
+    StageStatus,
 )
 from rollouts.statemachine import STAGE_EFFECTS, target_phase
+from rollouts.validation import stages_of
 
 CONTROL_PERMISSION = "rollouts.change_rolloutplan"
 REASON_MAX_LENGTH = 1000
@@ -65,6 +72,42 @@ PHASE_COLOURS: dict[str, str] = {
     Phase.ROLLED_BACK: "#6a1b9a",
 }
 DONE_STAGE_PHASES = (StagePhase.PROMOTED, StagePhase.SKIPPED)
+# The bars' segments, in order (targeted = their sum), and the nodes listed on a plan's page.
+BAR_STATES = ("active", "acknowledged", "pending", "failed", "rejected", "silent", "waiting")
+LISTED_STATES = ("failed", "rejected", "silent")
+LISTED_NODES = 50
+NODES_PAGE = 100
+
+
+def refresh_seconds() -> int:
+    """How often a running plan's page reloads itself (AUTONOMY_ADMIN_REFRESH_SECONDS)."""
+    return int(getattr(settings, "ADMIN_REFRESH_SECONDS", 10))
+
+
+def plan_nodes_url(pk: int, stage_id: str, state: str) -> str:
+    base = reverse("admin:rollouts_rolloutplan_nodes", args=[quote(pk)])
+    return base + "?" + urlencode({"stage_id": stage_id, "state": state})
+
+
+def node_counts(counts: dict[str, int], pk: int, stage_id: str) -> dict[str, Any]:
+    """A stage's counts for the templates: the bar's segments (state, count, width %, link)."""
+    targeted = counts["targeted"]
+    segments = [
+        {
+            "state": state,
+            "count": counts[state],
+            "width": f"{100 * counts[state] / targeted:.2f}" if targeted else "0",
+            "url": plan_nodes_url(pk, stage_id, state),
+        }
+        for state in BAR_STATES
+    ]
+    return {
+        "targeted": targeted,
+        "targeted_url": plan_nodes_url(pk, stage_id, "targeted"),
+        "segments": segments,
+        "adoption": f"{100 * counts['active'] / targeted:.0f}%" if targeted else "—",
+        **{state: counts[state] for state in BAR_STATES},
+    }
 
 
 @dataclass(frozen=True)
@@ -159,6 +202,9 @@ class RolloutPlanAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
         "phase_display",
         "current_stage",
         "progress",
+        "awaiting_approval",
+        "adoption",
+        "halted_reason",
         "updated_at",
     )
     list_filter = ("phase", "channel")
@@ -214,14 +260,33 @@ class RolloutPlanAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     def get_queryset(self, request: HttpRequest) -> QuerySet:
         # Progress for every row in the list's one query: stage counts and the furthest live
         # stage's percent (the share of nodes in the rollout now).
+        # The current stage's phase, approval and halt reason, and the release's ack counts,
+        # as subqueries of the same query (the spec, for the manual gate, comes with the row).
+        current = StageStatus.objects.filter(
+            plan=OuterRef("pk"), stage_id=OuterRef("current_stage_id")
+        )
+
+        def acks(*statuses: str) -> Subquery:
+            rows = NodeAck.objects.filter(release=OuterRef("release"))
+            if statuses:
+                rows = rows.filter(status__in=statuses)
+            return Subquery(
+                rows.order_by().values("release").annotate(n=Count("id")).values("n")[:1]
+            )
+
         return (
             super()
             .get_queryset(request)
-            .defer("spec")
             .annotate(
                 stages_total=Count("stages"),
                 stages_done=Count("stages", filter=Q(stages__phase__in=DONE_STAGE_PHASES)),
                 live_percent=Max("stages__percent", filter=Q(stages__phase__in=LIVE_STAGE_PHASES)),
+                current_phase=Subquery(current.values("phase")[:1]),
+                current_approved=Subquery(current.values("manual_approved")[:1]),
+                current_halt_reason=Subquery(current.values("halt_reason")[:1]),
+                acks_total=acks(),
+                acks_active=acks(NodeAck.Status.ACTIVE),
+                acks_failed=acks(NodeAck.Status.FAILED, NodeAck.Status.REJECTED),
             )
         )
 
@@ -249,6 +314,49 @@ class RolloutPlanAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
         row: Any = plan  # get_queryset() annotates live_percent, stages_done, stages_total
         percent = 0.0 if plan.phase in NO_NEW_NODES else (row.live_percent or 0.0)
         return progress_text(done=row.stages_done, total=row.stages_total, percent=percent)
+
+    @admin.display(description="awaiting approval")
+    def awaiting_approval(self, plan: RolloutPlan) -> str:
+        """The current stage waits for its manual gate (a running plan, not approved yet)."""
+        row: Any = plan  # get_queryset() annotates the current stage's phase and approval
+        if (
+            plan.phase not in RUNNING_PHASES
+            or row.current_phase not in APPROVABLE_STAGE_PHASES
+            or row.current_approved
+        ):
+            return "—"
+        stage = next(
+            (s for s in stages_of(bytes(plan.spec)) if s.stage_id == plan.current_stage_id), None
+        )
+        if stage is None or not any(gate.kind == "manual" for gate in stage.gates):
+            return "—"
+        return format_html(
+            '<span class="awaiting-approval" style="color:#b26a00;font-weight:600">'
+            "awaiting approval ({})</span>",
+            plan.current_stage_id,
+        )
+
+    @admin.display(description="adoption")
+    def adoption(self, plan: RolloutPlan) -> str:
+        """Nodes that acked the plan's release `active`, of all its acks (failed ones named);
+        the plan's page has the per-stage counts."""
+        row: Any = plan  # get_queryset() annotates the release's ack counts
+        if not row.acks_total:
+            return "no ack yet"
+        failed = f", {row.acks_failed} failed" if row.acks_failed else ""
+        return format_html(
+            '<span class="adoption">{} active of {} acks{}</span>',
+            row.acks_active,
+            row.acks_total,
+            failed,
+        )
+
+    @admin.display(description="halted reason")
+    def halted_reason(self, plan: RolloutPlan) -> str:
+        row: Any = plan
+        if plan.phase != Phase.HALTED:
+            return "—"
+        return row.current_halt_reason or "halted by hand"
 
     @admin.display(description="spec")
     def spec_pretty(self, plan: RolloutPlan) -> str:
@@ -302,6 +410,11 @@ class RolloutPlanAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
                 "<path:object_id>/control/<str:action>/",
                 self.admin_site.admin_view(self.control_view),
                 name="{}_{}_control".format(*info),
+            ),
+            path(
+                "<path:object_id>/nodes/",
+                self.admin_site.admin_view(self.nodes_view),
+                name="{}_{}_nodes".format(*info),
             ),
             path(
                 "<path:object_id>/approve/",
@@ -367,6 +480,20 @@ class RolloutPlanAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
             and current.phase in APPROVABLE_STAGE_PHASES
         )
         done = sum(1 for stage in snap.stages if stage.phase in DONE_STAGE_PHASES)
+        nodes = progress.plan_progress(plan, snap=snap)
+        for row, stage in zip(stages, snap.stages, strict=True):
+            row["counts"] = node_counts(nodes.stage_counts[stage.position], plan.pk, stage.stage_id)
+        current_nodes = nodes.stage_counts[nodes.current_position]
+        listed = {}
+        for state in LISTED_STATES:
+            shown = nodes.first_ids(
+                position=nodes.current_position, state=state, limit=LISTED_NODES
+            )
+            listed[state] = {
+                "nodes": shown,
+                "total": current_nodes[state],
+                "url": plan_nodes_url(plan.pk, current.stage_id, state),
+            }
         return {
             "plan": plan,
             "phase_badge": phase_badge(plan.phase),
@@ -382,6 +509,11 @@ class RolloutPlanAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
             "recover_controls": [control for control in controls if control.recover],
             "approvable": approvable,
             "reason_max_length": REASON_MAX_LENGTH,
+            "nodes": node_counts(current_nodes, plan.pk, current.stage_id),
+            "known_nodes": nodes.known,
+            "silent_after": human_duration(nodes.silent_after),
+            "listed": listed,
+            "refresh_seconds": refresh_seconds() if plan.phase in RUNNING_PHASES else 0,
         }
 
     def _plan_or_404(self, request: HttpRequest, object_id: str) -> RolloutPlan:
@@ -434,6 +566,45 @@ class RolloutPlanAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
             messages.SUCCESS,
         )
         return self._back(plan)
+
+    def nodes_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """The nodes behind a count of the plan's page: `stage_id`, `state`, `cursor`."""
+        plan = self._plan_or_404(request, object_id)
+        if not self.has_view_permission(request, plan):
+            raise PermissionDenied
+        state = request.GET.get("state") or "targeted"
+        if state not in progress.COUNT_KEYS:
+            raise Http404(f"no node state {state!r}")
+        cursor = request.GET.get("cursor") or None
+        try:
+            page = selectors.plan_nodes(
+                plan=plan,
+                stage_id=request.GET.get("stage_id") or None,
+                state=state,
+                limit=NODES_PAGE,
+                cursor=cursor,
+            )
+        except ApiError as exc:
+            raise Http404(exc.message) from None
+        next_url = ""
+        if page["next_cursor"] is not None:
+            next_url = (
+                plan_nodes_url(plan.pk, page["stage_id"], state)
+                + "&"
+                + urlencode({"cursor": page["next_cursor"]})
+            )
+        context = {
+            **self.admin_site.each_context(request),
+            "title": f"{plan.plan_id}: {state} nodes of stage {page['stage_id']}",
+            "opts": self.opts,
+            "plan": plan,
+            "page": page,
+            "states": progress.COUNT_KEYS,
+            "stage_ids": [stage.stage_id for stage in snapshot_of(plan).stages],
+            "next_url": next_url,
+            "first_url": plan_nodes_url(plan.pk, page["stage_id"], state) if cursor else "",
+        }
+        return TemplateResponse(request, "admin/rollouts/rolloutplan/nodes.html", context)
 
     def approve_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
         """POST `stage_id` (and an optional `reason`): approve that stage's manual gate."""

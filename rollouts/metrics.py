@@ -10,7 +10,10 @@ Read from the store at scrape time (`RolloutCollector`, registered by `install()
 * `cp_rollout_pending_approvals`, `cp_rollout_pending_approval_age_seconds`,
   `cp_rollout_stuck_plans`, `cp_rollout_max_idle_seconds`: the running plans
   (`selectors.rollout_live_summary`);
-* `cp_rollout_evaluator_lag_seconds`: since the evaluator's last completed pass.
+* `cp_rollout_evaluator_lag_seconds`: since the evaluator's last completed pass;
+* `cp_rollout_stage_nodes{plan_id,stage_id,state}` (`RolloutStageNodesCollector`): the node
+  counts of `GET …/status` for every stage of every live (non-terminal) plan, from the status
+  cache (`rollouts.progress`), so a scrape recomputes a plan at most once per `SCRAPE_MAX_AGE`.
 
 Counted as things happen (module-level counters, exist from import):
 
@@ -32,6 +35,7 @@ from prometheus_client import REGISTRY, Counter
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from rollouts import progress
 from rollouts.models import Phase
 
 logger = logging.getLogger("orchestrator.metrics")
@@ -170,13 +174,57 @@ class RolloutCollector(Collector):
 # The old name of the collector (tests and docs referred to it).
 RolloutPhaseCollector = RolloutCollector
 
+# States exposed per stage (the status' `waiting` is left out: targeted minus the others).
+STAGE_NODE_STATES = (
+    "targeted",
+    "pending",
+    "acknowledged",
+    "active",
+    "failed",
+    "rejected",
+    "silent",
+)
+SCRAPE_MAX_AGE = 30.0  # seconds: a scrape reuses a plan's counts up to this old
+
+
+def stage_node_family() -> GaugeMetricFamily:
+    family = GaugeMetricFamily(
+        "cp_rollout_stage_nodes",
+        "Nodes of each stage of each live rollout plan per state (targeted, acked per status, "
+        "silent), as GET /v1/rollouts/{plan_id}/status counts them.",
+        labels=["plan_id", "stage_id", "state"],
+    )
+    for plan in progress.live_plans():
+        counts = progress.plan_progress(plan, max_age=SCRAPE_MAX_AGE)
+        for stage_id, stage_counts in zip(counts.stage_ids, counts.stage_counts, strict=True):
+            for state in STAGE_NODE_STATES:
+                family.add_metric([plan.plan_id, stage_id, state], float(stage_counts[state]))
+    return family
+
+
+class RolloutStageNodesCollector(Collector):
+    """`cp_rollout_stage_nodes{plan_id,stage_id,state}` for live plans only (bounded)."""
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        try:
+            return [stage_node_family()]
+        except Exception:
+            logger.exception("cannot read rollout stage node counts for /metrics")
+            return []
+
+    def describe(self) -> Iterable[GaugeMetricFamily]:
+        return []
+
+
 _COLLECTOR = RolloutCollector()
+_STAGE_NODES = RolloutStageNodesCollector()
 _installed = False
 
 
 def install() -> None:
-    """Register the collector with the default registry (idempotent)."""
+    """Register the collectors with the default registry (idempotent)."""
     global _installed
     if not _installed:
         _installed = True
         REGISTRY.register(_COLLECTOR)
+        REGISTRY.register(_STAGE_NODES)

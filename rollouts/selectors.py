@@ -13,7 +13,7 @@ from django.db.models import Count
 from core.errors import ApiError
 from core.params import format_rfc3339
 from releases.models import NodeAck, Release
-from rollouts import clock
+from rollouts import clock, progress
 from rollouts.cohort import PlanSnapshot, display_percent, snapshot_by_pk, snapshot_of
 from rollouts.gates import StageReport, evaluate_stage, unmet_reason
 from rollouts.models import RUNNING_PHASES, Phase, RolloutPlan, RolloutTransition, StagePhase
@@ -162,6 +162,7 @@ def plan_signature(plan: RolloutPlan) -> dict[str, str]:
 def plan_status(plan: RolloutPlan) -> dict[str, Any]:
     snap = snapshot_of(plan)
     history = RolloutTransition.objects.filter(plan_id=plan.pk).order_by("id")
+    nodes = progress.plan_progress(plan, snap=snap)
     return {
         "plan_id": plan.plan_id,
         "phase": plan.phase,
@@ -175,9 +176,13 @@ def plan_status(plan: RolloutPlan) -> dict[str, Any]:
                 "promoted_at": format_rfc3339(stage.promoted_at),
                 "manual_approved": stage.manual_approved,
                 "halt_reason": stage.halt_reason or None,
+                "nodes": progress.counts_dict(nodes.stage_counts[stage.position]),
             }
             for stage in snap.stages
         ],
+        "nodes": progress.counts_dict(nodes.plan_counts),
+        "silent_after_seconds": display_percent(nodes.silent_after),
+        "known_nodes": nodes.known,
         "updated_at": format_rfc3339(plan.updated_at),
         "history": [
             {
@@ -192,6 +197,50 @@ def plan_status(plan: RolloutPlan) -> dict[str, Any]:
             }
             for entry in history
         ],
+    }
+
+
+def plan_nodes(
+    *, plan: RolloutPlan, stage_id: str | None, state: str, limit: int, cursor: str | None
+) -> dict[str, Any]:
+    """`GET /v1/rollouts/{plan_id}/nodes`: one page of the nodes behind a count (the current
+    stage's when `stage_id` is absent), by node_id; 404 for an unknown stage."""
+    nodes = progress.plan_progress(plan)
+    if stage_id is None:
+        position = nodes.current_position
+    else:
+        found = nodes.position(stage_id)
+        if found is None:
+            raise ApiError(
+                404,
+                f"no stage {stage_id!r} in rollout plan {plan.plan_id!r}",
+                plan_id=plan.plan_id,
+                stage_id=stage_id,
+            )
+        position = found
+    rows, next_cursor = nodes.page(position=position, state=state, after=cursor, limit=limit)
+    stage_ids = nodes.stage_ids
+    return {
+        "plan_id": plan.plan_id,
+        "stage_id": stage_ids[position],
+        "state": state,
+        "total": nodes.stage_counts[position][state],
+        "nodes": [
+            {
+                "node_id": row.node_id,
+                "state": row.state,
+                "entry_stage_id": stage_ids[row.entry],
+                "ack_status": row.ack_status,
+                "acked_at": format_rfc3339(row.acked_at),
+                "ack_updated_at": format_rfc3339(row.ack_updated_at),
+                "last_seen": format_rfc3339(row.last_seen),
+            }
+            for row in rows
+        ],
+        "count": len(rows),
+        "limit": limit,
+        "next_cursor": next_cursor,
+        "nodes_at": format_rfc3339(nodes.generated_at),
     }
 
 

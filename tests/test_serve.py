@@ -41,6 +41,8 @@ def _assert_one_line_refusal(result, *needles: str) -> None:
         (["--tls-crl-sync-interval", "5 minutes"], ["--tls-crl-sync-interval", "30s, 5m"]),
         (["--tls-crl-sync-min-sources", "0"], ["--tls-crl-sync-min-sources"]),
         (["--tls-crl-sync-interval", "10ms"], ["--tls-crl-sync-interval", "at least 1s"]),
+        (["--silent-after", "ten minutes"], ["--silent-after", "30s, 5m"]),
+        (["--silent-after", "0"], ["--silent-after", "between 1s and 8760h"]),
     ],
 )
 def test_bad_flag_values_are_one_line_errors(tmp_path, args, needles):
@@ -52,6 +54,8 @@ def test_bad_flag_values_are_one_line_errors(tmp_path, args, needles):
 def test_bad_values_from_env_vars_are_refused_too(tmp_path):
     result = run_serve_expect_exit(tmp_path / "data", env={"AUTONOMY_LOG_LEVEL": "loud"})
     _assert_one_line_refusal(result, "--log-level", "'loud'")
+    result = run_serve_expect_exit(tmp_path / "data", env={"AUTONOMY_SILENT_AFTER": "soon"})
+    _assert_one_line_refusal(result, "--silent-after", "'soon'")
 
 
 def test_port_in_use_is_a_one_line_error(tmp_path):

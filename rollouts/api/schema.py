@@ -30,6 +30,7 @@ from core.openapi import (
     limit_parameter,
     offset_parameter,
     path_id,
+    query_id,
     replace,
     response_headers,
 )
@@ -37,6 +38,7 @@ from core.params import DEFAULT_LIMIT, MAX_LIMIT
 from rollouts.api.views import DEFAULT_STUCK_THRESHOLD, MAX_THRESHOLD
 from rollouts.gates import gates_openapi_schema
 from rollouts.models import Phase, StagePhase
+from rollouts.progress import COUNT_KEYS, STATES
 from rollouts.statemachine import RECOVER_STRATEGIES
 from rollouts.validation import ID_PATTERN, MAX_STAGES, RESERVED_PLAN_IDS
 
@@ -177,6 +179,32 @@ class PlanSummarySerializer(serializers.Serializer):
     updated_at = serializers.DateTimeField()
 
 
+class NodeCountsSerializer(serializers.Serializer):
+    """Nodes per state (docs/operating.md "What each number means"); `targeted` is the sum of
+    the others."""
+
+    targeted = serializers.IntegerField(
+        min_value=0,
+        help_text="Known nodes in the stage's cohort (cumulative), and nodes that "
+        "already acked the release `active`.",
+    )
+    pending = serializers.IntegerField(min_value=0, help_text="Acked the release `pending`.")
+    acknowledged = serializers.IntegerField(
+        min_value=0, help_text="Acked the release `acknowledged`."
+    )
+    active = serializers.IntegerField(min_value=0, help_text="Acked the release `active`.")
+    failed = serializers.IntegerField(min_value=0, help_text="Acked the release `failed`.")
+    rejected = serializers.IntegerField(min_value=0, help_text="Acked the release `rejected`.")
+    silent = serializers.IntegerField(
+        min_value=0,
+        help_text="No ack for the release although the stage that took the node in opened at "
+        "least `silent_after_seconds` ago (`serve --silent-after`).",
+    )
+    waiting = serializers.IntegerField(
+        min_value=0, help_text="No ack yet, and not silent (its stage opened recently or not yet)."
+    )
+
+
 class StageStatusSerializer(serializers.Serializer):
     stage_id = serializers.CharField()
     phase = serializers.ChoiceField(choices=StagePhase.choices)
@@ -185,6 +213,7 @@ class StageStatusSerializer(serializers.Serializer):
     promoted_at = serializers.DateTimeField(allow_null=True)
     manual_approved = serializers.BooleanField()
     halt_reason = serializers.CharField(allow_null=True)
+    nodes = NodeCountsSerializer(help_text="The stage's nodes per state (cumulative).")
 
 
 class HistoryEntrySerializer(serializers.Serializer):
@@ -210,8 +239,48 @@ class PlanStatusSerializer(serializers.Serializer):
     phase = serializers.ChoiceField(choices=Phase.choices)
     current_stage_id = serializers.CharField()
     stages = StageStatusSerializer(many=True)
+    nodes = NodeCountsSerializer(
+        help_text="The plan's nodes per state: its current stage's. Node counts are computed "
+        "at most a few seconds before (cached; `nodes_at` of `…/nodes` says when)."
+    )
+    silent_after_seconds = serializers.FloatField(
+        min_value=0, help_text="A targeted node without an ack is `silent` after this long."
+    )
+    known_nodes = serializers.IntegerField(
+        min_value=0, help_text="Nodes known to the fleet (sent an event or an ack)."
+    )
     updated_at = serializers.DateTimeField(help_text="Changes on every transition.")
     history = HistoryEntrySerializer(many=True, help_text="Oldest first.")
+
+
+class PlanNodeSerializer(serializers.Serializer):
+    node_id = serializers.CharField()
+    state = serializers.ChoiceField(choices=[(s, s) for s in STATES])
+    entry_stage_id = serializers.CharField(help_text="The first stage whose nodes include it.")
+    ack_status = serializers.CharField(
+        allow_null=True, help_text="Its ack status for the plan's release; null: no ack."
+    )
+    acked_at = serializers.DateTimeField(allow_null=True)
+    ack_updated_at = serializers.DateTimeField(allow_null=True)
+    last_seen = serializers.DateTimeField(
+        allow_null=True, help_text="Arrival time of its newest event; null: acks only."
+    )
+
+
+class PlanNodesSerializer(serializers.Serializer):
+    plan_id = serializers.CharField()
+    stage_id = serializers.CharField()
+    state = serializers.ChoiceField(choices=[(s, s) for s in COUNT_KEYS])
+    total = serializers.IntegerField(
+        min_value=0, help_text="All nodes of the stage in this state (the status count)."
+    )
+    nodes = PlanNodeSerializer(many=True, help_text="By node_id.")
+    count = serializers.IntegerField(min_value=0)
+    limit = serializers.IntegerField(min_value=1)
+    next_cursor = serializers.CharField(
+        allow_null=True, help_text="Pass as `cursor` for the next page; null on the last page."
+    )
+    nodes_at = serializers.DateTimeField()
 
 
 class PlanDetailSerializer(PlanSummarySerializer):
@@ -494,11 +563,52 @@ class RolloutStatusViewSchema(OpenApiViewExtension):
             self.target_class,
             get=extend_schema(
                 operation_id="rollouts_status",
-                description="Phase, current stage, every stage's phase and the history of actions.",
+                description=(
+                    "Phase, current stage, every stage's phase and node counts (targeted, acked "
+                    "per status, silent), the plan's node counts and the history of actions."
+                ),
                 summary="The mutable status and history",
                 tags=["rollouts"],
                 parameters=[PLAN_ID],
                 responses={200: PlanStatusSerializer, **errors(e404="No such plan.")},
+            ),
+        )
+
+
+class RolloutNodesViewSchema(OpenApiViewExtension):
+    target_class = "rollouts.api.views.RolloutNodesView"
+
+    def view_replacement(self) -> type:
+        return replace(
+            self.target_class,
+            get=extend_schema(
+                operation_id="rollouts_nodes",
+                description=(
+                    "The nodes behind a count of the status: those of `stage_id` (default: the "
+                    "current stage) in `state` (default `targeted`: all of them), by node_id, "
+                    "a page at a time."
+                ),
+                summary="The nodes of a stage, per state",
+                tags=["rollouts"],
+                parameters=[
+                    PLAN_ID,
+                    query_id("stage_id", "A stage of the plan (default: the current stage)."),
+                    OpenApiParameter(
+                        "state",
+                        {"type": "string", "enum": list(COUNT_KEYS), "default": "targeted"},
+                        description="Which nodes: `targeted` (all) or one state.",
+                    ),
+                    limit_parameter(),
+                    OpenApiParameter(
+                        "cursor",
+                        {"type": "string", "minLength": 1, "maxLength": MAX_ID_CHARS},
+                        description="The `next_cursor` of the previous page.",
+                    ),
+                ],
+                responses={
+                    200: PlanNodesSerializer,
+                    **errors(400, e404="No such plan or stage."),
+                },
             ),
         )
 

@@ -15,6 +15,7 @@ urlpatterns = [
     path(
         "v1/rollouts/<str:plan_id>/status", views.RolloutStatusView.as_view(), name="rollout-status"
     ),
+    path("v1/rollouts/<str:plan_id>/nodes", views.RolloutNodesView.as_view(), name="rollout-nodes"),
     *(
         path(
             f"v1/rollouts/<str:plan_id>/{action}",

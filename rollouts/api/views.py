@@ -16,8 +16,8 @@ from core import jsonvalues
 from core.auth import Principal, acting
 from core.drfauth import principal_of
 from core.errors import ApiError
-from core.params import param_error, parse_int, parse_limit, parse_offset
-from rollouts import selectors, services, signing
+from core.params import MAX_ID_CHARS, param_error, parse_int, parse_limit, parse_offset
+from rollouts import progress, selectors, services, signing
 from rollouts.models import Phase
 
 OPERATOR_HEADER = "HTTP_X_AUTONOMY_OPERATOR"
@@ -140,6 +140,28 @@ class RolloutSpecView(APIView):
 class RolloutStatusView(APIView):
     def get(self, request: Request, plan_id: str) -> Response:
         return Response(selectors.plan_status(services.plan_get(plan_id)))
+
+
+class RolloutNodesView(APIView):
+    """GET: one page of the nodes behind a status count (`stage_id`, `state`, `limit`,
+    `cursor`)."""
+
+    def get(self, request: Request, plan_id: str) -> Response:
+        plan = services.plan_get(plan_id)  # 404 before 400 for an unknown plan
+        query = request.query_params
+        state = query.get("state", "targeted")
+        if state not in progress.COUNT_KEYS:
+            raise param_error("state", f"must be one of {', '.join(progress.COUNT_KEYS)}")
+        limit = parse_limit(query)
+        stage_id = query.get("stage_id")
+        cursor = query.get("cursor")
+        if cursor is not None and (not cursor or len(cursor) > MAX_ID_CHARS):
+            raise param_error("cursor", "must be a next_cursor returned by a previous page")
+        return Response(
+            selectors.plan_nodes(
+                plan=plan, stage_id=stage_id, state=state, limit=limit, cursor=cursor
+            )
+        )
 
 
 class RolloutActionView(APIView):

@@ -228,6 +228,14 @@ class Command(BaseCommand):
             default=env_default("log-level", "info"),
             help="debug, info, warn or error (default info; AUTONOMY_LOG_LEVEL)",
         )
+        parser.add_argument(
+            "--silent-after",
+            metavar="DURATION",
+            default=env_default("silent-after", "10m"),
+            help="a node of an open rollout stage with no ack for the release this long after "
+            "the stage opened counts as silent, Go-style (30s, 10m, 1h) "
+            "(default 10m; AUTONOMY_SILENT_AFTER)",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         try:
@@ -275,6 +283,7 @@ class Command(BaseCommand):
             raise ServeError(
                 "--require-sync-replicas needs --postgres-url (SQLite has no standbys)"
             )
+        settings.ROLLOUT_SILENT_AFTER_SECONDS = self._silent_after(options)
         node_name = str(options["node_name"] or "").strip()
         if len(node_name) > 200:
             raise ServeError("--node-name must be at most 200 characters")
@@ -602,6 +611,15 @@ class Command(BaseCommand):
         crl_store = CrlStore(config.crl_file, server_tls.cas)
         server_tls.enforce_revocation(crl_store)
         return server_tls, crl_store
+
+    def _silent_after(self, options: dict[str, Any]) -> float:
+        try:
+            seconds = parse_duration(str(options["silent_after"]))
+        except ValueError as exc:
+            raise ServeError(f"--silent-after {exc}") from None
+        if not 1 <= seconds <= 365 * 86400:
+            raise ServeError("--silent-after must be between 1s and 8760h (a year)")
+        return seconds
 
     def _crl_sync(
         self,

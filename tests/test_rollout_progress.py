@@ -1,0 +1,192 @@
+"""Where a rollout stands, node by node (issue 15): the node counts of `GET …/status` and the plan
+detail, and `GET /v1/rollouts/{plan_id}/nodes` paging through the nodes behind each count."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from releases.models import NodeAck
+from rollouts import clock, progress
+from rollouts.cohort import bucket
+from rollouts.metrics import stage_node_family
+from tests.factories import EventFactory, NodeAckFactory, ReleaseFactory, RolloutPlanFactory
+
+pytestmark = pytest.mark.django_db
+
+T0 = datetime(2026, 11, 27, 10, 0, 0, tzinfo=UTC)
+CANARY = ["n-a", "n-b", "n-c", "n-d"]
+OTHERS = ["n-e", "n-f", "n-g", "n-h"]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+@pytest.fixture
+def fake_clock(monkeypatch) -> Clock:
+    fake = Clock()
+    monkeypatch.setattr(clock, "now", fake)
+    return fake
+
+
+@pytest.fixture(autouse=True)
+def _signing_key_in_tmp(settings, tmp_path):
+    settings.DATA_DIR = tmp_path / "data"
+
+
+@pytest.fixture
+def plan(fake_clock):
+    """canary lists n-a..n-d (0.01 %: nobody by bucket), `all` takes everyone. n-a acked the
+    release active, n-b failed, n-c pending, n-d nothing; n-e..n-h only sent events; n-z acked
+    another release."""
+    assert all(bucket("p1", node) >= 0.01 for node in CANARY + OTHERS + ["n-z"])
+    release = ReleaseFactory(release_id="rel-new")
+    plan = RolloutPlanFactory(
+        plan_id="p1",
+        release=release,
+        stages=[
+            {"stage_id": "canary", "percent": 0.01, "nodes": CANARY},
+            {"stage_id": "all", "percent": 100},
+        ],
+    )
+    for node, status in (("n-a", "active"), ("n-b", "failed"), ("n-c", "pending")):
+        NodeAckFactory(node_id=node, release=release, status=status)
+    for node in ["n-d", *OTHERS]:
+        EventFactory(node_id=node)
+    NodeAckFactory(node_id="n-z", release=ReleaseFactory(release_id="rel-old"), status="active")
+    fake_clock.now = T0 + timedelta(minutes=11)  # past the default 10m: n-d is silent
+    return plan
+
+
+def counts(**nonzero: int) -> dict[str, int]:
+    return {key: nonzero.get(key, 0) for key in progress.COUNT_KEYS}
+
+
+def test_status_counts_each_stage_and_the_plan(api, plan):
+    body = api.get("/v1/rollouts/p1/status").json()
+    canary, everyone = body["stages"]
+    assert canary["nodes"] == counts(targeted=4, active=1, failed=1, pending=1, silent=1)
+    # `all` is cumulative: the canary's nodes, and the five others still waiting for it to open.
+    assert everyone["nodes"] == counts(
+        targeted=9, active=1, failed=1, pending=1, silent=1, waiting=5
+    )
+    assert body["nodes"] == canary["nodes"]  # the plan's: its current stage's
+    assert body["known_nodes"] == 9
+    assert body["silent_after_seconds"] == 600
+    detail = api.get("/v1/rollouts/p1").json()
+    assert detail["status"]["nodes"] == body["nodes"]
+    assert detail["status"]["stages"][1]["nodes"] == everyone["nodes"]
+    assert detail["phase"] == "published" and detail["spec"]["stages"][0]["stage_id"] == "canary"
+
+
+def test_silent_after_is_configurable_and_a_young_stage_has_no_silent_node(
+    api, plan, settings, fake_clock
+):
+    fake_clock.now = T0 + timedelta(minutes=5)
+    assert api.get("/v1/rollouts/p1/status").json()["nodes"]["silent"] == 0
+    settings.ROLLOUT_SILENT_AFTER_SECONDS = 60
+    body = api.get("/v1/rollouts/p1/status").json()
+    assert body["nodes"]["silent"] == 1 and body["silent_after_seconds"] == 60
+
+
+def test_promotion_moves_the_plan_counts_to_the_next_stage(api, plan):
+    response = api.post("/v1/rollouts/p1/promote", {}, format="json")
+    assert response.status_code == 200, response.content
+    # The answer of an action carries the counts too; the new stage's own nodes just opened.
+    assert response.json()["nodes"] == counts(
+        targeted=9, active=1, failed=1, pending=1, silent=1, waiting=5
+    )
+
+
+def test_a_node_acking_active_outside_the_cohort_counts_as_targeted(api, plan):
+    NodeAckFactory(node_id="n-e", release=plan.release, status="active")
+    body = api.get("/v1/rollouts/p1/status").json()
+    assert body["nodes"]["targeted"] == 5 and body["nodes"]["active"] == 2
+
+
+def test_nodes_lists_the_nodes_behind_a_count(api, plan):
+    failed = api.get("/v1/rollouts/p1/nodes?state=failed").json()
+    assert failed["stage_id"] == "canary" and failed["state"] == "failed"
+    assert failed["total"] == 1 and failed["next_cursor"] is None
+    assert failed["nodes_at"] == "2026-11-27T10:11:00Z"
+    (row,) = failed["nodes"]
+    assert row["node_id"] == "n-b" and row["state"] == "failed" and row["ack_status"] == "failed"
+    assert row["acked_at"].endswith("Z") and row["entry_stage_id"] == "canary"
+    assert row["last_seen"] is None  # known by its ack only
+    silent = api.get("/v1/rollouts/p1/nodes?state=silent").json()
+    assert [n["node_id"] for n in silent["nodes"]] == ["n-d"]
+    assert silent["nodes"][0]["ack_status"] is None and silent["nodes"][0]["last_seen"]
+
+
+def test_nodes_pages_with_a_cursor(api, plan):
+    seen, cursor, pages = [], None, 0
+    while True:
+        query = "stage_id=all&limit=4" + (f"&cursor={cursor}" if cursor else "")
+        page = api.get(f"/v1/rollouts/p1/nodes?{query}").json()
+        assert page["total"] == 9 and page["count"] <= 4
+        seen += [n["node_id"] for n in page["nodes"]]
+        pages += 1
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert pages == 3
+    assert seen == sorted(CANARY + OTHERS + ["n-z"])
+    waiting = api.get("/v1/rollouts/p1/nodes?stage_id=all&state=waiting").json()
+    assert {n["entry_stage_id"] for n in waiting["nodes"]} == {"all"}
+    assert waiting["total"] == 5
+
+
+@pytest.mark.parametrize(
+    ("path", "code", "words"),
+    [
+        ("/v1/rollouts/nope/nodes", 404, "no rollout plan"),
+        ("/v1/rollouts/p1/nodes?stage_id=nope", 404, "no stage"),
+        ("/v1/rollouts/p1/nodes?state=asleep", 400, "state"),
+        ("/v1/rollouts/p1/nodes?limit=0", 400, "limit"),
+        ("/v1/rollouts/p1/nodes?limit=x", 400, "limit"),
+        ("/v1/rollouts/p1/nodes?cursor=", 400, "cursor"),
+    ],
+)
+def test_nodes_refuses_what_it_cannot_answer(api, plan, path, code, words):
+    response = api.get(path)
+    assert response.status_code == code, response.content
+    assert words in response.json()["error"]
+
+
+def test_the_gauge_gives_live_plans_stage_counts(plan):
+    samples = {
+        (s.labels["stage_id"], s.labels["state"]): s.value
+        for s in stage_node_family().samples
+        if s.labels["plan_id"] == "p1"
+    }
+    assert samples[("canary", "targeted")] == 4 and samples[("canary", "silent")] == 1
+    assert samples[("all", "targeted")] == 9 and samples[("all", "failed")] == 1
+    plan.phase = "cancelled"
+    plan.save(update_fields=["phase"])
+    assert not [s for s in stage_node_family().samples if s.labels["plan_id"] == "p1"]
+
+
+def test_counts_are_cached_until_the_plan_or_its_acks_change(plan, monkeypatch):
+    builds = []
+    real = progress._build
+    monkeypatch.setattr(progress, "_build", lambda *a: builds.append(1) or real(*a))
+    progress.clear_cache()
+    with monkeypatch.context() as outside_a_transaction:
+        # As if outside the test's transaction (only for this cache: the plan snapshots' cache
+        # must not keep this test's rows).
+        outside_a_transaction.setattr(progress, "_cacheable", lambda: True)
+        first = progress.plan_progress(plan)
+        assert progress.plan_progress(plan) is first and len(builds) == 1
+        NodeAck.objects.filter(node_id="n-c").update(
+            status="active", updated_at=T0 + timedelta(minutes=12)
+        )
+        after_ack = progress.plan_progress(plan)
+        assert len(builds) == 2 and after_ack.plan_counts["active"] == 2
+        assert progress.plan_progress(plan, max_age=0) is not after_ack  # the TTL
+    progress.clear_cache()

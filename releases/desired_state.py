@@ -11,7 +11,7 @@ stays as it is:
 - `X-Autonomy-Desired-State-Signature`: base64 of the Ed25519 signature over those bytes;
 - `X-Autonomy-Key-Id`: the signing key's id.
 
-Signing costs ~50 us, the poll path a few hundred: signatures are cached per (node_id, channel)
+Signing costs ~60 us, the poll path a few hundred: signatures are cached per (node_id, channel)
 and reused while the answer (body, plan, key) is the same and the signature is younger than
 `RESIGN_FRACTION` of the validity (`settings.DESIRED_STATE_TTL_SECONDS`, `serve
 --desired-state-ttl`). So every answer a node gets is still valid for at least

@@ -263,6 +263,13 @@ def test_release_sign_works_offline_and_its_output_is_accepted(api, release_key,
     assert not (tmp_path / "nowhere").exists()
     signed = json.loads(result.stdout)
     assert api.post("/v1/releases", signed, format="json").status_code == 201
+    again = cli(
+        "release", "sign", "--key", str(tmp_path / "release.key"), "-",
+        "-o", str(tmp_path / "signed.json"), env=env, input=json.dumps(release),
+    )  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    written = json.loads((tmp_path / "signed.json").read_text())
+    assert written["release_signature"]["signed"] == signed["release_signature"]["signed"]
     bad = cli("release", "sign", "--key", str(tmp_path / "release.json"), "-", env=env)
     assert bad.returncode != 0 and "not an unencrypted PEM Ed25519 private key" in bad.stderr
 

@@ -177,6 +177,13 @@ CLIENT_BODY_TIMEOUT_SECONDS = env.float("AUTONOMY_CLIENT_BODY_TIMEOUT", default=
 MAX_CONNECTIONS_PER_CLIENT = env.int("AUTONOMY_MAX_CONNECTIONS_PER_CLIENT", default=64)
 # How long the edge trusts a resolved bearer token without a revocation signal (core.revocation).
 TOKEN_CACHE_TTL_SECONDS = env.float("AUTONOMY_TOKEN_CACHE_TTL", default=2.0)
+# Signed desired state (docs/trust.md): the keyring file (empty = rollout-signing.key in DATA_DIR;
+# `serve --signing-key-file`), how long a signed poll answer stays valid (`serve
+# --desired-state-ttl`), and the offline release keys (`serve --release-trust-key`, set by serve:
+# key id -> Ed25519 public key; empty = releases need no signature).
+SIGNING_KEY_FILE = env.str("AUTONOMY_SIGNING_KEY_FILE", default="").strip()
+DESIRED_STATE_TTL_SECONDS = 300.0
+RELEASE_TRUST_KEYS: dict = {}
 # A targeted node without an ack for the plan's release is `silent` this long after its stage
 # opened (rollouts.progress; `serve --silent-after` sets it, default 10m).
 ROLLOUT_SILENT_AFTER_SECONDS = 600.0

@@ -36,6 +36,7 @@ RELEASE_FIELDS = (
     "artifact_ref",
     "metadata",
     "created_at",
+    "release_signature",
 )
 
 
@@ -49,6 +50,7 @@ def release_as_dict(release: Release) -> dict[str, Any]:
         "artifact_ref": release.artifact_ref,
         "metadata": jsonvalues.from_store(release.metadata),
         "created_at": format_rfc3339(release.created_at),
+        "release_signature": release.release_signature,
     }
 
 
@@ -224,48 +226,68 @@ def release_latest_answer(*, channel: str, node_id: str | None) -> tuple[int, by
     Without `node_id`: the channel's latest release. With it: the release that node should run,
     as decided by `rollouts.selectors.desired_release_for_node` (API.md §4).
     """
+    status, body, _plan = release_latest_decision(channel=channel, node_id=node_id)
+    return status, body
+
+
+def release_latest_decision(
+    *, channel: str, node_id: str | None
+) -> tuple[int, bytes, tuple[str, str] | None]:
+    """`release_latest_answer`, and (plan_id, spec digest) of the rollout plan that decided it
+    (None when no plan did): what the signed desired state binds (releases.desired_state)."""
     latest, body = release_latest(channel=channel)
     if latest is None:
-        return 404, no_release_body(channel)
+        return 404, no_release_body(channel), None
     if node_id is None:
-        return 200, body  # type: ignore[return-value]
-    from rollouts.selectors import desired_release_for_node
+        return 200, body, None  # type: ignore[return-value]
+    from rollouts.selectors import desired_for_node
 
-    chosen = desired_release_for_node(latest=latest, node_id=node_id)
+    chosen, snap = desired_for_node(latest=latest, node_id=node_id)
+    plan = None if snap is None else (snap.plan_id, snap.digest)
     if chosen is not None and chosen.pk == latest.pk:
-        return 200, body  # type: ignore[return-value]
-    return (404 if chosen is None else 200), _node_answer(channel, node_id, chosen, latest)
+        return 200, body, plan  # type: ignore[return-value]
+    return (404 if chosen is None else 200), _node_answer(channel, node_id, chosen, latest), plan
 
 
 _bodies: dict[tuple[int, str], bytes] = {}  # (pk, release_id) -> JSON body (never changes)
 
 
-def release_latest_answer_cached(*, channel: str, node_id: str) -> tuple[int, bytes] | None:
-    """`release_latest_answer` for a node from this process's caches only (latest release, plan
-    head, plan snapshot, ack book, previous release), or None when any piece is not cached:
-    then call `release_latest_answer` on a database thread. Never touches a database
+def release_latest_decision_cached(
+    *, channel: str, node_id: str
+) -> tuple[int, bytes, tuple[str, str] | None] | None:
+    """`release_latest_decision` for a node from this process's caches only (latest release,
+    plan head, plan snapshot, ack book, previous release), or None when any piece is not cached:
+    then call `release_latest_decision` on a database thread. Never touches a database
     connection, so the fast path calls it on the event loop. The caches fill only on SQLite."""
     entry = latest_cache.get(channel)
     if entry is None:
         return None
     latest, body = entry
     if latest is None:
-        return 404, no_release_body(channel)
+        return 404, no_release_body(channel), None
     from rollouts.selectors import MISSING, desired_release_cached
 
-    chosen = desired_release_cached(latest=latest, node_id=node_id)
-    if chosen is MISSING:
+    decided = desired_release_cached(latest=latest, node_id=node_id)
+    if decided is MISSING:
         return None
+    chosen, snap = decided
+    plan = None if snap is None else (snap.plan_id, snap.digest)
     if chosen is not None and chosen.pk == latest.pk:
-        return 200, body  # type: ignore[return-value]
+        return 200, body, plan  # type: ignore[return-value]
     if chosen is None:
-        return 404, _node_answer(channel, node_id, None, latest)
+        return 404, _node_answer(channel, node_id, None, latest), plan
     cached = _bodies.get((chosen.pk, chosen.release_id))
     if cached is None:
         if len(_bodies) >= MAX_CACHED_CHANNELS:
             _bodies.clear()
         cached = _bodies[(chosen.pk, chosen.release_id)] = _release_body(chosen)
-    return 200, cached
+    return 200, cached, plan
+
+
+def release_latest_answer_cached(*, channel: str, node_id: str) -> tuple[int, bytes] | None:
+    """`release_latest_decision_cached` without the plan."""
+    decided = release_latest_decision_cached(channel=channel, node_id=node_id)
+    return None if decided is None else decided[:2]
 
 
 # --- the fleet view -----------------------------------------------------------------------

@@ -20,7 +20,8 @@ from datetime import datetime
 
 from django.db import connection
 
-from rollouts.models import Phase, RolloutPlan, StagePhase, StageStatus
+from rollouts.models import TERMINAL_PHASES, Phase, RolloutPlan, StagePhase, StageStatus
+from rollouts.signing import digest_of
 from rollouts.validation import GateSpec, stages_of
 
 LIVE_STAGE_PHASES = frozenset({StagePhase.OPEN, StagePhase.PROMOTED})
@@ -63,6 +64,10 @@ class PlanSnapshot:
     current_stage_id: str
     updated_at: datetime
     stages: tuple[StageSnap, ...]
+    digest: str = ""  # the stored spec digest ("sha256:<hex>")
+    # The stored spec bytes no longer match `digest` (altered outside the API): the snapshot
+    # uses none of the spec (no listed nodes, no gates) and shows the plan halted.
+    tampered: bool = False
 
     @property
     def takes_new_nodes(self) -> bool:
@@ -120,8 +125,22 @@ _CACHE_MAX = 512
 
 
 def build_snapshot(plan: RolloutPlan) -> PlanSnapshot:
-    spec_stages = stages_of(bytes(plan.spec))
+    raw = bytes(plan.spec)
+    actual = digest_of(raw)
+    if actual != plan.digest:
+        return _tampered_snapshot(plan, actual, _tamper_reason(plan, actual), {})
+    spec_stages = stages_of(raw)
     rows = list(StageStatus.objects.filter(plan_id=plan.pk).order_by("position"))
+    signed = [(stage.stage_id, float(stage.percent)) for stage in spec_stages]
+    stored = [(row.stage_id, float(row.percent)) for row in rows]
+    if stored != signed:
+        # The stage rows are derived from the spec at publish and their id and percent never
+        # change: rows that differ were altered in the store. The signed percents are used.
+        reason = (
+            f"the stage rows no longer match the signed spec {plan.digest} (stored "
+            f"{_stages_text(stored)}, signed {_stages_text(signed)}): altered outside the API"
+        )
+        return _tampered_snapshot(plan, f"rows:{_stages_text(stored)}", reason, dict(signed))
     stages = tuple(
         StageSnap(
             pk=row.pk,
@@ -148,7 +167,90 @@ def build_snapshot(plan: RolloutPlan) -> PlanSnapshot:
         current_stage_id=plan.current_stage_id,
         updated_at=plan.updated_at,
         stages=stages,
+        digest=plan.digest,
     )
+
+
+def _stages_text(stages: list[tuple[str, float]]) -> str:
+    return ", ".join(f"{stage_id} {display_percent(percent)}%" for stage_id, percent in stages)
+
+
+def _tampered_snapshot(
+    plan: RolloutPlan, actual: str, reason: str, signed_percents: dict[str, float]
+) -> PlanSnapshot:
+    """The plan as if halted, built from its stage rows only: the altered spec's nodes and
+    gates are never used (nor altered row percents above the signed ones, when the spec is
+    intact). Reports the mismatch (halt, metric, audit, log) through
+    `rollouts.services.plan_tampered`, once per plan and altered content in this process."""
+    rows = list(StageStatus.objects.filter(plan_id=plan.pk).order_by("position"))
+    stages = tuple(
+        StageSnap(
+            pk=row.pk,
+            position=row.position,
+            stage_id=row.stage_id,
+            phase=StagePhase.HALTED if row.phase == StagePhase.OPEN else row.phase,
+            percent=min(row.percent, signed_percents.get(row.stage_id, 0.0))
+            if signed_percents
+            else row.percent,
+            nodes=frozenset(),
+            gates=(),
+            opened_at=row.opened_at,
+            promoted_at=row.promoted_at,
+            manual_approved=row.manual_approved,
+            manual_approved_by=row.manual_approved_by,
+            halt_reason=reason if row.phase == StagePhase.OPEN else row.halt_reason,
+        )
+        for row in rows
+    )
+    _report(plan, actual, reason)
+    return PlanSnapshot(
+        pk=plan.pk,
+        plan_id=plan.plan_id,
+        release_pk=plan.release_id,
+        phase=plan.phase if plan.phase in TERMINAL_PHASES else Phase.HALTED,
+        version=plan.version,
+        current_stage_id=plan.current_stage_id,
+        updated_at=plan.updated_at,
+        stages=stages,
+        digest=plan.digest,
+        tampered=True,
+    )
+
+
+# (plan pk, digest of the altered bytes) already reported by this process.
+_reported: set[tuple[int, str]] = set()
+
+
+def _tamper_reason(plan: RolloutPlan, actual: str) -> str:
+    return (
+        f"the stored spec no longer matches its signed digest (signed {plan.digest}, stored "
+        f"bytes {actual}): it was altered outside the API"
+    )
+
+
+def _report(plan: RolloutPlan, actual: str, reason: str) -> None:
+    key = (plan.pk, actual)
+    if key in _reported:
+        return
+    with _cache_lock:
+        first = key not in _reported
+        _reported.add(key)
+    if first:
+        from rollouts.services import plan_tampered
+
+        plan_tampered(plan=plan, actual_digest=actual, reason=reason)
+
+
+def spec_intact(plan: RolloutPlan) -> bool:
+    """Check the stored spec bytes of this plan row against its digest, uncached (one sha256 of
+    the spec): False, and the mismatch reported (`rollouts.services.plan_tampered`, once per
+    altered content), when they differ. For the evaluator and the actions, which read the row
+    anyway; the poll path relies on the per-version snapshot (checked when it is built)."""
+    actual = digest_of(bytes(plan.spec))
+    if actual == plan.digest:
+        return True
+    _report(plan, actual, _tamper_reason(plan, actual))
+    return False
 
 
 def snapshot_of(plan: RolloutPlan) -> PlanSnapshot:

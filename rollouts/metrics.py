@@ -40,6 +40,13 @@ from rollouts.models import Phase
 
 logger = logging.getLogger("orchestrator.metrics")
 
+# Stored plan specs found altered (their bytes no longer match the signed digest), by this
+# process: `rollouts.services.plan_tampered` counts each plan once per altered content.
+PLAN_TAMPERED = Counter(
+    "cp_rollout_plan_tampered",
+    "Rollout plans whose stored spec no longer matched its signed digest (halted).",
+)
+
 AUTOMATIC = "automatic"
 OPERATOR = "operator"
 TRIGGERS = (OPERATOR, AUTOMATIC)

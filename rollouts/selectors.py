@@ -16,7 +16,13 @@ from core.params import format_rfc3339
 from releases.models import NodeAck, Release
 from releases.selectors import ack_book
 from rollouts import clock, progress
-from rollouts.cohort import cached_snapshot, display_percent, snapshot_by_pk, snapshot_of
+from rollouts.cohort import (
+    PlanSnapshot,
+    cached_snapshot,
+    display_percent,
+    snapshot_by_pk,
+    snapshot_of,
+)
 from rollouts.gates import StageReport, evaluate_stage, unmet_reason
 from rollouts.models import (
     RUNNING_PHASES,
@@ -136,7 +142,15 @@ def _plan_head(cursor: Any, release_pk: int) -> tuple[int, int] | None:
 
 def desired_release_for_node(*, latest: Release, node_id: str) -> Release | None:
     """The release `node_id` should run when `latest` is its channel's latest release
-    (rollout-aware, API.md §4 "Which release a node gets"). None: no release for this node.
+    (rollout-aware, API.md §4 "Which release a node gets"). None: no release for this node."""
+    return desired_for_node(latest=latest, node_id=node_id)[0]
+
+
+def desired_for_node(
+    *, latest: Release, node_id: str
+) -> tuple[Release | None, PlanSnapshot | None]:
+    """`desired_release_for_node`, and the snapshot of the plan that decided it (None when no
+    plan governs `latest`): the signed desired state names that plan and its digest.
 
     The poll hot path. On SQLite usually no query at all: the plan head (`plan_heads`), the
     plan's snapshot (keyed by its version), whether the node acked `active` (the in-process ack
@@ -148,41 +162,45 @@ def desired_release_for_node(*, latest: Release, node_id: str) -> Release | None
     with connection.cursor() as cursor:
         head = _plan_head(cursor, latest.pk)
         if head is None:
-            return latest
+            return latest, None
         # The newest plan governs: a new plan for a release can only be published once the
         # older ones are terminal.
         snap = snapshot_by_pk(head[0], head[1])
         if snap is None or snap.in_rollout(node_id):
-            return latest
+            return latest, snap
         active = ack_book.is_active(latest.pk, node_id)
         if active is None:
             cursor.execute(_ACTIVE_ACK_SQL, [latest.pk, node_id, NodeAck.Status.ACTIVE.value])
             active = cursor.fetchone() is not None
         if active:
-            return latest
-    return _previous_release(latest)
+            return latest, snap
+    return _previous_release(latest), snap
 
 
 def desired_release_cached(*, latest: Release, node_id: str) -> Any:
-    """`desired_release_for_node` from this process's caches only, or `MISSING` when any piece
-    is not cached (then call `desired_release_for_node` on a database thread). Never touches a
-    database connection: safe on the event loop. The caches are only ever filled on SQLite."""
+    """`desired_for_node` ((release, deciding plan's snapshot)) from this process's caches only,
+    or `MISSING` when any piece is not cached (then call `desired_for_node` on a database
+    thread). Never touches a database connection: safe on the event loop. The caches are only
+    ever filled on SQLite."""
     head = plan_heads.get(latest.pk)
     if head is _MISSING:
         return MISSING
     if head is None:
-        return latest
+        return latest, None
     snap = cached_snapshot(head[0], head[1])
     if snap is None:
         return MISSING
     if snap.in_rollout(node_id):
-        return latest
+        return latest, snap
     active = ack_book.is_active_cached(latest.pk, node_id)
     if active is None:
         return MISSING
     if active:
-        return latest
-    return _previous.get((latest.pk, latest.release_id), MISSING)
+        return latest, snap
+    previous = _previous.get((latest.pk, latest.release_id), MISSING)
+    if previous is MISSING:
+        return MISSING
+    return previous, snap
 
 
 MISSING = _MISSING
@@ -390,3 +408,60 @@ def _age(delta: timedelta) -> str:
     from rollouts.gates import human_duration
 
     return human_duration(delta.total_seconds())
+
+
+def signing_ring() -> Any:
+    """The keyring that signs plans and desired-state answers (`rollouts.signing.KeyRing`)."""
+    from rollouts import signing
+
+    return signing.current_ring()
+
+
+def signing_generation() -> int:
+    """Changes whenever this process rotated or re-read its keys (`rollouts.signing`)."""
+    from rollouts import signing
+
+    return signing.generation()
+
+
+def signing_key_refusal(path: Any, using_postgres: bool) -> str | None:
+    """Why `serve` must not mint a new signing key at `path` (it does not exist), as one line;
+    None when a first key may be created. Nodes pin the key: a new one would make them reject
+    every answer, so it is refused when signed plans exist or, on PostgreSQL, when another
+    replica already registered its key (docs/trust.md)."""
+    from core import ha
+
+    signed = RolloutPlan.objects.count()
+    if signed:
+        key_ids = sorted(set(RolloutPlan.objects.values_list("key_id", flat=True)))
+        return (
+            f"refusing to start: no signing key at {path}, but {signed} rollout plans were "
+            f"signed by key {', '.join(key_ids)}; restore that keyring (or pass "
+            "--signing-key-file) instead of minting a key the nodes do not pin"
+        )
+    if using_postgres:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"SELECT node_id FROM {ha.SHARED_KEY_TABLE} WHERE name = %s",
+                ["rollout signing key"],
+            )
+            row = cursor.fetchone()
+        if row is not None:
+            return (
+                f"refusing to start: no signing key at {path}, and replica {row[0]} already "
+                "signs with one; give every replica the same --signing-key-file (docs/trust.md)"
+            )
+    return None
+
+
+def signing_keys_as_list(ring: Any) -> list[dict[str, Any]]:
+    """`GET /v1/signing-keys` entries: id, public key PEM, status, since (active key first)."""
+    return [
+        {
+            "key_id": key.key_id,
+            "public_key": key.public_pem,
+            "status": key.status,
+            "since": format_rfc3339(key.since),
+        }
+        for key in ring.keys
+    ]

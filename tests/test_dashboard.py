@@ -26,15 +26,10 @@ ROOT = Path(__file__).resolve().parent.parent
 DASHBOARD = ROOT / "docs" / "grafana" / "autonomy-orchestrator.json"
 ALERTS = ROOT / "docs" / "prometheus" / "alerts.yml"
 
-# Metric names the dashboard and the rules use that other branches of issue 15 (and 14) add:
-# the per-stage node counts (status15), the webhook outbox (hooks15), the plan tamper counter
-# (trust14). The lead empties this set when those branches are merged: the test then fails for
-# any name still listed that the server exposes, so the list cannot go stale.
-NOT_YET_PROVIDED = frozenset(
-    {
-        "cp_rollout_plan_tampered_total",
-    }
-)
+# Metric names the dashboard and the rules may use before the server exposes them (a feature
+# still being built). Empty: every name is served. The test fails for any name listed here that
+# the server exposes, so the list cannot go stale.
+NOT_YET_PROVIDED: frozenset[str] = frozenset()
 
 _KEYWORDS = {
     "by", "without", "on", "ignoring", "group_left", "group_right", "and", "or", "unless",

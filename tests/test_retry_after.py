@@ -28,7 +28,7 @@ def test_a_service_503_on_the_fast_path_has_retry_after(monkeypatch):
     def busy(query):
         raise ApiError(503, "the database is busy; retry shortly")
 
-    monkeypatch.setattr(releases.fast, "cached_latest_answer", busy)
+    monkeypatch.setattr(releases.fast, "cached_latest_decision", busy)
     status, headers, body = call(FastPath(FakeDjango(), FAST_ROUTES), "GET", "/v1/releases/latest")
     assert status == 503
     assert headers[b"retry-after"] == b"1"

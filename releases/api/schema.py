@@ -27,6 +27,7 @@ from core.openapi import (
     path_id,
     query_id,
     replace,
+    response_headers,
 )
 from core.params import DEFAULT_LIMIT, MAX_LIMIT, MAX_PARSED_INT, RFC3339
 from releases.api.serializers import NodeAckSerializer, ReleasePublishSerializer
@@ -39,6 +40,47 @@ NODE_STATUSES = ["up", "stale", "unknown"]
 # releases.params reads integers of at most 18 digits.
 CHANNEL_PARAMETER = query_id("channel", "The release channel.", default=DEFAULT_CHANNEL)
 NO_NUL = "^[^\\x00]*$"
+BASE64 = "^[A-Za-z0-9+/]*={0,2}$"
+DESIRED_STATE_HEADERS = {
+    "X-Autonomy-Desired-State": {
+        "description": "Standard base64 of the signed statement: UTF-8 JSON binding `type` "
+        "(`autonomy.desired-state/v1`), `node_id`, `channel`, `release_id`, `sequence`, "
+        "`artifact_ref`, `lock_fingerprint`, `plan_id`, `spec_digest`, `release_signature`, "
+        "`issued_at`, `expires_at` and `key_id`. Verify the signature over exactly the decoded "
+        "bytes, then parse them (docs/trust.md); never re-serialise.",
+        "required": True,
+        "schema": {"type": "string", "pattern": BASE64},
+    },
+    "X-Autonomy-Desired-State-Signature": {
+        "description": "Standard base64 of the Ed25519 signature over the decoded statement.",
+        "required": True,
+        "schema": {"type": "string", "pattern": BASE64},
+    },
+    "X-Autonomy-Key-Id": {
+        "description": "The signing key's id (`GET /v1/signing-keys`): the first 16 hex "
+        "characters of the sha256 of the raw public key.",
+        "required": True,
+        "schema": {"type": "string", "pattern": "^[0-9a-f]{16}$"},
+    },
+}
+
+
+class ReleaseSignatureSerializer(serializers.Serializer):
+    """The offline release signature (docs/trust.md): Ed25519 over the decoded `signed` bytes,
+    whose JSON fields must equal the release's."""
+
+    key_id = serializers.RegexField(
+        r"^[0-9a-f]{16}$", help_text="The release key's id: sha256(raw public key), 16 hex."
+    )
+    algorithm = serializers.RegexField(r"^Ed25519$", help_text="Always `Ed25519`.")
+    signed = serializers.RegexField(
+        BASE64,
+        help_text="Standard base64 of the signed bytes: UTF-8 JSON `{type: "
+        "autonomy.release/v1, release_id, channel, artifact_ref, lock_fingerprint, metadata}`.",
+    )
+    signature = serializers.RegexField(
+        BASE64, help_text="Standard base64 of the Ed25519 signature over the signed bytes."
+    )
 
 
 class ReleaseSerializer(serializers.Serializer):
@@ -54,6 +96,10 @@ class ReleaseSerializer(serializers.Serializer):
     artifact_ref = serializers.CharField(allow_null=True)
     metadata = serializers.DictField(help_text="Free-form object, as published.")
     created_at = serializers.DateTimeField()
+    release_signature = ReleaseSignatureSerializer(
+        allow_null=True,
+        help_text="The offline release signature it was published with (`release sign`), or null.",
+    )
 
 
 class ReleasePageSerializer(serializers.Serializer):
@@ -157,7 +203,10 @@ class ReleaseListViewSchema(OpenApiViewExtension):
                     "`created_at`. Publishing the same `release_id` again with the same fields "
                     "(after defaults) answers 200 with the stored release; anything different, "
                     "including another channel, is a 409. `release_id` must not be `latest` "
-                    "or contain `/`."
+                    "or contain `/`. When the server runs with `--release-trust-key`, "
+                    "`release_signature` (made offline by `autonomy-orchestrator release sign`) "
+                    "is required and must verify with one of those keys over exactly these "
+                    "fields: else 400 naming `release_signature` (docs/trust.md)."
                 ),
                 tags=["releases"],
                 request=ReleasePublishSerializer,
@@ -191,7 +240,8 @@ class LatestReleaseViewSchema(OpenApiViewExtension):
                     "The release with the highest `sequence` in the channel. With `node_id`: "
                     "the release **that node** should run, rollout-aware (a node outside a "
                     "running rollout of the latest release gets the previous one). This is "
-                    "the nodes' poll route."
+                    "the nodes' poll route. Every 200 carries the signed desired state in three "
+                    "headers (docs/trust.md); the body is the release as stored."
                 ),
                 tags=["releases"],
                 parameters=[
@@ -205,6 +255,7 @@ class LatestReleaseViewSchema(OpenApiViewExtension):
                         e404="The channel has no release (or none for this node yet).",
                     ),
                 },
+                extensions=response_headers(200, DESIRED_STATE_HEADERS),
             ),
         )
 
@@ -342,6 +393,13 @@ class ReleasePublishSchema(OpenApiSerializerExtension):
             }
         )
         schema["properties"]["channel"]["minLength"] = 1
+        schema["properties"]["release_signature"] = {
+            "allOf": [{"$ref": "#/components/schemas/ReleaseSignature"}],
+            "nullable": True,
+            "description": "What `autonomy-orchestrator release sign` adds. Required (and "
+            "verified against the trusted keys) when the server runs with "
+            "`--release-trust-key`; else optional, and checked against the release's fields.",
+        }
         return dict(schema)
 
 

@@ -65,6 +65,8 @@ def _flag(request: Request, name: str) -> bool:
 
 
 def plan_detail(plan: Any) -> dict[str, Any]:
+    if not services.plan_spec_intact(plan):  # checked (and halted) first: show the outcome
+        plan = services.plan_get(plan.plan_id)
     return {
         **selectors.plan_summary(plan),
         "spec": orjson.loads(bytes(plan.spec)),
@@ -256,3 +258,14 @@ class SigningKeyView(APIView):
         response = HttpResponse(key.public_pem, content_type="application/x-pem-file")
         response["X-Autonomy-Key-Id"] = key.key_id
         return response
+
+
+class SigningKeysView(APIView):
+    """`GET /v1/signing-keys`: the keyring's public keys, active first (docs/trust.md)."""
+
+    def get(self, request: Request) -> Response:
+        try:
+            ring = signing.current_ring()
+        except signing.SigningKeyError as exc:
+            raise ApiError(503, str(exc)) from None
+        return Response({"keys": selectors.signing_keys_as_list(ring)})

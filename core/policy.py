@@ -61,6 +61,7 @@ POLICY: dict[tuple[str, str], Rule] = {
     ("GET", "/v1/rollouts/{plan_id}/stages/{stage_id}/gates"): VIEWER,
     ("POST", "/v1/rollouts/{plan_id}/stages/{stage_id}/gates/approve"): OPERATOR,
     ("GET", "/v1/signing-key"): Rule(Role.VIEWER, NodeScope.ANY),
+    ("GET", "/v1/signing-keys"): Rule(Role.VIEWER, NodeScope.ANY),
     # certificates
     ("GET", "/v1/crl"): Rule(Role.VIEWER, NodeScope.ANY),
     # operations

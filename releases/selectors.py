@@ -211,25 +211,39 @@ def release_latest_answer(*, channel: str, node_id: str | None) -> tuple[int, by
     Without `node_id`: the channel's latest release. With it: the release that node should run,
     as decided by `rollouts.selectors.desired_release_for_node` (API.md §4).
     """
+    status, body, _plan = release_latest_decision(channel=channel, node_id=node_id)
+    return status, body
+
+
+def release_latest_decision(
+    *, channel: str, node_id: str | None
+) -> tuple[int, bytes, tuple[int, str] | None]:
+    """`release_latest_answer`, and (plan pk, spec digest) of the rollout plan that decided it
+    (None when no plan did): what the signed desired state binds (releases.desired_state)."""
     latest, body = release_latest(channel=channel)
     if latest is None:
-        return 404, no_release_body(channel)
+        return 404, no_release_body(channel), None
     if node_id is None:
-        return 200, body  # type: ignore[return-value]
-    from rollouts.selectors import desired_release_for_node
+        return 200, body, None  # type: ignore[return-value]
+    from rollouts.selectors import desired_for_node
 
-    chosen = desired_release_for_node(latest=latest, node_id=node_id)
+    chosen, snap = desired_for_node(latest=latest, node_id=node_id)
+    plan = None if snap is None else (snap.pk, snap.digest)
     if chosen is None:
-        return 404, orjson.dumps(
-            {
-                "error": f"no release of channel '{channel}' for node '{node_id}' yet",
-                "channel": channel,
-                "node_id": node_id,
-            }
+        return (
+            404,
+            orjson.dumps(
+                {
+                    "error": f"no release of channel '{channel}' for node '{node_id}' yet",
+                    "channel": channel,
+                    "node_id": node_id,
+                }
+            ),
+            plan,
         )
     if chosen.pk == latest.pk:
-        return 200, body  # type: ignore[return-value]
-    return 200, _release_body(chosen)
+        return 200, body, plan  # type: ignore[return-value]
+    return 200, _release_body(chosen), plan
 
 
 # --- the fleet view -----------------------------------------------------------------------

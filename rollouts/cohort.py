@@ -63,6 +63,7 @@ class PlanSnapshot:
     current_stage_id: str
     updated_at: datetime
     stages: tuple[StageSnap, ...]
+    digest: str = ""  # the stored spec digest ("sha256:<hex>")
 
     @property
     def takes_new_nodes(self) -> bool:
@@ -148,6 +149,7 @@ def build_snapshot(plan: RolloutPlan) -> PlanSnapshot:
         current_stage_id=plan.current_stage_id,
         updated_at=plan.updated_at,
         stages=stages,
+        digest=plan.digest,
     )
 
 

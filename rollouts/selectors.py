@@ -13,7 +13,7 @@ from core.errors import ApiError
 from core.params import format_rfc3339
 from releases.models import NodeAck, Release
 from rollouts import clock
-from rollouts.cohort import display_percent, snapshot_by_pk, snapshot_of
+from rollouts.cohort import PlanSnapshot, display_percent, snapshot_by_pk, snapshot_of
 from rollouts.gates import StageReport, evaluate_stage, unmet_reason
 from rollouts.models import RUNNING_PHASES, Phase, RolloutPlan, RolloutTransition
 
@@ -53,7 +53,15 @@ _ACTIVE_ACK_SQL = (
 
 def desired_release_for_node(*, latest: Release, node_id: str) -> Release | None:
     """The release `node_id` should run when `latest` is its channel's latest release
-    (rollout-aware, API.md §4 "Which release a node gets"). None: no release for this node.
+    (rollout-aware, API.md §4 "Which release a node gets"). None: no release for this node."""
+    return desired_for_node(latest=latest, node_id=node_id)[0]
+
+
+def desired_for_node(
+    *, latest: Release, node_id: str
+) -> tuple[Release | None, PlanSnapshot | None]:
+    """`desired_release_for_node`, and the snapshot of the plan that decided it (None when no
+    plan governs `latest`): the signed desired state names that plan and its digest.
 
     The poll hot path: one indexed query when `latest` has no plan; otherwise the plan's cached
     snapshot (keyed by its version), at most one more indexed query (the node's `active` ack) and
@@ -63,16 +71,16 @@ def desired_release_for_node(*, latest: Release, node_id: str) -> Release | None
         cursor.execute(_PLAN_HEAD_SQL, [latest.pk])
         head = cursor.fetchone()
         if head is None:
-            return latest
+            return latest, None
         # The newest plan governs: a new plan for a release can only be published once the
         # older ones are terminal.
         snap = snapshot_by_pk(int(head[0]), int(head[1]))
         if snap is None or snap.in_rollout(node_id):
-            return latest
+            return latest, snap
         cursor.execute(_ACTIVE_ACK_SQL, [latest.pk, node_id, NodeAck.Status.ACTIVE.value])
         if cursor.fetchone() is not None:
-            return latest
-    return _previous_release(latest)
+            return latest, snap
+    return _previous_release(latest), snap
 
 
 def rollout_phase_counts() -> dict[str, int]:
@@ -192,3 +200,53 @@ def _age(delta: timedelta) -> str:
     from rollouts.gates import human_duration
 
     return human_duration(delta.total_seconds())
+
+
+def signing_ring() -> Any:
+    """The keyring that signs plans and desired-state answers (`rollouts.signing.KeyRing`)."""
+    from rollouts import signing
+
+    return signing.current_ring()
+
+
+def signing_key_refusal(path: Any, using_postgres: bool) -> str | None:
+    """Why `serve` must not mint a new signing key at `path` (it does not exist), as one line;
+    None when a first key may be created. Nodes pin the key: a new one would make them reject
+    every answer, so it is refused when signed plans exist or, on PostgreSQL, when another
+    replica already registered its key (docs/trust.md)."""
+    from core import ha
+
+    signed = RolloutPlan.objects.count()
+    if signed:
+        key_ids = sorted(set(RolloutPlan.objects.values_list("key_id", flat=True)))
+        return (
+            f"refusing to start: no signing key at {path}, but {signed} rollout plans were "
+            f"signed by key {', '.join(key_ids)}; restore that keyring (or pass "
+            "--signing-key-file) instead of minting a key the nodes do not pin"
+        )
+    if using_postgres:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"SELECT node_id FROM {ha.SHARED_KEY_TABLE} WHERE name = %s",
+                ["rollout signing key"],
+            )
+            row = cursor.fetchone()
+        if row is not None:
+            return (
+                f"refusing to start: no signing key at {path}, and replica {row[0]} already "
+                "signs with one; give every replica the same --signing-key-file (docs/trust.md)"
+            )
+    return None
+
+
+def signing_keys_as_list(ring: Any) -> list[dict[str, Any]]:
+    """`GET /v1/signing-keys` entries: id, public key PEM, status, since (active key first)."""
+    return [
+        {
+            "key_id": key.key_id,
+            "public_key": key.public_pem,
+            "status": key.status,
+            "since": format_rfc3339(key.since),
+        }
+        for key in ring.keys
+    ]

@@ -26,6 +26,19 @@ def data_dir(tmp_path):
     return tmp_path / "data"
 
 
+@pytest.fixture(scope="session")
+def _session_key_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("signing")
+
+
+@pytest.fixture(autouse=True)
+def _signing_key_in_tmp(settings, _session_key_dir):
+    """Every 200 of `GET /v1/releases/latest` is signed (docs/trust.md): the keyring of tests
+    that set no data dir of their own lives in a session temp dir, never in the user's state
+    dir. A test's own `settings.DATA_DIR` fixture runs after this one and wins."""
+    settings.DATA_DIR = _session_key_dir
+
+
 @pytest.fixture(autouse=True)
 def _audit_records_flushable(request):
     """Transactional tests on SQLite: state changes now write audit records, which the

@@ -186,14 +186,14 @@ def _release_store_busy(monkeypatch: pytest.MonkeyPatch) -> None:
     def locked(**kwargs: Any) -> Any:
         raise OperationalError("database is locked")
 
-    monkeypatch.setattr("releases.fast.release_latest_answer", locked)
+    monkeypatch.setattr("releases.fast.release_latest_decision", locked)
 
 
 def _unexpected(monkeypatch: pytest.MonkeyPatch) -> None:
     def bug(**kwargs: Any) -> Any:
         raise RuntimeError("bug")
 
-    monkeypatch.setattr("releases.fast.release_latest_answer", bug)
+    monkeypatch.setattr("releases.fast.release_latest_decision", bug)
 
 
 GOOD_EVENT = {

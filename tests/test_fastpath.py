@@ -109,11 +109,11 @@ def test_release_latest_answers_from_the_cache_on_the_loop_else_on_a_db_thread(a
 
     on_thread = []
 
-    def answer(query: dict[str, str]) -> tuple[int, bytes]:
+    def answer(query: dict[str, str]) -> tuple[int, bytes, list]:
         on_thread.append(query)
-        return 404, b'{"error":"no release in channel beta"}'
+        return 404, b'{"error":"no release in channel beta"}', []
 
-    monkeypatch.setattr(releases.fast, "latest_release_answer", answer)
+    monkeypatch.setattr(releases.fast, "latest_signed_answer", answer)
     monkeypatch.setattr("core.dbthreads.call_with_reconnect", lambda fn, *a: fn(*a))
     monkeypatch.setattr(releases.fast, "cached_latest_answer", lambda query: None)
     status, _, body = call(app, "GET", "/v1/releases/latest", query=b"channel=beta&node_id=n%201")

@@ -58,6 +58,7 @@ NO_DATABASE = {
     ("get", "/v1/crl"),
     ("get", "/metrics"),
     ("get", "/v1/signing-key"),
+    ("get", "/v1/signing-keys"),
 }
 
 

@@ -160,9 +160,10 @@ def test_latest_with_node_id_asks_the_rollout_selector(api, monkeypatch):
 
     def desired(*, latest, node_id):
         seen[node_id] = latest.release_id
-        return None if node_id == "node-out" else Release.objects.get(release_id="old")
+        chosen = None if node_id == "node-out" else Release.objects.get(release_id="old")
+        return chosen, None  # (release, the deciding plan's snapshot)
 
-    monkeypatch.setattr("rollouts.selectors.desired_release_for_node", desired)
+    monkeypatch.setattr("rollouts.selectors.desired_for_node", desired)
     assert api.get("/v1/releases/latest?node_id=node-in").json()["release_id"] == "old"
     out = api.get("/v1/releases/latest?node_id=node-out")
     assert out.status_code == 404

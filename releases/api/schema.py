@@ -27,6 +27,7 @@ from core.openapi import (
     path_id,
     query_id,
     replace,
+    response_headers,
 )
 from core.params import DEFAULT_LIMIT, MAX_LIMIT, MAX_PARSED_INT, RFC3339
 from releases.api.serializers import NodeAckSerializer, ReleasePublishSerializer
@@ -39,6 +40,29 @@ NODE_STATUSES = ["up", "stale", "unknown"]
 # releases.params reads integers of at most 18 digits.
 CHANNEL_PARAMETER = query_id("channel", "The release channel.", default=DEFAULT_CHANNEL)
 NO_NUL = "^[^\\x00]*$"
+BASE64 = "^[A-Za-z0-9+/]*={0,2}$"
+DESIRED_STATE_HEADERS = {
+    "X-Autonomy-Desired-State": {
+        "description": "Standard base64 of the signed statement: UTF-8 JSON binding `type` "
+        "(`autonomy.desired-state/v1`), `node_id`, `channel`, `release_id`, `sequence`, "
+        "`artifact_ref`, `lock_fingerprint`, `plan_id`, `spec_digest`, `release_signature`, "
+        "`issued_at`, `expires_at` and `key_id`. Verify the signature over exactly the decoded "
+        "bytes, then parse them (docs/trust.md); never re-serialise.",
+        "required": True,
+        "schema": {"type": "string", "pattern": BASE64},
+    },
+    "X-Autonomy-Desired-State-Signature": {
+        "description": "Standard base64 of the Ed25519 signature over the decoded statement.",
+        "required": True,
+        "schema": {"type": "string", "pattern": BASE64},
+    },
+    "X-Autonomy-Key-Id": {
+        "description": "The signing key's id (`GET /v1/signing-keys`): the first 16 hex "
+        "characters of the sha256 of the raw public key.",
+        "required": True,
+        "schema": {"type": "string", "pattern": "^[0-9a-f]{16}$"},
+    },
+}
 
 
 class ReleaseSerializer(serializers.Serializer):
@@ -191,7 +215,8 @@ class LatestReleaseViewSchema(OpenApiViewExtension):
                     "The release with the highest `sequence` in the channel. With `node_id`: "
                     "the release **that node** should run, rollout-aware (a node outside a "
                     "running rollout of the latest release gets the previous one). This is "
-                    "the nodes' poll route."
+                    "the nodes' poll route. Every 200 carries the signed desired state in three "
+                    "headers (docs/trust.md); the body is the release as stored."
                 ),
                 tags=["releases"],
                 parameters=[
@@ -205,6 +230,7 @@ class LatestReleaseViewSchema(OpenApiViewExtension):
                         e404="The channel has no release (or none for this node yet).",
                     ),
                 },
+                extensions=response_headers(200, DESIRED_STATE_HEADERS),
             ),
         )
 

@@ -20,7 +20,7 @@ from core.edge import json_answer
 from core.params import check_identifier, param_error, parse_limit, parse_offset
 from releases import selectors, services
 from releases.api.serializers import NodeAckSerializer, ReleasePublishSerializer
-from releases.fast import latest_release_answer
+from releases.fast import latest_signed_answer
 from releases.params import parse_channel, parse_stale_threshold
 
 # Release ids must stay addressable as one path segment, and `latest` is a route of its own.
@@ -70,8 +70,11 @@ class LatestReleaseView(APIView):
     """
 
     def get(self, request: Request) -> HttpResponse | Response:
-        code, body = latest_release_answer(request.query_params.dict())
-        return json_answer(request, code, body)
+        code, body, headers = latest_signed_answer(request.query_params.dict())
+        response = json_answer(request, code, body)
+        for name, value in headers:  # the signed desired state (releases.desired_state)
+            response[name.decode()] = value.decode()
+        return response
 
 
 class ReleaseDetailView(APIView):

@@ -657,3 +657,45 @@ class SigningKeyViewSchema(OpenApiViewExtension):
                 },
             ),
         )
+
+
+class SigningKeyEntrySerializer(serializers.Serializer):
+    key_id = serializers.RegexField(
+        r"^[0-9a-f]{16}$", help_text="First 16 hex characters of sha256(raw public key)."
+    )
+    public_key = serializers.CharField(help_text="PEM SubjectPublicKeyInfo of the Ed25519 key.")
+    status = serializers.ChoiceField(
+        choices=["active", "retired"],
+        help_text="`active` signs new plans and poll answers; `retired` keys signed earlier "
+        "ones and stay listed so those signatures can still be verified.",
+    )
+    since = serializers.DateTimeField(
+        help_text="When the key became active (active) or was retired (retired)."
+    )
+
+
+class SigningKeysSerializer(serializers.Serializer):
+    keys = SigningKeyEntrySerializer(many=True, help_text="The active key first.")
+
+
+class SigningKeysViewSchema(OpenApiViewExtension):
+    target_class = "rollouts.api.views.SigningKeysView"
+
+    def view_replacement(self) -> type:
+        return replace(
+            self.target_class,
+            get=extend_schema(
+                operation_id="signing_keys",
+                summary="Every key of the signing keyring (active and retired)",
+                description="The keys a node pins to verify plan signatures and the signed "
+                "desired state of `GET /v1/releases/latest` (`X-Autonomy-Key-Id` names the key "
+                "that signed). `autonomy-orchestrator signing-key rotate` makes a new active key; "
+                "the old one stays here as `retired` (docs/trust.md).",
+                tags=["rollouts"],
+                responses={
+                    200: SigningKeysSerializer,
+                    **errors(e503="The signing keyring cannot be read."),
+                },
+                extensions={**NO_DATABASE},
+            ),
+        )

@@ -6,6 +6,7 @@ _ACTIONS = ("pause", "resume", "promote", "halt", "cancel")
 
 urlpatterns = [
     path("v1/signing-key", views.SigningKeyView.as_view(), name="signing-key"),
+    path("v1/signing-keys", views.SigningKeysView.as_view(), name="signing-keys"),
     path("v1/rollouts", views.RolloutListView.as_view(), name="rollout-list"),
     # `stuck` before `{plan_id}` (plan ids may not be "stuck").
     path("v1/rollouts/stuck", views.StuckView.as_view(), name="rollout-stuck"),

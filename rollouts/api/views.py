@@ -234,3 +234,14 @@ class SigningKeyView(APIView):
         response = HttpResponse(key.public_pem, content_type="application/x-pem-file")
         response["X-Autonomy-Key-Id"] = key.key_id
         return response
+
+
+class SigningKeysView(APIView):
+    """`GET /v1/signing-keys`: the keyring's public keys, active first (docs/trust.md)."""
+
+    def get(self, request: Request) -> Response:
+        try:
+            ring = signing.current_ring()
+        except signing.SigningKeyError as exc:
+            raise ApiError(503, str(exc)) from None
+        return Response({"keys": selectors.signing_keys_as_list(ring)})

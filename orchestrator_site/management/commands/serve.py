@@ -33,7 +33,12 @@ from core.edge import configure_auth
 from core.flags import env_default, env_list, parse_duration
 from core.hardening import with_hsts
 from core.logging_setup import FORMATS, LEVELS, configure_logging
-from core.paths import default_data_dir, legacy_data_dir_notice
+from core.paths import (
+    default_data_dir,
+    legacy_data_dir,
+    legacy_data_dir_notice,
+    state_data_dir,
+)
 from core.server import (
     SCOPE_HOOKS,
     ClientLimits,
@@ -48,7 +53,8 @@ from crl.apps import CrlConfig
 from crl.services import CrlSyncConfig, CrlSyncThread
 from crl.shared import CrlShareThread
 from crl.store import CrlStore
-from rollouts.signing import SigningKeyError, current_key
+from rollouts.selectors import signing_key_refusal
+from rollouts.signing import SigningKeyError, current_key, key_path
 
 logger = logging.getLogger("orchestrator.serve")
 
@@ -184,6 +190,21 @@ class Command(BaseCommand):
             "without them (docs/security.md) (default auto; AUTONOMY_AUTH)",
         )
         parser.add_argument(
+            "--signing-key-file",
+            metavar="FILE",
+            default=env_default("signing-key-file", ""),
+            help="the Ed25519 keyring that signs rollout plans and poll answers; replicas of "
+            "one database share it (default rollout-signing.key in --data-dir; "
+            "AUTONOMY_SIGNING_KEY_FILE)",
+        )
+        parser.add_argument(
+            "--desired-state-ttl",
+            metavar="DURATION",
+            default=env_default("desired-state-ttl", "5m"),
+            help="how long a signed GET /v1/releases/latest answer stays valid (expires_at), "
+            "Go-style, 10s to 7 days (default 5m; AUTONOMY_DESIRED_STATE_TTL)",
+        )
+        parser.add_argument(
             "--log-format",
             metavar="FORMAT",
             default=env_default("log-format", "text"),
@@ -247,6 +268,8 @@ class Command(BaseCommand):
             raise ServeError("--node-name must be at most 200 characters")
         server_tls, crl_store = self._tls(options)
         sync_config = self._crl_sync(options, server_tls, crl_store)
+        settings.DESIRED_STATE_TTL_SECONDS = self._desired_state_ttl(options)
+        signing_key_file = str(options["signing_key_file"] or "").strip()
 
         # Bind first: a port in use is reported before the data dir is touched.
         main = Listener("main", bind_socket(listen), listen.family)
@@ -287,10 +310,7 @@ class Command(BaseCommand):
         if using_postgres:
             pgconf.configure_pool(size=pool_size, timeout=pool_timeout)
         self._migrate(using_postgres)
-        try:
-            signing_key = current_key()  # created on the first start, checked after
-        except SigningKeyError as exc:
-            raise ServeError(str(exc)) from None
+        signing_key = self._signing_key(signing_key_file, data_dir, using_postgres)
         node_name = node_name or main.bound()
         if using_postgres:
             self._check_shared_keys(node_name, signing_key.public_pem.encode(), data_dir)
@@ -454,6 +474,47 @@ class Command(BaseCommand):
             )
         return enforcement
 
+    def _desired_state_ttl(self, options: dict[str, Any]) -> float:
+        try:
+            ttl = parse_duration(str(options["desired_state_ttl"]))
+        except ValueError as exc:
+            raise ServeError(f"--desired-state-ttl {exc}") from None
+        if not 10 <= ttl <= 7 * 86400:
+            raise ServeError("--desired-state-ttl must be between 10s and 168h (7 days)")
+        return ttl
+
+    def _signing_key(self, key_file: str, data_dir: Path, using_postgres: bool) -> Any:
+        """The keyring's active key (docs/trust.md "Keys"): --signing-key-file, else the data
+        dir's; the old default location when only it has a key; never a new key when signed
+        plans exist, or (PostgreSQL) when other replicas already registered one."""
+        if key_file:
+            path = Path(key_file).expanduser()
+            if not path.is_file():
+                raise ServeError(
+                    f"--signing-key-file {path}: no such file (create it with "
+                    f"`autonomy-orchestrator signing-key --create --signing-key-file {path}`)"
+                )
+        else:
+            path = key_path(data_dir)
+            legacy = key_path(legacy_data_dir())
+            if not path.exists() and data_dir == state_data_dir() and legacy.is_file():
+                path = legacy
+                logger.warning(
+                    "signing key: using %s, the default location of earlier versions; "
+                    "move it to %s or pass --signing-key-file",
+                    legacy,
+                    key_path(data_dir),
+                )
+        settings.SIGNING_KEY_FILE = str(path)
+        if not path.exists():
+            refusal = signing_key_refusal(path, using_postgres)
+            if refusal is not None:
+                raise ServeError(refusal)
+        try:
+            return current_key()  # created on the first start, checked after
+        except SigningKeyError as exc:
+            raise ServeError(str(exc)) from None
+
     def _check_shared_keys(self, node_name: str, signing_pem: bytes, data_dir: Path) -> None:
         """Every replica of one database signs with one key and one session secret."""
         keys = {
@@ -461,7 +522,8 @@ class Command(BaseCommand):
             "session secret": str(settings.SECRET_KEY).encode(),
         }
         fixes = {
-            "rollout signing key": f"copy the other replicas' rollout-signing.key into {data_dir}",
+            "rollout signing key": f"copy the other replicas' rollout-signing.key into {data_dir} "
+            "(or give every replica the same --signing-key-file)",
             "session secret": "give every replica the same AUTONOMY_SECRET_KEY (or copy "
             f"django-secret.key into {data_dir})",
         }

@@ -170,7 +170,11 @@ class Agent:
         return max(0.0, self.config.interval * (1 + spread))
 
     def _spool(self, *events: dict[str, Any]) -> None:
-        self.state.spool(list(events))
+        try:
+            self.state.spool(list(events))
+        except OSError as exc:  # a full or read-only disk must not stop polling and applying
+            self.state.data["events_dropped"] += len(events)
+            log.error("cannot spool %d events, dropped: %s", len(events), exc)
 
     def _poll_and_apply(self) -> None:
         channel = self.config.channel

@@ -10,6 +10,7 @@ import base64
 import json
 import os
 import signal
+import ssl
 import subprocess
 import time
 import urllib.parse
@@ -51,7 +52,12 @@ def wait_for(predicate, *, timeout: float = 30.0, what: str = "condition") -> No
 
 
 def request(
-    srv: ServeProcess, method: str, path: str, body: Any = None, token: str | None = None
+    srv: ServeProcess,
+    method: str,
+    path: str,
+    body: Any = None,
+    token: str | None = None,
+    context: ssl.SSLContext | None = None,
 ) -> tuple[int, dict[str, str], Any]:
     data = json.dumps(body).encode() if body is not None else None
     req = urllib.request.Request(srv.url(path), data=data, method=method)
@@ -60,7 +66,7 @@ def request(
     if token:
         req.add_header("Authorization", f"Bearer {token}")
     try:
-        with urllib.request.urlopen(req, timeout=10) as resp:
+        with urllib.request.urlopen(req, timeout=10, context=context) as resp:
             raw = resp.read()
             return resp.status, dict(resp.headers), json.loads(raw) if raw else None
     except urllib.error.HTTPError as err:
@@ -303,3 +309,37 @@ def test_the_agent_cli_survives_a_restart_and_a_60s_outage_losing_no_event(tmp_p
             agent.wait(timeout=10)
         srv.stop()
         agent_log.close()
+
+
+def test_the_agent_over_mtls_with_a_node_certificate(tmp_path, pki):
+    data = tmp_path / "data"
+    made = cli("token", "create", "--name", "ops", "--role", "admin", "--data-dir", str(data))
+    assert made.returncode == 0, made.stderr
+    admin = made.stdout.strip().splitlines()[-1]
+    tls = ["--tls-cert-file", str(pki.server_cert), "--tls-key-file", str(pki.server_key)]
+    tls += ["--tls-ca-file", str(pki.ca)]
+    with ServeProcess(data, *tls, scheme="https", ssl_context=pki.context("node-b")) as srv:
+        status, _, body = request(
+            srv, "POST", "/v1/releases", release("r1"), admin, pki.context("node-b")
+        )
+        assert status == 201, body
+        status, _, keys = request(
+            srv, "GET", "/v1/signing-keys", None, admin, pki.context("node-b")
+        )
+        assert status == 200, keys
+        (tmp_path / "trust.pem").write_text("".join(k["public_key"] for k in keys["keys"]))
+        cert, key = pki.client("node-a")
+        client = Client(
+            srv.base_url,
+            "node-a",
+            cert=str(cert),
+            key=str(key),
+            ca=str(pki.ca),
+            trust_keys=[tmp_path / "trust.pem"],
+        )
+        with client:
+            state = client.poll("stable")
+            assert (state.release_id, state.node_id) == ("r1", "node-a")
+            assert client.ack("r1", "active", "ok")["node_id"] == "node-a"
+            sent = client.send_events([client.event("agent.heartbeat")])
+            assert sent == {"received": 1, "inserted": 1, "deduped": 0}

@@ -22,7 +22,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("serve", "run the HTTP API (daphne) on --listen, SQLite in --data-dir"),
     "migrate": ("migrate_to_pg", "copy all data from the SQLite store to PostgreSQL"),
     "version": ("version", "print version, build SHA, build date, tier and platform"),
-    "signing-key": ("signing_key", "print the public key (PEM) that signs rollout plan specs"),
+    "signing-key": (
+        "signing_key",
+        "print the public key that signs plans and poll answers; `signing-key rotate`",
+    ),
+    "release": ("release", "sign a release offline: release sign --key PRIVATE.pem release.json"),
     "createsuperuser": ("createsuperuser", "create an admin user for /admin/"),
     "token": ("token", "create, list or revoke API bearer tokens"),
     "audit": ("audit", "export the audit log (audit export --since 24h) as JSON lines"),

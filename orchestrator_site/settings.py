@@ -179,10 +179,10 @@ TOKEN_CACHE_TTL_SECONDS = env.float("AUTONOMY_TOKEN_CACHE_TTL", default=2.0)
 # Signed desired state (docs/trust.md): the keyring file (empty = rollout-signing.key in DATA_DIR;
 # `serve --signing-key-file`), how long a signed poll answer stays valid (`serve
 # --desired-state-ttl`), and the offline release keys (`serve --release-trust-key`, set by serve:
-# a list of Ed25519 public keys; empty = releases need no signature).
+# key id -> Ed25519 public key; empty = releases need no signature).
 SIGNING_KEY_FILE = env.str("AUTONOMY_SIGNING_KEY_FILE", default="").strip()
 DESIRED_STATE_TTL_SECONDS = 300.0
-RELEASE_TRUST_KEYS: list = []
+RELEASE_TRUST_KEYS: dict = {}
 
 REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": [

@@ -15,6 +15,8 @@ class Release(models.Model):
     artifact_ref = models.CharField(max_length=2048, null=True, blank=True)
     metadata = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField()
+    # The offline release signature as posted (releases.release_signing; docs/trust.md), or null.
+    release_signature = models.JSONField(null=True, blank=True, default=None)
 
     class Meta:
         constraints = [

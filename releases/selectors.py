@@ -35,6 +35,7 @@ RELEASE_FIELDS = (
     "artifact_ref",
     "metadata",
     "created_at",
+    "release_signature",
 )
 
 
@@ -48,6 +49,7 @@ def release_as_dict(release: Release) -> dict[str, Any]:
         "artifact_ref": release.artifact_ref,
         "metadata": jsonvalues.from_store(release.metadata),
         "created_at": format_rfc3339(release.created_at),
+        "release_signature": release.release_signature,
     }
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import Max
 from django.utils import timezone
@@ -16,6 +17,7 @@ from access.services import audit_write
 from core import jsonvalues
 from core.auth import Principal, acting
 from core.errors import ApiError
+from releases import release_signing
 from releases.models import NodeAck, Release
 from releases.selectors import latest_cache, release_get
 
@@ -65,6 +67,7 @@ def release_publish(
     lock_fingerprint: str | None = None,
     artifact_ref: str | None = None,
     metadata: dict[str, Any] | None = None,
+    release_signature: dict[str, Any] | None = None,
     principal: Principal | None = None,
 ) -> Outcome:
     """Store a release with the channel's next sequence (1, 2, 3, ... without gaps).
@@ -73,7 +76,21 @@ def release_publish(
     the (channel, sequence) unique constraint turns a concurrent publish that took the same number
     into an IntegrityError, and we retry. A re-publish of the same release_id stores nothing and
     consumes no number: identical fields -> Outcome(created=False), different -> ApiError 409.
+
+    `release_signature` (the offline signature, docs/trust.md) must match the release's fields;
+    with trusted release keys (`serve --release-trust-key`) it is required and must verify with
+    one of them: else ApiError 400. It is not compared on a re-publish.
     """
+    _check_release_signature(
+        {
+            "release_id": release_id,
+            "channel": channel,
+            "artifact_ref": artifact_ref,
+            "lock_fingerprint": lock_fingerprint,
+            "metadata": metadata,
+        },
+        release_signature,
+    )
     wanted: dict[str, Any] = {
         "channel": channel,
         "policy_ref": policy_ref,
@@ -93,6 +110,7 @@ def release_publish(
                     release_id=release_id,
                     sequence=(top or 0) + 1,
                     created_at=timezone.now(),
+                    release_signature=release_signature,
                     **wanted,
                 )
                 audit_write(
@@ -104,6 +122,7 @@ def release_publish(
                         "channel": channel,
                         "sequence": release.sequence,
                         "artifact_ref": artifact_ref,
+                        "release_key_id": (release_signature or {}).get("key_id"),
                     },
                 )
         except IntegrityError:
@@ -122,6 +141,27 @@ def release_publish(
     raise ApiError(
         503, "too many concurrent publishes to this channel; retry shortly", channel=channel
     )
+
+
+def _check_release_signature(release: dict[str, Any], signature: Any) -> None:
+    """400 unless the offline signature fits (releases.release_signing.check)."""
+    trusted = settings.RELEASE_TRUST_KEYS or None
+    if signature is None:
+        if trusted is None:
+            return
+        raise ApiError(
+            400,
+            "invalid field 'release_signature': this server accepts only releases signed by a "
+            "trusted release key (--release-trust-key); sign it offline with "
+            "`autonomy-orchestrator release sign --key PRIVATE.pem release.json`",
+            field="release_signature",
+        )
+    try:
+        release_signing.check(release, signature, trusted)
+    except release_signing.ReleaseSignatureError as exc:
+        raise ApiError(
+            400, f"invalid field 'release_signature': {exc}", field="release_signature"
+        ) from None
 
 
 def node_ack_upsert(

@@ -20,7 +20,8 @@ from datetime import datetime
 
 from django.db import connection
 
-from rollouts.models import Phase, RolloutPlan, StagePhase, StageStatus
+from rollouts.models import TERMINAL_PHASES, Phase, RolloutPlan, StagePhase, StageStatus
+from rollouts.signing import digest_of
 from rollouts.validation import GateSpec, stages_of
 
 LIVE_STAGE_PHASES = frozenset({StagePhase.OPEN, StagePhase.PROMOTED})
@@ -64,6 +65,9 @@ class PlanSnapshot:
     updated_at: datetime
     stages: tuple[StageSnap, ...]
     digest: str = ""  # the stored spec digest ("sha256:<hex>")
+    # The stored spec bytes no longer match `digest` (altered outside the API): the snapshot
+    # uses none of the spec (no listed nodes, no gates) and shows the plan halted.
+    tampered: bool = False
 
     @property
     def takes_new_nodes(self) -> bool:
@@ -121,7 +125,11 @@ _CACHE_MAX = 512
 
 
 def build_snapshot(plan: RolloutPlan) -> PlanSnapshot:
-    spec_stages = stages_of(bytes(plan.spec))
+    raw = bytes(plan.spec)
+    actual = digest_of(raw)
+    if actual != plan.digest:
+        return _tampered_snapshot(plan, actual)
+    spec_stages = stages_of(raw)
     rows = list(StageStatus.objects.filter(plan_id=plan.pk).order_by("position"))
     stages = tuple(
         StageSnap(
@@ -151,6 +159,59 @@ def build_snapshot(plan: RolloutPlan) -> PlanSnapshot:
         stages=stages,
         digest=plan.digest,
     )
+
+
+def _tampered_snapshot(plan: RolloutPlan, actual: str) -> PlanSnapshot:
+    """The plan as if halted, built from its stage rows only: the altered spec's nodes and
+    gates are never used. Reports the mismatch (halt, metric, audit, log) through
+    `rollouts.services.plan_tampered`, once per plan and altered content in this process."""
+    reason = (
+        f"the stored spec no longer matches its signed digest (signed {plan.digest}, stored "
+        f"bytes {actual}): it was altered outside the API"
+    )
+    rows = list(StageStatus.objects.filter(plan_id=plan.pk).order_by("position"))
+    stages = tuple(
+        StageSnap(
+            pk=row.pk,
+            position=row.position,
+            stage_id=row.stage_id,
+            phase=StagePhase.HALTED if row.phase == StagePhase.OPEN else row.phase,
+            percent=row.percent,
+            nodes=frozenset(),
+            gates=(),
+            opened_at=row.opened_at,
+            promoted_at=row.promoted_at,
+            manual_approved=row.manual_approved,
+            manual_approved_by=row.manual_approved_by,
+            halt_reason=reason if row.phase == StagePhase.OPEN else row.halt_reason,
+        )
+        for row in rows
+    )
+    key = (plan.pk, actual)
+    if key not in _reported:
+        with _cache_lock:
+            first = key not in _reported
+            _reported.add(key)
+        if first:
+            from rollouts.services import plan_tampered
+
+            plan_tampered(plan=plan, actual_digest=actual, reason=reason)
+    return PlanSnapshot(
+        pk=plan.pk,
+        plan_id=plan.plan_id,
+        release_pk=plan.release_id,
+        phase=plan.phase if plan.phase in TERMINAL_PHASES else Phase.HALTED,
+        version=plan.version,
+        current_stage_id=plan.current_stage_id,
+        updated_at=plan.updated_at,
+        stages=stages,
+        digest=plan.digest,
+        tampered=True,
+    )
+
+
+# (plan pk, digest of the altered bytes) already reported by this process.
+_reported: set[tuple[int, str]] = set()
 
 
 def snapshot_of(plan: RolloutPlan) -> PlanSnapshot:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 
-from prometheus_client import REGISTRY
+from prometheus_client import REGISTRY, Counter
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
@@ -14,6 +14,13 @@ from rollouts import selectors
 from rollouts.models import Phase
 
 logger = logging.getLogger("orchestrator.metrics")
+
+# Stored plan specs found altered (their bytes no longer match the signed digest), by this
+# process: `rollouts.services.plan_tampered` counts each plan once per altered content.
+PLAN_TAMPERED = Counter(
+    "cp_rollout_plan_tampered",
+    "Rollout plans whose stored spec no longer matched its signed digest (halted).",
+)
 
 
 class RolloutPhaseCollector(Collector):

@@ -19,12 +19,13 @@ The admin UI and the API call these functions (keyword-only):
 from __future__ import annotations
 
 import bisect
+import logging
 import secrets
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from django.db import IntegrityError, transaction
+from django.db import DatabaseError, IntegrityError, connection, transaction
 from django.db.models import F
 
 from access.models import AuditRecord
@@ -54,6 +55,8 @@ from rollouts.statemachine import (
     verb,
 )
 from rollouts.validation import PlanSpec, parse_spec
+
+logger = logging.getLogger("orchestrator.rollouts")
 
 ANONYMOUS = "anonymous"
 EVALUATOR = "evaluator"
@@ -427,6 +430,7 @@ def rollout_transition(
         plan = plan_get(plan_id)
         if expected_version is not None and plan.version != expected_version:
             raise _conflict(action, plan_id)
+        _refuse_tampered(plan, action)
         target = target_phase(action, plan.phase)
         if target is None:
             raise ApiError(
@@ -661,3 +665,107 @@ def _poke() -> None:
     from rollouts.evaluator import poke
 
     poke()
+
+
+# --- keys -------------------------------------------------------------------------------------
+
+SHARED_KEY_NAME = "rollout signing key"  # the name `serve` registers its fingerprint under
+
+
+def signing_key_rotate(*, path: Any, principal: Principal | None = None) -> signing.KeyRing:
+    """Make a new active key in the keyring at `path`; the old active key is kept as `retired`
+    (its signatures stay verifiable). Writes the `signing_key.rotated` audit record and, where
+    replicas registered the key's fingerprint (core.ha), the new one, in one transaction."""
+    from access.services import cli_principal
+    from core import ha
+
+    actor = principal or cli_principal()
+    before = signing.ring_at(path)
+    with transaction.atomic():
+        ring = signing.rotate(path)
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"UPDATE {ha.SHARED_KEY_TABLE} SET fingerprint = %s WHERE name = %s",
+                [ha.fingerprint(ring.active.public_pem.encode()), SHARED_KEY_NAME],
+            )
+        audit_write(
+            event_name="signing_key.rotated",
+            outcome=AuditRecord.Outcome.SUCCESS,
+            principal=actor,
+            target=ring.active.key_id,
+            detail={
+                "retired_key_id": before.active.key_id,
+                "keys": [key.key_id for key in ring.keys],
+                "path": str(path),
+            },
+        )
+    return ring
+
+
+# --- tamper detection -------------------------------------------------------------------------
+
+TAMPER_CHECKER = "tamper-check"
+# Actions that would run the plan's stages again: refused while its spec does not match.
+_REFUSED_WHEN_TAMPERED = frozenset({"resume", "retry", "promote", "skip_failed"})
+
+
+def plan_tampered(*, plan: RolloutPlan, actual_digest: str, reason: str) -> None:
+    """A stored spec no longer matches its signed digest (`rollouts.cohort` found it while
+    building the plan's snapshot; the snapshot already ignores the spec, so nodes get what a
+    halted plan gives). Halt the plan through the state machine when it is running, count
+    `cp_rollout_plan_tampered_total`, write the `rollout.plan.tampered` audit record, log a
+    warning. The one place a tampered plan is acted on: the `rollout.plan.tampered` webhook
+    hooks here."""
+    from rollouts.metrics import PLAN_TAMPERED
+
+    PLAN_TAMPERED.inc()
+    logger.warning(
+        "rollout %s: %s; halting it",
+        plan.plan_id,
+        reason,
+        extra={"plan_id": plan.plan_id, "digest": plan.digest, "actual_digest": actual_digest},
+    )
+    actor = system(TAMPER_CHECKER)
+    halted = False
+    if target_phase("halt", plan.phase) is not None:
+        try:
+            rollout_transition(plan_id=plan.plan_id, action="halt", reason=reason, principal=actor)
+            halted = True
+        except ApiError:  # another replica or an operator changed it first
+            pass
+        except DatabaseError:
+            logger.exception("rollout %s: could not halt the tampered plan", plan.plan_id)
+    try:
+        with transaction.atomic():
+            audit_write(
+                event_name="rollout.plan.tampered",
+                outcome=AuditRecord.Outcome.FAILURE,
+                principal=actor,
+                target=plan.plan_id,
+                detail={
+                    "digest": plan.digest,
+                    "actual_digest": actual_digest,
+                    "phase": plan.phase,
+                    "halted": halted,
+                    "reason": reason,
+                },
+            )
+    except DatabaseError:
+        logger.exception("rollout %s: could not audit the tampered plan", plan.plan_id)
+
+
+def plan_spec_intact(plan: RolloutPlan) -> bool:
+    """False when the stored spec no longer matches its digest (cached per plan version)."""
+    return not snapshot_of(plan).tampered
+
+
+def _refuse_tampered(plan: RolloutPlan, action: str) -> None:
+    if action in _REFUSED_WHEN_TAMPERED and not plan_spec_intact(plan):
+        raise ApiError(
+            409,
+            f"cannot {verb(action)}: the stored spec of rollout plan {plan.plan_id!r} no longer "
+            f"matches its signed digest {plan.digest}; cancel or roll it back and publish a new "
+            "plan",
+            phase=plan.phase,
+            plan_id=plan.plan_id,
+        )

@@ -87,3 +87,218 @@ def test_the_validity_follows_the_setting(api, settings):
     issued = datetime.fromisoformat(statement["issued_at"].replace("Z", "+00:00"))
     expires = datetime.fromisoformat(statement["expires_at"].replace("Z", "+00:00"))
     assert (expires - issued).total_seconds() == 45
+
+
+# --- the keyring --------------------------------------------------------------------------------
+
+
+def publish_plan(api: Any, plan_id: str, release_id: str, stages: list[dict] | None = None) -> Any:
+    spec = {
+        "plan_id": plan_id,
+        "release_id": release_id,
+        "stages": stages
+        or [
+            {"stage_id": "canary", "percent": 0.01, "nodes": ["n-canary"]},
+            {"stage_id": "all", "percent": 100, "gates": [{"kind": "manual"}]},
+        ],
+    }
+    answer = api.post("/v1/rollouts", json.dumps(spec), content_type="application/json")
+    assert answer.status_code == 201, answer.content
+    return answer.json()
+
+
+def test_rotate_keeps_old_signatures_verifiable_and_new_answers_use_the_new_key(api, keyring):
+    from access.models import AuditRecord
+    from rollouts.services import signing_key_rotate
+
+    publish(api, release_id="r1")
+    plan = publish_plan(api, "plan-old", "r1")
+    old_id = plan["signature"]["key_id"]
+    assert api.get("/v1/releases/latest")["X-Autonomy-Key-Id"] == old_id
+
+    ring = signing_key_rotate(path=keyring)
+    new_id = ring.active.key_id
+    assert new_id != old_id
+
+    listed = api.get("/v1/signing-keys").json()["keys"]
+    assert [(k["key_id"], k["status"]) for k in listed] == [(new_id, "active"), (old_id, "retired")]
+    assert all(k["since"].endswith("Z") for k in listed)
+    keys = pinned_keys(api)
+    # the old plan's signature still verifies with the (now retired) key it names
+    keys[old_id].verify(base64.b64decode(plan["signature"]["value"]), plan["digest"].encode())
+    # new answers and new plans use the new key; /v1/signing-key is the active one
+    answer = api.get("/v1/releases/latest?node_id=n-canary")
+    assert answer["X-Autonomy-Key-Id"] == new_id
+    assert verified_statement(answer, keys)["key_id"] == new_id
+    assert api.get("/v1/signing-key")["X-Autonomy-Key-Id"] == new_id
+    publish(api, release_id="r2")
+    assert publish_plan(api, "plan-new", "r2")["signature"]["key_id"] == new_id
+    record = AuditRecord.objects.get(event_name="signing_key.rotated")
+    assert record.target == new_id
+    assert record.detail["retired_key_id"] == old_id
+    assert keyring.stat().st_mode & 0o777 == 0o600
+
+
+def test_a_plan_decided_answer_names_the_plan_and_its_digest(api):
+    publish(api, release_id="r1")
+    publish(api, release_id="r2")
+    plan = publish_plan(api, "plan-1", "r2")
+    keys = pinned_keys(api)
+    inside = verified_statement(api.get("/v1/releases/latest?node_id=n-canary"), keys)
+    outside = verified_statement(api.get("/v1/releases/latest?node_id=n-other"), keys)
+    assert (inside["release_id"], outside["release_id"]) == ("r2", "r1")
+    for statement in (inside, outside):
+        assert isinstance(statement["plan_id"], int)  # SIGNED_STATE.md: the plan's number
+        assert statement["spec_digest"] == plan["digest"]
+    plain = verified_statement(api.get("/v1/releases/latest"), keys)
+    assert plain["plan_id"] is None and plain["node_id"] is None
+
+
+# --- offline release signatures -----------------------------------------------------------------
+
+
+@pytest.fixture
+def release_key(settings):
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from releases import release_signing
+
+    private = Ed25519PrivateKey.generate()
+    settings.RELEASE_TRUST_KEYS = {
+        release_signing.key_id(private.public_key()): private.public_key()
+    }
+    return private
+
+
+def signed_release(private: Any, **fields: Any) -> dict[str, Any]:
+    from releases import release_signing
+
+    release = {
+        "release_id": "r1",
+        "channel": "stable",
+        "artifact_ref": "oci://r/app:1",
+        "lock_fingerprint": "sha256:ab",
+        "metadata": {"n": 1, "s": "é"},
+        **fields,
+    }
+    return {**release, "release_signature": release_signing.sign(release, private)}
+
+
+def test_trusted_release_keys_refuse_unsigned_bad_and_mismatching_releases(api, release_key):
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from access.models import AuditRecord
+
+    good = signed_release(release_key)
+    unsigned = {k: v for k, v in good.items() if k != "release_signature"}
+    other_key = signed_release(Ed25519PrivateKey.generate())
+    bad_signature = {**good, "release_signature": {**good["release_signature"]}}
+    bad_signature["release_signature"]["signature"] = other_key["release_signature"]["signature"]
+    mismatching = {**good, "artifact_ref": "oci://evil/app:1"}
+    cases = {
+        "unsigned": (unsigned, "only releases signed by a trusted release key"),
+        "untrusted key": (other_key, "not a trusted release key"),
+        "bad signature": (bad_signature, "does not verify"),
+        "mismatch": (mismatching, "made for a different release: artifact_ref differ"),
+    }
+    for name, (body, message) in cases.items():
+        answer = api.post("/v1/releases", body, format="json")
+        assert answer.status_code == 400, name
+        assert answer.json()["field"] == "release_signature"
+        assert message in answer.json()["error"], (name, answer.json())
+    refusals = AuditRecord.objects.filter(event_name="release.published", outcome="failure")
+    assert refusals.count() == len(cases)
+    assert api.get("/v1/releases").json()["count"] == 0
+
+    accepted = api.post("/v1/releases", good, format="json")
+    assert accepted.status_code == 201, accepted.content
+    assert accepted.json()["release_signature"] == good["release_signature"]
+    latest = api.get("/v1/releases/latest")
+    assert latest.json()["release_signature"] == good["release_signature"]
+    assert api.get("/v1/releases/r1").json()["release_signature"] == good["release_signature"]
+    statement = verified_statement(latest, pinned_keys(api))
+    assert statement["release_signature"] == {
+        "key_id": good["release_signature"]["key_id"],
+        "signature": good["release_signature"]["signature"],
+    }
+    # a node that pins the release key verifies the artifact itself, over the signed bytes
+    served = latest.json()["release_signature"]
+    signed = base64.b64decode(served["signed"])
+    release_key.public_key().verify(base64.b64decode(served["signature"]), signed)
+    assert json.loads(signed)["artifact_ref"] == latest.json()["artifact_ref"]
+
+
+def test_without_trusted_keys_a_posted_signature_is_kept_when_it_fits(api):
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    key = Ed25519PrivateKey.generate()
+    assert publish(api, release_id="plain").json()["release_signature"] is None
+    mismatching = {**signed_release(key), "channel": "beta"}
+    assert api.post("/v1/releases", mismatching, format="json").status_code == 400
+    assert api.post("/v1/releases", signed_release(key), format="json").status_code == 201
+
+
+def test_release_sign_works_offline_and_its_output_is_accepted(api, release_key, tmp_path):
+    from cryptography.hazmat.primitives import serialization
+
+    from tests.liveserver import cli
+
+    pem = release_key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    (tmp_path / "release.key").write_bytes(pem)
+    release = {"release_id": "r9", "artifact_ref": "oci://r/app:9", "metadata": {"k": [1, 2.5]}}
+    (tmp_path / "release.json").write_text(json.dumps(release))
+    # no data dir, no database: an empty HOME and a data dir that does not exist
+    env = {"HOME": str(tmp_path / "home"), "AUTONOMY_DATA_DIR": str(tmp_path / "nowhere")}
+    result = cli(
+        "release",
+        "sign",
+        "--key",
+        str(tmp_path / "release.key"),
+        str(tmp_path / "release.json"),
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr
+    assert not (tmp_path / "nowhere").exists()
+    signed = json.loads(result.stdout)
+    assert api.post("/v1/releases", signed, format="json").status_code == 201
+    bad = cli("release", "sign", "--key", str(tmp_path / "release.json"), "-", env=env)
+    assert bad.returncode != 0 and "not an unencrypted PEM Ed25519 private key" in bad.stderr
+
+
+# --- tamper detection ---------------------------------------------------------------------------
+
+
+def test_a_plan_whose_stored_spec_was_altered_halts_and_its_stages_are_not_served(api):
+    from access.models import AuditRecord
+    from rollouts.metrics import PLAN_TAMPERED
+    from rollouts.models import RolloutPlan
+
+    publish(api, release_id="r1")
+    publish(api, release_id="r2")
+    plan = publish_plan(api, "plan-t", "r2")
+    before = PLAN_TAMPERED._value.get()
+    # drop the manual gate, 100 % at once, a new listed node: the spec row rewritten in place
+    altered = json.dumps(
+        {
+            "plan_id": "plan-t",
+            "release_id": "r2",
+            "stages": [{"stage_id": "canary", "percent": 100, "nodes": ["n-intruder"]}],
+        }
+    ).encode()
+    RolloutPlan.objects.filter(plan_id="plan-t").update(spec=altered)
+
+    answer = api.get("/v1/releases/latest?node_id=n-intruder")
+    assert answer.json()["release_id"] == "r1"  # not the tampered stage's node list
+    assert api.get("/v1/releases/latest?node_id=n-other").json()["release_id"] == "r1"
+    status = api.get("/v1/rollouts/plan-t").json()
+    assert status["phase"] == "halted"
+    assert status["status"]["history"][-1]["action"] == "halt"
+    assert "no longer matches its signed digest" in status["status"]["history"][-1]["reason"]
+    assert PLAN_TAMPERED._value.get() == before + 1
+    record = AuditRecord.objects.get(event_name="rollout.plan.tampered")
+    assert record.target == "plan-t" and record.detail["digest"] == plan["digest"]
+    resumed = api.post("/v1/rollouts/plan-t/resume", {}, format="json")
+    assert resumed.status_code == 409
+    assert "no longer matches its signed digest" in resumed.json()["error"]

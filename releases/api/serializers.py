@@ -59,6 +59,8 @@ class ReleasePublishSerializer(serializers.Serializer):
         max_length=2048, required=False, allow_null=True, allow_blank=True, default=None
     )
     metadata = serializers.DictField(required=False, allow_null=True, default=dict)
+    # Checked by the service (releases.release_signing), required under --release-trust-key.
+    release_signature = serializers.DictField(required=False, allow_null=True, default=None)
 
 
 class NodeAckSerializer(serializers.Serializer):

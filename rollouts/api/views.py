@@ -65,6 +65,8 @@ def _flag(request: Request, name: str) -> bool:
 
 
 def plan_detail(plan: Any) -> dict[str, Any]:
+    if not services.plan_spec_intact(plan):  # checked (and halted) first: show the outcome
+        plan = services.plan_get(plan.plan_id)
     return {
         **selectors.plan_summary(plan),
         "spec": orjson.loads(bytes(plan.spec)),

@@ -53,6 +53,7 @@ from crl.apps import CrlConfig
 from crl.services import CrlSyncConfig, CrlSyncThread
 from crl.shared import CrlShareThread
 from crl.store import CrlStore
+from releases.release_signing import ReleaseSignatureError, load_public_keys
 from rollouts.selectors import signing_key_refusal
 from rollouts.signing import SigningKeyError, current_key, key_path
 
@@ -205,6 +206,15 @@ class Command(BaseCommand):
             "Go-style, 10s to 7 days (default 5m; AUTONOMY_DESIRED_STATE_TTL)",
         )
         parser.add_argument(
+            "--release-trust-key",
+            metavar="FILE",
+            action="append",
+            default=None,
+            help="repeatable: PEM Ed25519 public key(s) of the offline release key; when set, "
+            "POST /v1/releases accepts only releases signed by one of them (`release sign`) "
+            "(default none; AUTONOMY_RELEASE_TRUST_KEY, comma-separated)",
+        )
+        parser.add_argument(
             "--log-format",
             metavar="FORMAT",
             default=env_default("log-format", "text"),
@@ -269,6 +279,7 @@ class Command(BaseCommand):
         server_tls, crl_store = self._tls(options)
         sync_config = self._crl_sync(options, server_tls, crl_store)
         settings.DESIRED_STATE_TTL_SECONDS = self._desired_state_ttl(options)
+        settings.RELEASE_TRUST_KEYS = self._release_trust_keys(options)
         signing_key_file = str(options["signing_key_file"] or "").strip()
 
         # Bind first: a port in use is reported before the data dir is touched.
@@ -482,6 +493,27 @@ class Command(BaseCommand):
         if not 10 <= ttl <= 7 * 86400:
             raise ServeError("--desired-state-ttl must be between 10s and 168h (7 days)")
         return ttl
+
+    def _release_trust_keys(self, options: dict[str, Any]) -> dict[str, Any]:
+        files = options["release_trust_key"]
+        if files is None:
+            files = env_list("release-trust-key")
+        keys: dict[str, Any] = {}
+        for name in dict.fromkeys(f.strip() for f in files if f and f.strip()):
+            path = Path(name).expanduser()
+            try:
+                keys.update(load_public_keys(path.read_bytes(), f"--release-trust-key {path}"))
+            except OSError as exc:
+                raise ServeError(
+                    f"--release-trust-key {path}: cannot read it: {exc.strerror or exc}"
+                ) from None
+            except ReleaseSignatureError as exc:
+                raise ServeError(str(exc)) from None
+        if keys:
+            logger.info(
+                "releases: only those signed by release key %s are accepted", ", ".join(keys)
+            )
+        return keys
 
     def _signing_key(self, key_file: str, data_dir: Path, using_postgres: bool) -> Any:
         """The keyring's active key (docs/trust.md "Keys"): --signing-key-file, else the data

@@ -171,13 +171,13 @@ def test_verified_end_to_end_and_every_forgery_refused(tmp_path):
         with pytest.raises(UnsignedRelease):
             strict.poll("stable")
 
-    # Rotation: the server signs with a new key; a node pinning only the old one refuses, a node
-    # told about the new key keeps working.
-    rotated = cli("signing-key", "rotate", "--data-dir", str(data))
-    assert rotated.returncode == 0, rotated.stderr
-    with ServeProcess(data) as srv:
+        # Rotation (the running server picks the new key up): a node pinning only the old key
+        # refuses, a node told about the new key keeps working.
+        rotated = cli("signing-key", "rotate", "--data-dir", str(data))
+        assert rotated.returncode == 0, rotated.stderr
+        old_key_id = headers["X-Autonomy-Key-Id"]
+        wait_for(lambda: raw_poll(srv)[0]["X-Autonomy-Key-Id"] != old_key_id, what="rotation")
         publish(srv, release("r3"))
-        agent = make_agent(tmp_path, srv, [old_keys])
         agent.cycle()
         assert isinstance(agent.last_error, UnknownKey)
         assert applied(tmp_path)["AUTONOMY_RELEASE_ID"] == "r2"
@@ -186,6 +186,9 @@ def test_verified_end_to_end_and_every_forgery_refused(tmp_path):
         agent.cycle()
         assert agent.last_error is None
         assert applied(tmp_path)["AUTONOMY_RELEASE_ID"] == "r3"
+        _, _, listed = request(srv, "GET", "/v1/signing-keys")
+        statuses = {k["key_id"]: k["status"] for k in listed["keys"]}
+        assert statuses[old_key_id] == "retired"
 
 
 def test_only_offline_signed_releases_run_under_a_release_trust_key(tmp_path):

@@ -230,3 +230,31 @@ class FakePlane:
 
     def __exit__(self, *exc: Any) -> None:
         self.stop()
+
+
+class TamperingProxy(FakePlane):
+    """A man in the middle before a real server: forwards every request to UPSTREAM and lets
+    `answer_hook(body, headers)` change the poll answer's JSON body or headers on the way."""
+
+    def __init__(self, upstream: str) -> None:
+        super().__init__()
+        self.upstream = upstream
+
+    def handle(self, method: str, path: str, body: bytes) -> tuple[int, dict[str, str], bytes]:
+        import urllib.error
+        import urllib.request
+
+        req = urllib.request.Request(self.upstream + path, data=body or None, method=method)
+        if body:
+            req.add_header("Content-Type", "application/json")
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                status, headers, data = resp.status, dict(resp.headers), resp.read()
+        except urllib.error.HTTPError as err:
+            status, headers, data = err.code, dict(err.headers), err.read()
+        headers = {k: v for k, v in headers.items() if k.lower().startswith("x-autonomy")}
+        if self.answer_hook and path.startswith("/v1/releases/latest") and status == 200:
+            decoded = json.loads(data)
+            self.answer_hook(decoded, headers)
+            data = canonical(decoded)
+        return status, headers, data

@@ -33,7 +33,7 @@ from autonomy_agent import (
     UnknownKey,
     UnsignedRelease,
 )
-from tests.fakeplane import key_id, write_public
+from tests.fakeplane import TamperingProxy, key_id, write_public
 from tests.liveserver import BIN, ServeProcess, child_env, cli
 
 pytestmark = pytest.mark.e2e
@@ -146,6 +146,24 @@ def test_verified_end_to_end_and_every_forgery_refused(tmp_path):
         _, _, events = request(srv, "GET", f"/v1/events?node_id={NODE}")
         kinds = sorted(e["event_type"] for e in events["events"])
         assert kinds == ["agent.apply", "agent.heartbeat"]
+
+        # A man in the middle changes the artifact of a real answer: the agent runs nothing.
+        with TamperingProxy(srv.base_url) as proxy:
+            mitm = make_agent(tmp_path, srv, [old_keys])
+            mitm.client = Client(proxy.url, NODE, trust_keys=[old_keys], retries=0)
+            publish(srv, release("r1b"))
+
+            def swap(body: dict[str, Any], headers: dict[str, str]) -> None:
+                body["artifact_ref"] = "oci://evil/app:r1b"
+
+            proxy.answer_hook = swap
+            mitm.cycle()
+            assert isinstance(mitm.last_error, Mismatch)
+            assert applied(tmp_path)["AUTONOMY_RELEASE_ID"] == "r1"
+            _, _, refused = request(
+                srv, "GET", f"/v1/events?node_id={NODE}&event_type=agent.refused"
+            )
+            assert [e["reason"] for e in refused["events"]] == ["mismatch"]
 
         # Real answers, altered on the way or replayed: refused.
         headers, body = raw_poll(srv)

@@ -21,7 +21,7 @@ from autonomy_agent.errors import (
     UnsignedRelease,
     VerificationError,
 )
-from autonomy_agent.state import StateDir
+from autonomy_agent.state import StateDir, StateDirBusy
 from autonomy_agent.transport import Backoff
 from autonomy_agent.verify import (
     DesiredState,
@@ -48,6 +48,7 @@ __all__ = [
     "ReleaseSignature",
     "Rollback",
     "StateDir",
+    "StateDirBusy",
     "TransportError",
     "Unavailable",
     "UnknownKey",

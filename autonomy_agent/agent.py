@@ -134,6 +134,17 @@ class Agent:
         self._rng = rng
         self.last_error: BaseException | None = None  # what went wrong in the last cycle
 
+    def close(self) -> None:
+        """Release the state dir and the client's connection."""
+        self.state.close()
+        self.client.close()
+
+    def __enter__(self) -> Agent:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     # -- one cycle --------------------------------------------------------------------------
 
     def cycle(self) -> float:

@@ -201,12 +201,13 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, AgentError, OSError) as exc:
         p.error(str(exc))
     if args.once:
-        agent.cycle()
-        if agent.last_error is not None:
-            sys.stderr.write(f"{PROG}: {agent.last_error}\n")
-            return 1
-        record = agent.state.channel(args.channel)
-        return 1 if record.get("status") == "failed" else 0
+        with agent:
+            agent.cycle()
+            if agent.last_error is not None:
+                sys.stderr.write(f"{PROG}: {agent.last_error}\n")
+                return 1
+            record = agent.state.channel(args.channel)
+            return 1 if record.get("status") == "failed" else 0
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -214,8 +215,8 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    agent.run(stop)
-    agent.client.close()
+    with agent:
+        agent.run(stop)
     return 0
 
 

@@ -6,6 +6,7 @@ Layout (the dir is 0700, every file 0600, every write atomic: a temporary file, 
                          "pending_acks": [...], "events_spooled": N, "events_dropped": N}
     desired-state.json  the exact signed statement bytes last accepted (evidence for the apply)
     spool/NNNNNNNNNNNN.json   one batch of events each, oldest = lowest number
+    lock                held (flock) by the one agent using the dir
 
 The spool is bounded by total bytes: when a new batch would go over the bound, the oldest
 batches are dropped first (counted in `events_dropped`, logged) — newest telemetry wins.
@@ -14,6 +15,7 @@ batches are dropped first (counted in `events_dropped`, logged) — newest telem
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -23,6 +25,7 @@ from typing import Any
 
 log = logging.getLogger("autonomy_agent")
 
+LOCK_FILE = "lock"
 STATE_FILE = "state.json"
 STATEMENT_FILE = "desired-state.json"
 SPOOL_DIR = "spool"
@@ -51,8 +54,14 @@ def write_private(path: Path, data: bytes) -> None:
         raise
 
 
+class StateDirBusy(ValueError):
+    """Another agent holds the state dir."""
+
+
 class StateDir:
-    """The persisted state of one agent (one node); not safe for two processes at once."""
+    """The persisted state of one agent (one node). One user at a time: opening takes an
+    exclusive lock on the dir (StateDirBusy when another agent, or another StateDir object of
+    this process, holds it); `close()` releases it."""
 
     def __init__(self, path: str | Path, *, spool_max_bytes: int = DEFAULT_SPOOL_MAX_BYTES) -> None:
         self.path = Path(path)
@@ -60,7 +69,19 @@ class StateDir:
         self.spool_max_bytes = spool_max_bytes
         _private_dir(self.path)
         _private_dir(self.spool_path)
+        self._lock_fd: int | None = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            self.close()
+            raise StateDirBusy(f"another agent is using the state dir {self.path}") from exc
         self.data: dict[str, Any] = self._load()
+
+    def close(self) -> None:
+        """Release the state dir (everything is already on disk)."""
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     # -- state.json -------------------------------------------------------------------------
 

@@ -24,6 +24,7 @@ from autonomy_agent import (
     Expired,
     Mismatch,
     Rollback,
+    StateDirBusy,
     Unavailable,
     UnknownKey,
     UnsignedAnswer,
@@ -213,7 +214,8 @@ def test_an_untrustworthy_answer_is_refused_and_nothing_runs(tmp_path, plane, at
 
 def test_an_older_sequence_is_refused_also_after_a_restart(tmp_path, plane):
     plane.publish(release_id="r5", sequence=5)
-    make_agent(tmp_path, plane).cycle()
+    with make_agent(tmp_path, plane) as first:
+        first.cycle()
     assert applied(tmp_path)["AUTONOMY_RELEASE_ID"] == "r5"
     (tmp_path / "applied.env").unlink()
 
@@ -338,6 +340,14 @@ def test_the_spool_is_bounded_and_drops_the_oldest(tmp_path, plane):
     assert len(plane.events) == data["events_spooled"] - data["events_dropped"]
     beats = sorted(plane.events_of("agent.heartbeat"), key=lambda e: e["timestamp"])
     assert beats[-1]["events_dropped"] >= dropped  # the loss is reported
+
+
+def test_one_agent_per_state_dir(tmp_path, plane):
+    first = make_agent(tmp_path, plane)
+    with pytest.raises(StateDirBusy, match="another agent is using the state dir"):
+        make_agent(tmp_path, plane)
+    first.close()
+    make_agent(tmp_path, plane).close()  # free again
 
 
 def test_key_files_may_hold_several_keys_and_refuse_other_material(tmp_path):

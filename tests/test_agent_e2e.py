@@ -106,13 +106,15 @@ def release(release_id: str, **fields: Any) -> dict[str, Any]:
     }
 
 
-def make_agent(tmp_path: Path, srv: ServeProcess, trust: list[Path], **client: Any) -> Agent:
+def make_agent(
+    tmp_path: Path, srv: ServeProcess, trust: list[Path], state: str = "state", **client: Any
+) -> Agent:
     marker = tmp_path / "applied.env"
     return Agent(
         Client(srv.base_url, NODE, trust_keys=trust, retries=0, **client),
         AgentConfig(
             apply_command=f'MARKER="{marker}"; {RECORD}',
-            state_dir=tmp_path / "state",
+            state_dir=tmp_path / state,
             interval=1.0,
             max_backoff=2.0,
         ),
@@ -149,7 +151,7 @@ def test_verified_end_to_end_and_every_forgery_refused(tmp_path):
 
         # A man in the middle changes the artifact of a real answer: the agent runs nothing.
         with TamperingProxy(srv.base_url) as proxy:
-            mitm = make_agent(tmp_path, srv, [old_keys])
+            mitm = make_agent(tmp_path, srv, [old_keys], state="mitm-state")
             mitm.client = Client(proxy.url, NODE, trust_keys=[old_keys], retries=0)
             publish(srv, release("r1b"))
 
@@ -200,6 +202,7 @@ def test_verified_end_to_end_and_every_forgery_refused(tmp_path):
         assert isinstance(agent.last_error, UnknownKey)
         assert applied(tmp_path)["AUTONOMY_RELEASE_ID"] == "r2"
         all_keys = pin_server_keys(srv, tmp_path / "trust-all.pem")
+        agent.close()
         agent = make_agent(tmp_path, srv, [all_keys])
         agent.cycle()
         assert agent.last_error is None

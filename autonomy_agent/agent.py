@@ -157,6 +157,7 @@ class Agent:
                 release_id=record.get("release_id"),
                 sequence=record.get("sequence"),
                 apply_status=record.get("status"),
+                refused=record.get("refused"),
                 events_dropped=self.state.data["events_dropped"],
             )
         )
@@ -165,7 +166,10 @@ class Agent:
             self._poll_and_apply()
         except Unavailable as exc:
             unavailable = exc
-        except (TransportError, VerificationError) as exc:
+        except VerificationError as exc:
+            self.last_error = exc
+        except TransportError as exc:
+            log.error("poll failed: %s", exc)
             self.last_error = exc
         try:
             self.flush()
@@ -196,17 +200,27 @@ class Agent:
             return
         except VerificationError as exc:
             log.error("refused the desired state (%s): %s", exc.reason, exc)
-            self._spool(
-                self.client.event(
-                    "agent.refused", channel=channel, reason=exc.reason, message=str(exc)[:1000]
+            # Reported once per distinct refusal (the heartbeat repeats its reason), so that a
+            # refused answer every interval does not flood the events and the audit log.
+            if record.get("refused") != exc.reason or record.get("refused_message") != str(exc):
+                record.update(refused=exc.reason, refused_message=str(exc))
+                self.state.save()
+                self._spool(
+                    self.client.event(
+                        "agent.refused",
+                        channel=channel,
+                        reason=exc.reason,
+                        message=str(exc)[:1000],
+                    )
                 )
-            )
-            if isinstance(exc, UnsignedRelease | BadReleaseSignature) and exc.release_id:
-                self.state.queue_ack(
-                    {"release_id": exc.release_id, "status": "rejected", "message": str(exc)}
-                )
+                if isinstance(exc, UnsignedRelease | BadReleaseSignature) and exc.release_id:
+                    self.state.queue_ack(
+                        {"release_id": exc.release_id, "status": "rejected", "message": str(exc)}
+                    )
             raise
         # Accepted: the rollback floor moves up before anything runs.
+        record.pop("refused", None)
+        record.pop("refused_message", None)
         record["sequence"] = max(desired.sequence, record.get("sequence") or 0)
         same = record.get("release_id") == desired.release_id
         if same and record.get("status") in ("active", "failed"):

@@ -267,7 +267,7 @@ def verify_desired_state(
     if (current - expires_at).total_seconds() >= clock_skew:
         raise Expired(
             f"the desired state expired at {statement.get('expires_at')} "
-            f"(now {current.strftime('%Y-%m-%dT%H:%M:%SZ')})"
+            f"(a replayed or frozen answer; {clock_skew:g} s of clock skew allowed)"
         )
     if min_sequence is not None and sequence < min_sequence:
         raise Rollback(

@@ -203,12 +203,15 @@ def test_an_untrustworthy_answer_is_refused_and_nothing_runs(tmp_path, plane, at
     agent = make_agent(tmp_path, plane, trust=[plane.key])
     attack(plane)
     agent.cycle()
+    agent.cycle()
 
     assert isinstance(agent.last_error, error)
     assert applied(tmp_path) == {}
     assert plane.acks == []
-    (refused,) = plane.events_of("agent.refused")
+    (refused,) = plane.events_of("agent.refused")  # reported once, not every interval
     assert refused["reason"] == error.reason
+    beats = sorted(plane.events_of("agent.heartbeat"), key=lambda e: e["timestamp"])
+    assert beats[-1]["refused"] == error.reason
     assert agent.state.channel("stable").get("sequence") is None
 
 

@@ -31,6 +31,7 @@ from autonomy_agent import (
     UnsignedRelease,
     load_public_key_files,
 )
+from autonomy_agent.transport import parse_retry_after
 from tests.fakeplane import FakePlane, release_signature, write_public
 from tests.liveserver import BIN, child_env, free_port
 
@@ -294,6 +295,11 @@ def test_retry_after_is_honoured_and_backoff_grows_to_its_cap(tmp_path, plane):
     with pytest.raises(Unavailable) as caught:
         client.poll()
     assert caught.value.status == 503
+
+    when = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC).timestamp()
+    assert parse_retry_after("Thu, 01 Jan 2026 12:00:30 GMT", now=when) == 30
+    assert parse_retry_after("7") == 7
+    assert parse_retry_after("soon") is None
 
     backoff = Backoff(base=1, cap=8, rng=lambda: 1.0)
     assert [backoff.next() for _ in range(6)] == [1, 2, 4, 8, 8, 8]

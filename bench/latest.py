@@ -12,6 +12,10 @@ on 127.0.0.1 (stopped by its pid):
 and the SQL itself through plain sqlite3 on the same store, for scale.
 Goal: the poll path as cheap as health (>= 90 % of its rate). Figures go to
 docs/performance.md. Not a CI test.
+
+With `--baseline-bin PATH` (another build's `autonomy-orchestrator`, e.g. one without signed
+answers) routes 3 and 4 are also run against it, interleaved, and the cost of signing the poll
+answers is printed: this build / baseline (goal >= 85 %, docs/trust.md).
 """
 
 from __future__ import annotations
@@ -33,7 +37,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (
     AUTH,
     LoadResult,
+    Server,
     add_auth_argument,
+    free_port,
     get_request,
     machine_summary,
     run_load,
@@ -95,6 +101,23 @@ def sql_ceiling(db: Path, seconds: float) -> float:
     return done / seconds
 
 
+def start_baseline(binary: Path, data_dir: Path, work: Path) -> Server:
+    """`start_orchestrator` with another build's binary (--baseline-bin)."""
+    port = free_port()
+    args = [
+        str(binary),
+        "serve",
+        "--listen",
+        f"127.0.0.1:{port}",
+        "--data-dir",
+        str(data_dir),
+        "--log-level",
+        "warn",
+        *AUTH.prepare(data_dir),
+    ]
+    return Server(args, port, "/v1/health", {}, log=work / "base.log", context=AUTH.client_context)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=10.0, help="measured seconds per run")
@@ -103,6 +126,11 @@ def main() -> int:
     parser.add_argument("--client-processes", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    parser.add_argument(
+        "--baseline-bin",
+        default="",
+        help="another build's autonomy-orchestrator to compare the poll routes with",
+    )
     add_auth_argument(parser)
     args = parser.parse_args()
 
@@ -136,10 +164,14 @@ def main() -> int:
         hello = start_hello_daphne(work)
         data = work / "data"
         srv = start_orchestrator(data, log=work / "serve.log")
+        base = None
+        if args.baseline_bin:
+            base = start_baseline(Path(args.baseline_bin), work / "base-data", work)
         try:
-            for i in range(RELEASES):
-                publish(srv.port, f"rel-{i:04d}")
-            publish(srv.port, "canary-0001", channel="canary")
+            for server in [srv] + ([base] if base is not None else []):
+                for i in range(RELEASES):
+                    publish(server.port, f"rel-{i:04d}")
+                publish(server.port, "canary-0001", channel="canary")
             check(srv.port, "/v1/releases/latest?channel=stable", 200)
             check(srv.port, "/v1/releases/latest?channel=empty", 404)
             runs = [
@@ -164,6 +196,21 @@ def main() -> int:
                     lambda w, s: get_request("/v1/releases/latest?channel=empty"),
                 ),
             ]
+            if base is not None:
+                runs += [
+                    (
+                        "base_latest",
+                        "baseline GET /v1/releases/latest",
+                        base,
+                        lambda w, s: get_request("/v1/releases/latest?channel=stable"),
+                    ),
+                    (
+                        "base_latest_node",
+                        "baseline GET .../latest?node_id=...",
+                        base,
+                        lambda w, s: get_request(node_poll_path(w, s)),
+                    ),
+                ]
             # Interleaved rounds: load from other work on the machine hits every route alike.
             for round_no in range(1, args.rounds + 1):
                 print(f"round {round_no}/{args.rounds}", flush=True)
@@ -183,6 +230,8 @@ def main() -> int:
         finally:
             srv.stop()
             hello.stop()
+            if base is not None:
+                base.stop()
         copy = work / "copy.sqlite3"
         shutil.copy(data / "orchestrator.sqlite3", copy)
         sql = sql_ceiling(copy, min(args.seconds, 3.0))
@@ -206,6 +255,16 @@ def main() -> int:
                 f"{key} / health (per CPU-second): "
                 f"{verdict(efficiency[key] / efficiency['health'], 0.90)}"
             )
+        if base is not None:
+            for key in ("latest", "latest_node"):
+                print(
+                    f"{key} / baseline (req/s): "
+                    f"{verdict(results[key] / results['base_' + key], 0.85)}"
+                )
+                print(
+                    f"{key} / baseline (per CPU-second): "
+                    f"{verdict(efficiency[key] / efficiency['base_' + key], 0.85)}"
+                )
     finally:
         if args.keep:
             print(f"kept {work}")

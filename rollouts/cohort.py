@@ -165,10 +165,7 @@ def _tampered_snapshot(plan: RolloutPlan, actual: str) -> PlanSnapshot:
     """The plan as if halted, built from its stage rows only: the altered spec's nodes and
     gates are never used. Reports the mismatch (halt, metric, audit, log) through
     `rollouts.services.plan_tampered`, once per plan and altered content in this process."""
-    reason = (
-        f"the stored spec no longer matches its signed digest (signed {plan.digest}, stored "
-        f"bytes {actual}): it was altered outside the API"
-    )
+    reason = _tamper_reason(plan, actual)
     rows = list(StageStatus.objects.filter(plan_id=plan.pk).order_by("position"))
     stages = tuple(
         StageSnap(
@@ -187,15 +184,7 @@ def _tampered_snapshot(plan: RolloutPlan, actual: str) -> PlanSnapshot:
         )
         for row in rows
     )
-    key = (plan.pk, actual)
-    if key not in _reported:
-        with _cache_lock:
-            first = key not in _reported
-            _reported.add(key)
-        if first:
-            from rollouts.services import plan_tampered
-
-            plan_tampered(plan=plan, actual_digest=actual, reason=reason)
+    _report(plan, actual, reason)
     return PlanSnapshot(
         pk=plan.pk,
         plan_id=plan.plan_id,
@@ -212,6 +201,38 @@ def _tampered_snapshot(plan: RolloutPlan, actual: str) -> PlanSnapshot:
 
 # (plan pk, digest of the altered bytes) already reported by this process.
 _reported: set[tuple[int, str]] = set()
+
+
+def _tamper_reason(plan: RolloutPlan, actual: str) -> str:
+    return (
+        f"the stored spec no longer matches its signed digest (signed {plan.digest}, stored "
+        f"bytes {actual}): it was altered outside the API"
+    )
+
+
+def _report(plan: RolloutPlan, actual: str, reason: str) -> None:
+    key = (plan.pk, actual)
+    if key in _reported:
+        return
+    with _cache_lock:
+        first = key not in _reported
+        _reported.add(key)
+    if first:
+        from rollouts.services import plan_tampered
+
+        plan_tampered(plan=plan, actual_digest=actual, reason=reason)
+
+
+def spec_intact(plan: RolloutPlan) -> bool:
+    """Check the stored spec bytes of this plan row against its digest, uncached (one sha256 of
+    the spec): False, and the mismatch reported (`rollouts.services.plan_tampered`, once per
+    altered content), when they differ. For the evaluator and the actions, which read the row
+    anyway; the poll path relies on the per-version snapshot (checked when it is built)."""
+    actual = digest_of(bytes(plan.spec))
+    if actual == plan.digest:
+        return True
+    _report(plan, actual, _tamper_reason(plan, actual))
+    return False
 
 
 def snapshot_of(plan: RolloutPlan) -> PlanSnapshot:

@@ -60,13 +60,15 @@ def evaluate_plan(
 
     With `lease` (the background thread), the change commits only while that lease is the
     leader's; otherwise `core.leader.Fenced` is raised and nothing is applied."""
-    from rollouts.cohort import snapshot_of
+    from rollouts.cohort import snapshot_of, spec_intact
     from rollouts.gates import evaluate_stage, halt_reason, unmet_reason
     from rollouts.services import rollout_transition
 
     plan = RolloutPlan.objects.filter(plan_id=plan_id).first()
     if plan is None or plan.phase not in RUNNING_PHASES:
         return Outcome(None)
+    if not spec_intact(plan):  # altered in the store: halted by `plan_tampered`, never run
+        return Outcome(None, plan.current_stage_id, "the stored spec does not match its digest")
     snap = snapshot_of(plan)
     stage = snap.current
     if stage.phase != StagePhase.OPEN:

@@ -755,8 +755,11 @@ def plan_tampered(*, plan: RolloutPlan, actual_digest: str, reason: str) -> None
 
 
 def plan_spec_intact(plan: RolloutPlan) -> bool:
-    """False when the stored spec no longer matches its digest (cached per plan version)."""
-    return not snapshot_of(plan).tampered
+    """False (and the plan reported: `plan_tampered`) when the stored spec no longer matches its
+    digest."""
+    from rollouts.cohort import spec_intact
+
+    return spec_intact(plan)
 
 
 def _refuse_tampered(plan: RolloutPlan, action: str) -> None:

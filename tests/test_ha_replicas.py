@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from tests.liveserver import ServeProcess, call, run_serve_expect_exit
+from tests.liveserver import ServeProcess, call, cli, run_serve_expect_exit
 from tests.pg import temp_database
 
 pytestmark = [pytest.mark.e2e]
@@ -261,9 +261,17 @@ def test_without_the_requirement_the_same_write_succeeds(tmp_path, database):
 def test_a_replica_with_another_signing_key_refuses_to_start(tmp_path, database):
     with replica(tmp_path, database, "r1") as first:
         assert call(first, "GET", "/v1/health")[0] == 200
-        result = run_serve_expect_exit(
-            tmp_path / "other" / "data", "--postgres-url", database, "--node-name", "r2"
-        )
+        other = tmp_path / "other" / "data"
+        # no key at all: refused before minting one no node pins (docs/trust.md)
+        result = run_serve_expect_exit(other, "--postgres-url", database, "--node-name", "r2")
+        assert result.returncode != 0
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1, result.stderr
+        assert "no signing key at" in lines[0] and "already signs with one" in lines[0]
+        assert not (other / "rollout-signing.key").exists()
+        # a key of its own: refused as differing
+        assert cli("signing-key", "--create", "--data-dir", str(other)).returncode == 0
+        result = run_serve_expect_exit(other, "--postgres-url", database, "--node-name", "r2")
         assert result.returncode != 0
         lines = [line for line in result.stderr.splitlines() if line.strip()]
         assert len(lines) == 1, result.stderr

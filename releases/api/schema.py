@@ -65,6 +65,24 @@ DESIRED_STATE_HEADERS = {
 }
 
 
+class ReleaseSignatureSerializer(serializers.Serializer):
+    """The offline release signature (docs/trust.md): Ed25519 over the decoded `signed` bytes,
+    whose JSON fields must equal the release's."""
+
+    key_id = serializers.RegexField(
+        r"^[0-9a-f]{16}$", help_text="The release key's id: sha256(raw public key), 16 hex."
+    )
+    algorithm = serializers.RegexField(r"^Ed25519$", help_text="Always `Ed25519`.")
+    signed = serializers.RegexField(
+        BASE64,
+        help_text="Standard base64 of the signed bytes: UTF-8 JSON `{type: "
+        "autonomy.release/v1, release_id, channel, artifact_ref, lock_fingerprint, metadata}`.",
+    )
+    signature = serializers.RegexField(
+        BASE64, help_text="Standard base64 of the Ed25519 signature over the signed bytes."
+    )
+
+
 class ReleaseSerializer(serializers.Serializer):
     """A published release."""
 
@@ -78,6 +96,10 @@ class ReleaseSerializer(serializers.Serializer):
     artifact_ref = serializers.CharField(allow_null=True)
     metadata = serializers.DictField(help_text="Free-form object, as published.")
     created_at = serializers.DateTimeField()
+    release_signature = ReleaseSignatureSerializer(
+        allow_null=True,
+        help_text="The offline release signature it was published with (`release sign`), or null.",
+    )
 
 
 class ReleasePageSerializer(serializers.Serializer):
@@ -368,6 +390,13 @@ class ReleasePublishSchema(OpenApiSerializerExtension):
             }
         )
         schema["properties"]["channel"]["minLength"] = 1
+        schema["properties"]["release_signature"] = {
+            "allOf": [{"$ref": "#/components/schemas/ReleaseSignature"}],
+            "nullable": True,
+            "description": "What `autonomy-orchestrator release sign` adds. Required (and "
+            "verified against the trusted keys) when the server runs with "
+            "`--release-trust-key`; else optional, and checked against the release's fields.",
+        }
         return dict(schema)
 
 

@@ -42,6 +42,7 @@ from autonomy_agent.verify import DesiredState
 log = logging.getLogger("autonomy_agent")
 
 MESSAGE_TAIL = 2000
+SECRET_ENV = {"AUTONOMY_AGENT_TOKEN"}  # the agent's credential is not the apply command's
 BATCH_EVENTS = 500
 
 
@@ -87,14 +88,15 @@ def apply_environment(state: DesiredState, node_id: str, statement_file: Path) -
 
 
 def run_apply(command: str, env: dict[str, str], timeout: float) -> ApplyResult:
-    """Run COMMAND with `/bin/sh -c` and ENV added: exit 0 = active, anything else = failed;
+    """Run COMMAND with `/bin/sh -c` and ENV added (the agent's token variable removed): exit
+    0 = active, anything else = failed;
     the message is the tail of its output (stdout and stderr together)."""
     started = time.monotonic()
     try:
         proc = subprocess.run(
             command,
             shell=True,
-            env={**os.environ, **env},
+            env={**{k: v for k, v in os.environ.items() if k not in SECRET_ENV}, **env},
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,

@@ -98,7 +98,8 @@ def test_the_package_imports_without_django():
     assert out.stdout.strip() == "[]"
 
 
-def test_a_signed_answer_is_applied_acked_and_reported(tmp_path, plane):
+def test_a_signed_answer_is_applied_acked_and_reported(tmp_path, plane, monkeypatch):
+    monkeypatch.setenv("AUTONOMY_AGENT_TOKEN", "secret-node-token")
     agent = make_agent(tmp_path, plane)
     agent.cycle()
 
@@ -109,6 +110,7 @@ def test_a_signed_answer_is_applied_acked_and_reported(tmp_path, plane):
     assert env["AUTONOMY_ARTIFACT_REF"] == "oci://registry/app@sha256:aa"
     assert env["AUTONOMY_LOCK_FINGERPRINT"] == "sha256:lock1"
     assert env["AUTONOMY_NODE_ID"] == NODE
+    assert "AUTONOMY_AGENT_TOKEN" not in env  # the agent's credential stays with the agent
     statement = json.loads(Path(env["AUTONOMY_DESIRED_STATE_FILE"]).read_bytes())
     assert statement["release_id"] == "r1"
     assert [(a["release_id"], a["status"]) for a in plane.acks] == [

@@ -134,6 +134,7 @@ def test_verified_end_to_end_and_every_forgery_refused(tmp_path):
         publish(srv, release("r1"))
         old_keys = pin_server_keys(srv, tmp_path / "trust-old.pem")
         agent = make_agent(tmp_path, srv, [old_keys])
+        assert [k["status"] for k in agent.client.signing_keys()] == ["active"]
         agent.cycle()
         assert agent.last_error is None
         env = applied(tmp_path)

@@ -25,11 +25,13 @@ import threading
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import orjson
 from django.conf import settings
 
 from core.edge import Headers
+from core.errors import ApiError
 
 STATEMENT_TYPE = "autonomy.desired-state/v1"
 HEADER_STATE = "X-Autonomy-Desired-State"
@@ -102,11 +104,8 @@ def signed_headers(
     """The desired-state headers of a `GET /v1/releases/latest` answer ([] unless 200)."""
     if status != 200:
         return []
-    from rollouts.selectors import signing_ring
-
-    key = signing_ring().active
-    ttl = float(settings.DESIRED_STATE_TTL_SECONDS)
     now = time.monotonic()
+    key, ttl = _active(now)
     cache_key = (node_id, channel)
     entry = _cache.get(cache_key)
     if (
@@ -117,7 +116,7 @@ def signed_headers(
         and now - entry.signed_at < ttl * RESIGN_FRACTION
         and entry.body == body
     ):
-        return entry.headers
+        return list(entry.headers)  # a copy: the cached list must never be extended
     issued = datetime.now(UTC).replace(microsecond=0)
     raw = statement_bytes(
         channel=channel,
@@ -137,11 +136,38 @@ def signed_headers(
         if len(_cache) >= MAX_CACHED:
             _cache.clear()
         _cache[cache_key] = _Signed(body, plan, key.key_id, ttl, now, headers)
-    return headers
+    return list(headers)
+
+
+# (active key, validity, monotonic time it was read, keyring generation): asked for again at most
+# once a second (the keyring itself notices a changed file within a second too) or at once after
+# a rotation in this process.
+_active_state: tuple[Any, float, float, int] | None = None
+RING_RECHECK_SECONDS = 1.0
+
+
+def _active(now: float) -> tuple[Any, float]:
+    global _active_state
+    from rollouts import selectors  # an app's selectors (import rule); not at import time
+
+    state = _active_state
+    generation = selectors.signing_generation()
+    if state is None or now - state[2] >= RING_RECHECK_SECONDS or state[3] != generation:
+        try:
+            key = selectors.signing_ring().active
+        except Exception as exc:  # rollouts.signing.SigningKeyError: no unsigned answers
+            if state is None:
+                raise ApiError(503, f"cannot sign the answer: {exc}") from exc
+            key = state[0]  # keep signing with the key we had
+        state = (key, float(settings.DESIRED_STATE_TTL_SECONDS), now, generation)
+        _active_state = state
+    return state[0], state[1]
 
 
 def forget() -> None:
-    """Drop every cached signature (tests; a key rotation needs no call: the key id is
-    compared)."""
+    """Drop every cached signature and the remembered key (tests; a key rotation needs no call:
+    the key id is compared)."""
+    global _active_state
     with _lock:
         _cache.clear()
+        _active_state = None

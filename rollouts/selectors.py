@@ -209,6 +209,13 @@ def signing_ring() -> Any:
     return signing.current_ring()
 
 
+def signing_generation() -> int:
+    """Changes whenever this process rotated or re-read its keys (`rollouts.signing`)."""
+    from rollouts import signing
+
+    return signing.generation()
+
+
 def signing_key_refusal(path: Any, using_postgres: bool) -> str | None:
     """Why `serve` must not mint a new signing key at `path` (it does not exist), as one line;
     None when a first key may be created. Nodes pin the key: a new one would make them reject

@@ -175,6 +175,15 @@ def _create(path: Path) -> None:
     _write_atomically(path, _private_pem(Ed25519PrivateKey.generate()), exclusive=True)
 
 
+# Bumped whenever this process rotates or forgets keys: callers that keep the active key a
+# moment (releases.desired_state) compare it instead of asking for the ring on every request.
+_generation = 0
+
+
+def generation() -> int:
+    return _generation
+
+
 # path -> (ring, (mtime_ns, size, inode), monotonic time of the last stat)
 _cache: dict[Path, tuple[KeyRing, tuple[int, int, int], float]] = {}
 _lock = threading.Lock()
@@ -258,9 +267,11 @@ def ring_at(path: Path, *, create: bool = False) -> KeyRing:
 def rotate(path: Path, *, now: datetime | None = None) -> KeyRing:
     """Make a new active key; the previous active key becomes `retired` (since now). Writes the
     keyring as JSON (atomic replace, 0600) and returns it."""
+    global _generation
     path = Path(path)
     moment = (now or datetime.now(UTC)).replace(microsecond=0)
     with _lock:
+        _generation += 1
         _cache.pop(path, None)
         try:
             old = _read_ring(path)
@@ -288,6 +299,7 @@ def rotate(path: Path, *, now: datetime | None = None) -> KeyRing:
             _write_atomically(path, json.dumps(doc, indent=1).encode(), exclusive=False)
             ring = _read_ring(path)
             _cache[path] = (ring, _stamp(path), time.monotonic())
+            _generation += 1
         except OSError as exc:
             raise SigningKeyError(
                 f"cannot write the signing keyring {path}: {exc.strerror or exc}"
@@ -318,5 +330,7 @@ def current_key() -> SigningKey:
 
 def forget_cache() -> None:
     """Tests: read the key files again."""
+    global _generation
     with _lock:
         _cache.clear()
+        _generation += 1

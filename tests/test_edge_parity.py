@@ -168,6 +168,20 @@ def _a_release() -> None:
     release_services.release_publish(release_id="r-1", channel="stable", metadata={"k": "\u00e9"})
 
 
+def _a_release_with_plan() -> None:
+    """Two releases and a rollout plan of the newer: the signed answer names the plan."""
+    from rollouts.models import RolloutPlan
+    from rollouts.services import rollout_publish
+
+    release_services.release_publish(release_id="r-0", channel="stable")
+    _a_release()
+    if not RolloutPlan.objects.filter(plan_id="plan-parity").exists():
+        rollout_publish(
+            raw_spec=b'{"plan_id": "plan-parity", "release_id": "r-1", "stages": '
+            b'[{"stage_id": "all", "percent": 50}]}'
+        )
+
+
 def _busy(monkeypatch: pytest.MonkeyPatch) -> None:
     def locked() -> str:
         raise OperationalError("database is locked")
@@ -256,6 +270,12 @@ CASES: list[tuple[str, dict[str, Any], Callable[[], None] | None, Any]] = [
     ("list-bad-cursor", get(EVENTS, b"before=x"), None, None),
     ("latest-good", get(LATEST, b"channel=stable"), _a_release, None),
     ("latest-good-node", get(LATEST, b"channel=stable&node_id=n1"), _a_release, None),
+    (
+        "latest-good-node-plan",
+        get(LATEST, b"channel=stable&node_id=n1"),
+        _a_release_with_plan,
+        None,
+    ),
     ("latest-unknown-channel", get(LATEST, b"channel=nope"), None, None),
     ("latest-empty-channel", get(LATEST, b"channel="), None, None),
     ("latest-long-node-id", get(LATEST, b"node_id=" + b"n" * 257), None, None),
@@ -313,6 +333,24 @@ def test_good_answers_are_the_contract_s(paths, settings):
         "error": "request body is larger than the limit of 100 bytes",
         "limit": 100,
     }
+
+
+def test_good_poll_answers_carry_the_signed_desired_state(paths):
+    """The parity above includes the three headers; here: they are there (docs/trust.md)."""
+    fast, _ = paths
+    _a_release()
+    for query in (b"channel=stable", b"channel=stable&node_id=n1"):
+        status, headers, _ = call(fast, "GET", LATEST, query=query)
+        assert status == 200
+        names = {name for name, _ in headers}
+        assert {
+            b"x-autonomy-desired-state",
+            b"x-autonomy-desired-state-signature",
+            b"x-autonomy-key-id",
+        } <= names
+    status, headers, _ = call(fast, "GET", LATEST, query=b"channel=nope")
+    assert status == 404
+    assert b"x-autonomy-desired-state" not in {name for name, _ in headers}
 
 
 def test_fast_route_table_matches_the_urlconf(paths):

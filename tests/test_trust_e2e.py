@@ -209,3 +209,18 @@ def test_bad_trust_flags_are_one_line_errors(tmp_path: Path) -> None:
         assert result.returncode != 0, (args, result.stderr)
         assert message in result.stderr, (args, result.stderr)
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_a_key_left_in_the_old_default_location_is_used_and_said(tmp_path: Path) -> None:
+    """The default data dir is the state dir; a key only the old default (the cache dir) holds is
+    used, with one log line, instead of minting a new one nodes do not pin."""
+    env = {"XDG_STATE_HOME": str(tmp_path / "state"), "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    old_dir = tmp_path / "cache" / "autonomyops" / "orchestrator"
+    created = cli("signing-key", "--create", "--key-id", "--data-dir", str(old_dir), env=env)
+    assert created.returncode == 0, created.stderr
+    state_dir = tmp_path / "state" / "autonomyops" / "orchestrator"
+    with ServeProcess(state_dir, env=env) as srv:
+        served = requests.get(srv.url("/v1/signing-key"), timeout=10)
+        assert served.headers["X-Autonomy-Key-Id"] == created.stdout.strip()
+    assert not (state_dir / "rollout-signing.key").exists()
+    assert "the default location of earlier versions" in srv.logs()

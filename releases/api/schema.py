@@ -203,7 +203,10 @@ class ReleaseListViewSchema(OpenApiViewExtension):
                     "`created_at`. Publishing the same `release_id` again with the same fields "
                     "(after defaults) answers 200 with the stored release; anything different, "
                     "including another channel, is a 409. `release_id` must not be `latest` "
-                    "or contain `/`."
+                    "or contain `/`. When the server runs with `--release-trust-key`, "
+                    "`release_signature` (made offline by `autonomy-orchestrator release sign`) "
+                    "is required and must verify with one of those keys over exactly these "
+                    "fields: else 400 naming `release_signature` (docs/trust.md)."
                 ),
                 tags=["releases"],
                 request=ReleasePublishSerializer,

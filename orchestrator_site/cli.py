@@ -31,7 +31,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "token": ("token", "create, list or revoke API bearer tokens"),
     "audit": ("audit", "export the audit log (audit export --since 24h) as JSON lines"),
     "webhook": ("webhook", "add, list, remove or test the webhook endpoints that receive events"),
+    "agent": ("agent", "run the reference node agent: poll, verify, apply, ack (docs/agent.md)"),
 }
+
+# Sub-commands that are not Django management commands: run without starting Django.
+_PLAIN_COMMANDS = {"agent"}
 
 # Management commands whose database is the serving store chosen by --data-dir/--postgres-url.
 _STORE_COMMANDS = {"serve", "signing_key", "signing-key", "createsuperuser", "changepassword"}
@@ -204,6 +208,10 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"autonomy-orchestrator: unknown command {name!r}\n\n{usage()}")
         return 2
     command = COMMANDS[name][0]
+    if command in _PLAIN_COMMANDS:
+        from autonomy_agent.cli import main as agent_main
+
+        return agent_main(rest)
     preconfigure_env(command, rest)
     if command in _STORE_COMMANDS:
         os.umask(0o077)  # the store's files (database, -wal, -shm, keys) are private: 0600

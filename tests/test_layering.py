@@ -5,6 +5,7 @@ in `orchestrator_site` only the composition root imports the apps. Checked on th
 from __future__ import annotations
 
 import ast
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -68,3 +69,18 @@ def test_only_the_composition_root_of_the_project_package_imports_apps():
 def test_the_allowlists_name_existing_files():
     for rel in COMPOSITION_ROOT:
         assert (ROOT / rel).is_file(), rel
+
+
+def test_the_agent_package_imports_nothing_of_the_server():
+    """autonomy_agent runs on nodes without Django: standard library and cryptography only."""
+    allowed = {"autonomy_agent", "cryptography", "__future__"}
+    offenders = {}
+    for path in _modules("autonomy_agent"):
+        foreign = {
+            name
+            for name in _imported_top_levels(path) - allowed
+            if name not in sys.stdlib_module_names
+        }
+        if foreign:
+            offenders[str(path.relative_to(ROOT))] = sorted(foreign)
+    assert offenders == {}

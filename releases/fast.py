@@ -143,7 +143,9 @@ def fast_ack_fields(headers: dict[bytes, bytes], body: bytes) -> dict[str, Any] 
     if not isinstance(data, dict) or not data.keys() <= ACK_FIELDS:
         return None
     release_id, status = data.get("release_id"), data.get("status")
-    if not _plain_string(release_id, MAX_ID_CHARS, blank=False) or status not in ACK_STATUSES:
+    if not _plain_string(release_id, MAX_ID_CHARS, blank=False) or not (
+        isinstance(status, str) and status in ACK_STATUSES
+    ):
         return None
     fields: dict[str, Any] = {"release_id": release_id, "status": status}
     for name, limit in _OPTIONAL_LIMITS:

@@ -268,3 +268,16 @@ def test_the_issue_16_reproduction_is_a_400_at_publish_over_http(server) -> None
         "index": 0,
         "field": "n.deep[0]",
     }
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("status_value", [{}, [], 1, None, True])
+def test_an_ack_whose_status_is_not_a_string_is_a_400_on_the_fast_path(
+    server, status_value
+) -> None:
+    # Found: POST /v1/nodes/0/ack {"release_id": "rel-004", "status": {}} -> 500 (the fast ack
+    # handler looked an unhashable value up in its set of statuses).
+    body = json.dumps({"release_id": "rel-004", "status": status_value}).encode()
+    status, content_type, raw = _request(server, "POST", "/v1/nodes/0/ack", body, **JSON)
+    assert status == 400 and content_type.startswith("application/json")
+    assert "status" in json.loads(raw)["error"]

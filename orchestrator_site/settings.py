@@ -176,6 +176,9 @@ CLIENT_BODY_TIMEOUT_SECONDS = env.float("AUTONOMY_CLIENT_BODY_TIMEOUT", default=
 MAX_CONNECTIONS_PER_CLIENT = env.int("AUTONOMY_MAX_CONNECTIONS_PER_CLIENT", default=64)
 # How long the edge trusts a resolved bearer token without a revocation signal (core.revocation).
 TOKEN_CACHE_TTL_SECONDS = env.float("AUTONOMY_TOKEN_CACHE_TTL", default=2.0)
+# Set by `serve` from --events-retention / --fleet-forget-after (validated there; 0 = off).
+EVENTS_RETENTION_SECONDS = 0.0
+FLEET_FORGET_AFTER_SECONDS = 0.0
 
 REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": [

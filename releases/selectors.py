@@ -8,23 +8,22 @@ is one indexed query per request.
 
 from __future__ import annotations
 
+import base64
 import threading
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
 from django.db import connection
-from django.db.models import F, Window
-from django.db.models.functions import RowNumber
+from django.db.models import Count, FilteredRelation, Q
 from django.db.models.signals import post_delete, post_migrate, post_save
 from django.utils import timezone
 
 from core import jsonvalues
 from core.errors import ApiError
-from core.params import format_rfc3339
-from events.models import Event
-from releases.models import NodeAck, Release
+from core.params import format_rfc3339, param_error
+from releases.models import FleetNode, NodeAck, Release
 
 RELEASE_FIELDS = (
     "release_id",
@@ -99,25 +98,63 @@ def release_list(*, channel: str | None, limit: int, offset: int) -> ReleasePage
     )
 
 
-def release_acks(*, release_id: str) -> dict[str, Any]:
-    """`{"release_id", "acks": [...], "count"}`, acks ordered by node_id; 404 for no release."""
+def release_acks(
+    *, release_id: str, limit: int = 1000, after: str | None = None
+) -> dict[str, Any]:
+    """`{"release_id", "acks": [...], "count", "limit", "next_cursor"}`: acks ordered by
+    node_id, one page (after the node_id `after`); `count` is the release's total; 404 for no
+    release."""
     release = release_get(release_id=release_id)
-    acks = [
-        ack_as_dict(ack, release_id=release.release_id)
-        for ack in NodeAck.objects.filter(release=release).order_by("node_id")
-    ]
-    return {"release_id": release.release_id, "acks": acks, "count": len(acks)}
+    acks_qs = NodeAck.objects.filter(release=release)
+    page_qs = acks_qs if after is None else acks_qs.filter(node_id__gt=after)
+    rows = list(page_qs.order_by("node_id")[: limit + 1])
+    more = len(rows) > limit
+    rows = rows[:limit]
+    total = len(rows) if after is None and not more else acks_qs.count()
+    return {
+        "release_id": release.release_id,
+        "acks": [ack_as_dict(ack, release_id=release.release_id) for ack in rows],
+        "count": total,
+        "limit": limit,
+        "next_cursor": encode_cursor(rows[-1].node_id) if more else None,
+    }
 
 
-def node_acks(*, node_id: str) -> dict[str, Any]:
-    """`{"node_id", "acks": [...], "count"}`, most recently updated first; one query."""
-    acks = [
-        ack_as_dict(ack)
-        for ack in NodeAck.objects.filter(node_id=node_id)
-        .select_related("release")
-        .order_by("-updated_at", "-id")
-    ]
-    return {"node_id": node_id, "acks": acks, "count": len(acks)}
+def node_acks(*, node_id: str, limit: int = 1000, after: str | None = None) -> dict[str, Any]:
+    """`{"node_id", "acks": [...], "count", "limit", "next_cursor"}`, most recently updated
+    first (then newest insertion), one page after the cursor key `after`; `count` is the node's
+    total."""
+    acks_qs = NodeAck.objects.filter(node_id=node_id)
+    page_qs = acks_qs
+    if after is not None:
+        updated_at, pk = _node_ack_key(after)
+        page_qs = page_qs.filter(Q(updated_at__lt=updated_at) | Q(updated_at=updated_at, id__lt=pk))
+    rows = list(page_qs.select_related("release").order_by("-updated_at", "-id")[: limit + 1])
+    more = len(rows) > limit
+    rows = rows[:limit]
+    total = len(rows) if after is None and not more else acks_qs.count()
+    next_cursor = None
+    if more:
+        last = rows[-1]
+        next_cursor = encode_cursor(f"{last.updated_at.isoformat()}|{last.pk}")
+    return {
+        "node_id": node_id,
+        "acks": [ack_as_dict(ack) for ack in rows],
+        "count": total,
+        "limit": limit,
+        "next_cursor": next_cursor,
+    }
+
+
+def _node_ack_key(key: str) -> tuple[datetime, int]:
+    try:
+        stamp, pk = key.rsplit("|", 1)
+        updated_at = datetime.fromisoformat(stamp)
+        if updated_at.tzinfo is None or not pk.isascii() or not pk.isdigit() or len(pk) > 18:
+            raise ValueError
+        return updated_at, int(pk)
+    except ValueError:
+        raise param_error("cursor", CURSOR_MESSAGE) from None
 
 
 # --- the latest release of a channel (the node poll path) ---------------------------------
@@ -234,102 +271,141 @@ def release_latest_answer(*, channel: str, node_id: str | None) -> tuple[int, by
 
 # --- the fleet view -----------------------------------------------------------------------
 
+NODE_STATUSES = ("up", "stale", "unknown")
+CURSOR_MESSAGE = "must be the next_cursor of a previous page"
+NO_ACK = "none"  # the `ack_status` filter value of nodes without an ack in the channel
 
-def _last_seen_by_node() -> dict[str, datetime]:
-    """node_id -> `received_at` of its newest (highest id) event, in one query.
 
-    A loose index scan over the (node_id, id) index: the recursive CTE hops from one node_id to
-    the next, then takes each node's MAX(id). It costs O(nodes x log events) where a plain
-    `GROUP BY node_id` reads the whole index (measured on 1M events / 1,000 nodes: 24 ms vs
-    343 ms). Plain SQL that SQLite and PostgreSQL both run.
-    """
-    qn = connection.ops.quote_name
-    table = qn(Event._meta.db_table)
-    node, ident, received = qn("node_id"), qn("id"), qn("received_at")
-    sql = (
-        f"WITH RECURSIVE nodes(node) AS ("
-        f"SELECT MIN({node}) FROM {table} "
-        f"UNION ALL SELECT (SELECT MIN({node}) FROM {table} WHERE {node} > nodes.node) "
-        f"FROM nodes WHERE nodes.node IS NOT NULL) "
-        f"SELECT e.{node}, e.{received} FROM nodes JOIN {table} e ON e.{ident} = "
-        f"(SELECT MAX({ident}) FROM {table} WHERE {node} = nodes.node) "
-        f"WHERE nodes.node IS NOT NULL"
+@dataclass(frozen=True)
+class FleetQuery:
+    """What `GET /v1/fleet` asks for, parsed (releases.params.parse_fleet_query)."""
+
+    channel: str
+    stale_threshold: int
+    limit: int = 1000
+    after: str | None = None  # the cursor: page after this node_id
+    node_status: str | None = None
+    release_id: str | None = None
+    ack_status: str | None = None
+    summary: bool = False
+
+
+def encode_cursor(key: str) -> str:
+    """An opaque cursor: base64url (no padding) of the last key of a page."""
+    return base64.urlsafe_b64encode(key.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> str:
+    """The key inside a cursor, or ApiError 400 naming `cursor`."""
+    text = cursor.strip()
+    try:
+        if not text or len(text) > 1024 or not text.isascii():
+            raise ValueError
+        key = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).decode()
+        if encode_cursor(key) != text or not key or "\x00" in key:
+            raise ValueError
+    except ValueError:
+        raise param_error("cursor", CURSOR_MESSAGE) from None
+    return key
+
+
+def _forget_after() -> float:
+    from django.conf import settings
+
+    return float(getattr(settings, "FLEET_FORGET_AFTER_SECONDS", 0) or 0)
+
+
+def _fleet_nodes(query: FleetQuery, now: datetime) -> Any:
+    """The node rows the query selects (before paging), with the channel's ack joined."""
+    qs = FleetNode.objects.annotate(
+        ack=FilteredRelation("channel_acks", condition=Q(channel_acks__channel=query.channel))
     )
-    field = Event._meta.get_field("received_at")
-    with connection.cursor() as cursor:
-        cursor.execute(sql)
-        rows = cursor.fetchall()
-    column = field.get_col(Event._meta.db_table)
-    converters = connection.ops.get_db_converters(column)
-    result = {}
-    for node_id, value in rows:
-        for converter in converters:
-            value = converter(value, column, connection)
-        result[node_id] = value
-    return result
+    forget = _forget_after()
+    if forget:
+        qs = qs.filter(last_heard__gte=now - timedelta(seconds=forget))
+    fresh_since = now - timedelta(seconds=query.stale_threshold)
+    if query.node_status == "up":
+        qs = qs.filter(last_seen__gte=fresh_since)
+    elif query.node_status == "stale":
+        qs = qs.filter(last_seen__lt=fresh_since)
+    elif query.node_status == "unknown":
+        qs = qs.filter(last_seen__isnull=True)
+    if query.release_id is not None:
+        qs = qs.filter(ack__release__release_id=query.release_id)
+    if query.ack_status == NO_ACK:
+        qs = qs.filter(ack__isnull=True)
+    elif query.ack_status is not None:
+        qs = qs.filter(ack__status=query.ack_status)
+    return qs, fresh_since
 
 
-def _acking_node_ids() -> list[str]:
-    """Distinct node_ids with an ack: the same loose index scan, on the (node_id, release)
-    unique index, so it grows with nodes, not with nodes x releases."""
-    qn = connection.ops.quote_name
-    table, node = qn(NodeAck._meta.db_table), qn("node_id")
-    sql = (
-        f"WITH RECURSIVE nodes(node) AS ("
-        f"SELECT MIN({node}) FROM {table} "
-        f"UNION ALL SELECT (SELECT MIN({node}) FROM {table} WHERE {node} > nodes.node) "
-        f"FROM nodes WHERE nodes.node IS NOT NULL) "
-        f"SELECT node FROM nodes WHERE node IS NOT NULL"
-    )
-    with connection.cursor() as cursor:
-        cursor.execute(sql)
-        return [row[0] for row in cursor.fetchall()]
+def fleet_summary(
+    *, channel: str, stale_threshold: int, query: FleetQuery | None = None
+) -> dict[str, Any]:
+    """`GET /v1/fleet`, read from the maintained per-node tables (`FleetNode`, `FleetNodeAck`):
+    a few indexed queries whatever the fleet size, and one page of nodes at most.
 
-
-def fleet_summary(*, channel: str, stale_threshold: int) -> dict[str, Any]:
-    """`GET /v1/fleet`, computed now from events and acks in four queries whatever the fleet size.
-
-    - nodes: every node_id with an event or an ack (any channel), ordered by node_id;
-    - last_seen: `received_at` of the node's newest (last inserted) event;
+    - nodes: every node_id with an event or an ack (any channel), ordered by node_id, paged
+      (`limit`, `cursor`); a node not heard of (event or ack) for `--fleet-forget-after` is left
+      out (its acks are kept);
+    - last_seen: `received_at` of the node's newest event;
     - node_status: `up` when last_seen is at most `stale_threshold` seconds ago, `stale` when
       older, `unknown` when the node never sent an event;
     - release_id / ack_status / sequence: the node's most recently updated ack (`updated_at`,
-      then insertion order) for a release of `channel`; null when none.
+      then insertion order) for a release of `channel`; null when none;
+    - total/up/stale/unknown and `by_release` count every node the filters select (all pages).
     """
+    if query is None:
+        query = FleetQuery(channel=channel, stale_threshold=stale_threshold)
     now = timezone.now()
     _latest, latest_body = release_latest(channel=channel)
+    qs, fresh_since = _fleet_nodes(query, now)
 
-    last_seen = _last_seen_by_node()
-
-    ack_rows = (
-        NodeAck.objects.filter(release__channel=channel)
-        .annotate(
-            rank=Window(
-                RowNumber(),
-                partition_by=[F("node_id")],
-                order_by=[F("updated_at").desc(), F("id").desc()],
-            )
-        )
-        .filter(rank=1)
-        .values_list("node_id", "release__release_id", "status", "release__sequence")
+    counts = qs.aggregate(
+        total=Count("pk"),
+        unknown=Count("pk", filter=Q(last_seen__isnull=True)),
+        up=Count("pk", filter=Q(last_seen__gte=fresh_since)),
     )
-    newest_ack = {row[0]: row[1:] for row in ack_rows}
+    total, up, unknown = counts["total"] or 0, counts["up"] or 0, counts["unknown"] or 0
+    by_release = [
+        {"release_id": release_id, "sequence": sequence, "ack_status": status, "nodes": nodes}
+        for release_id, sequence, status, nodes in qs.filter(ack__isnull=False)
+        .values_list("ack__release__release_id", "ack__sequence", "ack__status")
+        .annotate(nodes=Count("pk"))
+        .order_by("-ack__sequence", "ack__status")
+    ]
+    answer: dict[str, Any] = {
+        "channel": channel,
+        "generated_at": format_rfc3339(now),
+        "stale_threshold": stale_threshold,
+        "total": total,
+        "up": up,
+        "stale": total - up - unknown,
+        "unknown": unknown,
+        "latest_release": orjson.loads(latest_body) if latest_body is not None else None,
+        "by_release": by_release,
+    }
+    if query.summary:
+        return answer
 
-    node_ids = set(last_seen)
-    node_ids.update(_acking_node_ids())
-
-    counts = {"up": 0, "stale": 0, "unknown": 0}
+    page_qs = qs
+    if query.after is not None:
+        page_qs = page_qs.filter(node_id__gt=query.after)
+    rows = list(
+        page_qs.order_by("node_id").values_list(
+            "node_id", "last_seen", "ack__release__release_id", "ack__status", "ack__sequence"
+        )[: query.limit + 1]
+    )
+    more = len(rows) > query.limit
+    rows = rows[: query.limit]
     nodes = []
-    for node_id in sorted(node_ids):
-        seen = last_seen.get(node_id)
+    for node_id, seen, release_id, ack_status, sequence in rows:
         if seen is None:
             status = "unknown"
-        elif (now - seen).total_seconds() <= stale_threshold:
+        elif seen >= fresh_since:
             status = "up"
         else:
             status = "stale"
-        counts[status] += 1
-        release_id, ack_status, sequence = newest_ack.get(node_id, (None, None, None))
         nodes.append(
             {
                 "node_id": node_id,
@@ -340,12 +416,7 @@ def fleet_summary(*, channel: str, stale_threshold: int) -> dict[str, Any]:
                 "sequence": sequence,
             }
         )
-    return {
-        "channel": channel,
-        "generated_at": format_rfc3339(now),
-        "stale_threshold": stale_threshold,
-        "total": len(nodes),
-        **counts,
-        "latest_release": orjson.loads(latest_body) if latest_body is not None else None,
-        "nodes": nodes,
-    }
+    answer["nodes"] = nodes
+    answer["limit"] = query.limit
+    answer["next_cursor"] = encode_cursor(rows[-1][0]) if more else None
+    return answer

@@ -4,9 +4,9 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
-from collections.abc import Collection
 from typing import Any
 
 from django.db import IntegrityError, connection, transaction
@@ -230,9 +230,10 @@ def fleet_nodes_seen(*, node_ids: Collection[str], received_at: Any) -> None:
 def fleet_acks_refresh(*, node_ids: Collection[str] | None) -> None:
     """THE ack-side hook of the fleet view: call it in the transaction that wrote acks of these
     nodes (after the writes), wherever acks are written. Two statements whatever the number of
-    nodes: the nodes join the fleet, and each node's newest ack per
-    channel (by `updated_at`, then insertion order, as `GET /v1/fleet` has always chosen it) is
-    copied from `NodeAck`; `last_heard` takes the newest ack's `updated_at`. `node_ids=None` rebuilds every node's (the data migration)."""
+    nodes: the nodes join the fleet (`last_heard` takes their newest ack's `updated_at`), and
+    each node's newest ack per channel (by `updated_at`, then insertion order, as
+    `GET /v1/fleet` has always chosen it) is copied from `NodeAck`. `node_ids=None` rebuilds
+    every node's (the data migration)."""
     if node_ids is not None and not node_ids:
         return
     fleet, fleet_ack = _qn(FleetNode._meta.db_table), _qn(FleetNodeAck._meta.db_table)

@@ -98,9 +98,7 @@ def release_list(*, channel: str | None, limit: int, offset: int) -> ReleasePage
     )
 
 
-def release_acks(
-    *, release_id: str, limit: int = 1000, after: str | None = None
-) -> dict[str, Any]:
+def release_acks(*, release_id: str, limit: int = 1000, after: str | None = None) -> dict[str, Any]:
     """`{"release_id", "acks": [...], "count", "limit", "next_cursor"}`: acks ordered by
     node_id, one page (after the node_id `after`); `count` is the release's total; 404 for no
     release."""

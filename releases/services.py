@@ -241,13 +241,14 @@ def fleet_acks_refresh(*, node_ids: Collection[str] | None) -> None:
     node, heard = _qn("node_id"), _qn("last_heard")
     postgres = connection.vendor == "postgresql"
     ordered = sorted(set(node_ids)) if node_ids is not None else None
+    where_params: list[Any] = []
     if ordered is None:
-        where, where_params = "", []
+        where = ""
     elif postgres:
         where, where_params = f"WHERE a.{node} = ANY(%s::text[])", [ordered]
     else:
         where = f"WHERE a.{node} IN ({', '.join(['%s'] * len(ordered))})"
-        where_params = list(ordered)
+        where_params = [*ordered]
     with connection.cursor() as cursor:
         cursor.execute(
             f"INSERT INTO {fleet} ({node}, {_qn('last_seen')}, {heard}) "

@@ -113,15 +113,18 @@ def events_prune(
     pause: float = PAUSE_SECONDS,
     max_batches: int | None = None,
     keep_going: Callable[[], bool] = lambda: True,
+    run: Callable[[Callable[[], Any]], Any] | None = None,
 ) -> PruneResult:
     """One prune round: batches until nothing older than the cutoff is left (or `max_batches`,
-    or `keep_going()` turns false), then give free pages back (SQLite)."""
+    or `keep_going()` turns false), then give free pages back (SQLite). `run` executes each
+    batch (default: on the events writer thread on SQLite, here on PostgreSQL)."""
+    run = run or _on_writer
     if retention_seconds <= 0:
         return PruneResult(cutoff=None, deleted=0)
     cutoff, held = prune_cutoff(retention_seconds=retention_seconds, now=now)
     deleted = batches = 0
     while keep_going() and (max_batches is None or batches < max_batches):
-        count = _on_writer(lambda: delete_batch(cutoff=cutoff, rows=rows))
+        count = run(lambda: delete_batch(cutoff=cutoff, rows=rows))
         deleted += count
         batches += 1
         if count < rows:
@@ -130,7 +133,7 @@ def events_prune(
     vacuumed = 0
     if deleted and connection.vendor == "sqlite":
         while keep_going():
-            free = _on_writer(vacuum_step)
+            free = run(vacuum_step)
             step = min(free, VACUUM_PAGES)
             vacuumed += step
             if free <= VACUUM_PAGES:

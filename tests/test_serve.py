@@ -41,6 +41,9 @@ def _assert_one_line_refusal(result, *needles: str) -> None:
         (["--tls-crl-sync-interval", "5 minutes"], ["--tls-crl-sync-interval", "30s, 5m"]),
         (["--tls-crl-sync-min-sources", "0"], ["--tls-crl-sync-min-sources"]),
         (["--tls-crl-sync-interval", "10ms"], ["--tls-crl-sync-interval", "at least 1s"]),
+        (["--events-retention", "a month"], ["--events-retention", "30s, 5m, 1h, 7d or 0"]),
+        (["--events-retention", "500ms"], ["--events-retention", "at least 1s"]),
+        (["--fleet-forget-after", "soon"], ["--fleet-forget-after", "not a duration"]),
     ],
 )
 def test_bad_flag_values_are_one_line_errors(tmp_path, args, needles):
@@ -52,6 +55,8 @@ def test_bad_flag_values_are_one_line_errors(tmp_path, args, needles):
 def test_bad_values_from_env_vars_are_refused_too(tmp_path):
     result = run_serve_expect_exit(tmp_path / "data", env={"AUTONOMY_LOG_LEVEL": "loud"})
     _assert_one_line_refusal(result, "--log-level", "'loud'")
+    result = run_serve_expect_exit(tmp_path / "data", env={"AUTONOMY_EVENTS_RETENTION": "1y"})
+    _assert_one_line_refusal(result, "--events-retention", "'1y'")
 
 
 def test_port_in_use_is_a_one_line_error(tmp_path):

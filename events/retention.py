@@ -41,6 +41,7 @@ BATCH_ROWS = 1000
 PAUSE_SECONDS = 0.02  # between two batches: ingest goes first
 VACUUM_PAGES = 512  # pages returned to the file system per step (SQLite, 4 KiB each)
 WRITER_TIMEOUT_SECONDS = 60.0
+FIRST_ROUND_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -194,7 +195,9 @@ class Pruner:
             self._thread.join(timeout=5)
 
     def _run(self) -> None:
-        while not self._stop.wait(self.interval):
+        wait = min(self.interval, FIRST_ROUND_SECONDS)  # a backlog starts going soon after start
+        while not self._stop.wait(wait):
+            wait = self.interval
             if not leader.elector.is_leader():
                 continue  # followers leave background work to the leader
             close_old_connections()

@@ -23,7 +23,7 @@ from django.utils import timezone
 from core import jsonvalues
 from core.errors import ApiError
 from core.params import format_rfc3339, param_error
-from releases.models import FleetNode, NodeAck, Release
+from releases.models import FleetNode, FleetNodeAck, NodeAck, Release
 
 RELEASE_FIELDS = (
     "release_id",
@@ -337,6 +337,49 @@ def _fleet_nodes(query: FleetQuery, now: datetime) -> Any:
     return qs, fresh_since
 
 
+def _by_release(query: FleetQuery, now: datetime, fresh_since: datetime) -> list[dict[str, Any]]:
+    """Selected nodes per (release, ack status) of their newest ack in the channel: grouped on
+    the ack table's (channel, release, status) index; joined to the node table only when a
+    node-level condition (forget-after, node_status) asks for it."""
+    acks = FleetNodeAck.objects.filter(channel=query.channel)
+    forget = _forget_after()
+    if forget:
+        acks = acks.filter(node__last_heard__gte=now - timedelta(seconds=forget))
+    if query.node_status == "up":
+        acks = acks.filter(node__last_seen__gte=fresh_since)
+    elif query.node_status == "stale":
+        acks = acks.filter(node__last_seen__lt=fresh_since)
+    elif query.node_status == "unknown":
+        acks = acks.filter(node__last_seen__isnull=True)
+    if query.ack_status == NO_ACK:
+        return []
+    if query.ack_status is not None:
+        acks = acks.filter(status=query.ack_status)
+    if query.release_id is not None:
+        acks = acks.filter(release__release_id=query.release_id)
+    groups = list(
+        acks.order_by().values_list("release_id", "status").annotate(nodes=Count("release_id"))
+    )
+    releases = {
+        pk: (release_id, sequence)
+        for pk, release_id, sequence in Release.objects.filter(
+            pk__in={pk for pk, _status, _nodes in groups}
+        ).values_list("pk", "release_id", "sequence")
+    }
+    rows = [
+        {
+            "release_id": releases[pk][0],
+            "sequence": releases[pk][1],
+            "ack_status": status,
+            "nodes": nodes,
+        }
+        for pk, status, nodes in groups
+        if pk in releases
+    ]
+    rows.sort(key=lambda row: (-row["sequence"], row["ack_status"]))
+    return rows
+
+
 def fleet_summary(
     *, channel: str, stale_threshold: int, query: FleetQuery | None = None
 ) -> dict[str, Any]:
@@ -365,13 +408,7 @@ def fleet_summary(
         up=Count("pk", filter=Q(last_seen__gte=fresh_since)),
     )
     total, up, unknown = counts["total"] or 0, counts["up"] or 0, counts["unknown"] or 0
-    by_release = [
-        {"release_id": release_id, "sequence": sequence, "ack_status": status, "nodes": nodes}
-        for release_id, sequence, status, nodes in qs.filter(ack__isnull=False)
-        .values_list("ack__release__release_id", "ack__sequence", "ack__status")
-        .annotate(nodes=Count("pk"))
-        .order_by("-ack__sequence", "ack__status")
-    ]
+    by_release = _by_release(query, now, fresh_since)
     answer: dict[str, Any] = {
         "channel": channel,
         "generated_at": format_rfc3339(now),

@@ -70,7 +70,11 @@ class FleetNode(models.Model):
     last_heard = models.DateTimeField()
 
     class Meta:
-        indexes = [models.Index(fields=["last_heard"], name="fleetnode_last_heard_idx")]
+        indexes = [
+            models.Index(fields=["last_heard"], name="fleetnode_last_heard_idx"),
+            # the summary's up/unknown counts are index-only range counts
+            models.Index(fields=["last_seen"], name="fleetnode_last_seen_idx"),
+        ]
 
     def __str__(self) -> str:
         return self.node_id

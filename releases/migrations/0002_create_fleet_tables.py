@@ -19,7 +19,7 @@ class Migration(migrations.Migration):
                 ('last_heard', models.DateTimeField()),
             ],
             options={
-                'indexes': [models.Index(fields=['last_heard'], name='fleetnode_last_heard_idx')],
+                'indexes': [models.Index(fields=['last_heard'], name='fleetnode_last_heard_idx'), models.Index(fields=['last_seen'], name='fleetnode_last_seen_idx')],
             },
         ),
         migrations.CreateModel(

@@ -357,24 +357,25 @@ def _by_release(query: FleetQuery, now: datetime, fresh_since: datetime) -> list
         acks = acks.filter(status=query.ack_status)
     if query.release_id is not None:
         acks = acks.filter(release__release_id=query.release_id)
-    groups = list(
-        acks.order_by().values_list("release_id", "status").annotate(nodes=Count("release_id"))
+    grouped, params = (
+        acks.order_by()
+        .values_list("release_id", "status")
+        .annotate(nodes=Count("release_id"))
+        .query.sql_with_params()
     )
-    releases = {
-        pk: (release_id, sequence)
-        for pk, release_id, sequence in Release.objects.filter(
-            pk__in={pk for pk, _status, _nodes in groups}
-        ).values_list("pk", "release_id", "sequence")
-    }
+    qn = connection.ops.quote_name
+    with connection.cursor() as cursor:
+        # the few groups joined to their release afterwards, not every ack row
+        cursor.execute(
+            f"SELECT r.{qn('release_id')}, r.{qn('sequence')}, g.{qn('status')}, "
+            f"g.{qn('nodes')} FROM ({grouped}) g JOIN {qn(Release._meta.db_table)} r "
+            f"ON r.{qn('id')} = g.{qn('release_id')}",
+            params,
+        )
+        groups = cursor.fetchall()
     rows = [
-        {
-            "release_id": releases[pk][0],
-            "sequence": releases[pk][1],
-            "ack_status": status,
-            "nodes": nodes,
-        }
-        for pk, status, nodes in groups
-        if pk in releases
+        {"release_id": release_id, "sequence": sequence, "ack_status": status, "nodes": nodes}
+        for release_id, sequence, status, nodes in groups
     ]
     rows.sort(key=lambda row: (-row["sequence"], row["ack_status"]))
     return rows
@@ -403,10 +404,19 @@ def fleet_summary(
     qs, fresh_since = _fleet_nodes(query, now)
 
     if query.release_id is None and query.ack_status is None:
-        # Three index-only counts (last_seen index): far cheaper than one pass over the rows.
-        total = qs.count()
-        unknown = qs.filter(last_seen__isnull=True).count()
-        up = qs.filter(last_seen__gte=fresh_since).count()
+        # Three index-only counts (last_seen index) in one statement: far cheaper than one
+        # pass over the rows.
+        parts = [
+            qs.values("pk").query.sql_with_params(),
+            qs.filter(last_seen__isnull=True).values("pk").query.sql_with_params(),
+            qs.filter(last_seen__gte=fresh_since).values("pk").query.sql_with_params(),
+        ]
+        sql = "SELECT " + ", ".join(
+            f"(SELECT COUNT(*) FROM ({part}) c{index})" for index, (part, _) in enumerate(parts)
+        )
+        with connection.cursor() as cursor:
+            cursor.execute(sql, [param for _, params in parts for param in params])
+            total, unknown, up = cursor.fetchone()
     else:
         counts = qs.aggregate(
             total=Count("pk"),

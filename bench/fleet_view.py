@@ -108,8 +108,7 @@ def fill(data_dir: Path, nodes: int) -> None:
             str(REPO / "manage.py"),
             "shell",
             "-c",
-            "from releases.services import fleet_acks_refresh; "
-            "fleet_acks_refresh(node_ids=None)",
+            "from releases.services import fleet_acks_refresh; fleet_acks_refresh(node_ids=None)",
         ],
         check=True,
         env=env,

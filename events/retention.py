@@ -91,9 +91,10 @@ def vacuum_step(pages: int = VACUUM_PAGES) -> int:
             return 0
         cursor.execute("PRAGMA freelist_count")
         free = int(cursor.fetchone()[0])
-        if free:
-            cursor.execute(f"PRAGMA incremental_vacuum({int(pages)})")
-            cursor.fetchall()
+    if free:
+        # executescript steps the pragma to its end; a plain execute steps it once, and each
+        # step frees ONE page.
+        connection.connection.executescript(f"PRAGMA incremental_vacuum({int(pages)});")
     return free
 
 
@@ -133,23 +134,37 @@ def events_prune(
         time.sleep(pause)
     vacuumed = 0
     if deleted and connection.vendor == "sqlite":
+        before: int | None = None
         while keep_going():
             free = run(vacuum_step)
-            step = min(free, VACUUM_PAGES)
-            vacuumed += step
+            if free == 0 or (before is not None and free >= before):
+                break  # done, or nothing shrinks (never loop on a store that cannot)
+            vacuumed += min(free, VACUUM_PAGES)
             if free <= VACUUM_PAGES:
                 break
+            before = free
             time.sleep(pause)
     return PruneResult(
         cutoff=cutoff, deleted=deleted, held_back_by_gate=held, vacuumed_pages=vacuumed
     )
 
 
+def prepare_new_store() -> None:
+    """SQLite, before `migrate`: a store without tables yet gets incremental auto-vacuum (it
+    can only be chosen before the first table, or by a full VACUUM later)."""
+    if connection.vendor != "sqlite":
+        return
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT COUNT(*) FROM sqlite_master")
+        if cursor.fetchone()[0] == 0:
+            cursor.execute("PRAGMA auto_vacuum=INCREMENTAL")
+
+
 def ensure_incremental_vacuum(*, max_bytes: int) -> str | None:
     """SQLite: make the store use incremental auto-vacuum, so pruned space can go back to the
-    file system. New stores have it from their first table on (settings' init_command sets it
-    before `migrate` creates anything); an existing store made before needs ONE full VACUUM,
-    done here when the file is at most `max_bytes`. Returns a line for the log, or None."""
+    file system. New stores have it from their first table on (`prepare_new_store` before
+    `migrate`); an existing store made before needs ONE full VACUUM, done here when the file is
+    at most `max_bytes`. Returns a line for the log, or None."""
     if connection.vendor != "sqlite":
         return None
     with connection.cursor() as cursor:

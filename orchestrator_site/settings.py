@@ -121,12 +121,7 @@ else:
             "NAME": str(sqlite_path(DATA_DIR)),
             "CONN_MAX_AGE": 0,
             "OPTIONS": {
-                # auto_vacuum first: on a new store it must precede the first table (events
-                # retention gives pruned pages back; docs/performance.md "Storage and capacity").
-                "init_command": (
-                    "PRAGMA auto_vacuum=INCREMENTAL;"
-                    "PRAGMA journal_mode=WAL;PRAGMA synchronous=FULL;"
-                ),
+                "init_command": "PRAGMA journal_mode=WAL;PRAGMA synchronous=FULL;",
                 "transaction_mode": "IMMEDIATE",
                 "timeout": SQLITE_BUSY_TIMEOUT_SECONDS,
             },

@@ -308,6 +308,8 @@ class Command(BaseCommand):
 
         if using_postgres:
             pgconf.configure_pool(size=pool_size, timeout=pool_timeout)
+        if not using_postgres:
+            self._incremental_vacuum(new_store=True)
         self._migrate(using_postgres)
         if not using_postgres and retention:
             self._incremental_vacuum()
@@ -578,12 +580,20 @@ class Command(BaseCommand):
             key_file=server_tls.config.key_file,
         )
 
-    def _incremental_vacuum(self) -> None:
-        from events.retention import ensure_incremental_vacuum
+    def _incremental_vacuum(self, new_store: bool = False) -> None:
+        """SQLite: incremental auto-vacuum for a new store (before `migrate`), or the one
+        conversion of an existing store (after it); docs/serve.md "Events retention"."""
+        from events.retention import ensure_incremental_vacuum, prepare_new_store
 
+        line = None
         try:
-            line = ensure_incremental_vacuum(max_bytes=AUTO_VACUUM_CONVERT_MAX_BYTES)
+            if new_store:
+                prepare_new_store()
+            else:
+                line = ensure_incremental_vacuum(max_bytes=AUTO_VACUUM_CONVERT_MAX_BYTES)
         except DatabaseError as exc:
+            if new_store:
+                return  # `migrate` reports what is wrong with the store, in its words
             raise ServeError(f"cannot prepare the store for retention: {exc}") from None
         finally:
             connections.close_all()

@@ -14,10 +14,10 @@ costs on disk, ingest latency while a large prune runs, and a store that stays f
    p50/p99/max of both, how many events the prune deleted and how long it took (the pruner's
    log line). The issue's figure is a prune of 10,000,000 events: `--events 10000000` (the
    fill alone takes minutes; the prune runs on at ~the rate printed).
-3. a store that stops growing: `--events-retention <--short-retention>`, light steady ingest
-   (2 connections) for --size-seconds (longer than the retention), the store's size (file +
-   WAL) sampled every second; reports the samples every 5 s and the growth after the first two
-   retention windows.
+3. a store that stops growing: `--events-retention <--short-retention>`, steady ingest at
+   --size-rate events/s (one connection, on a schedule) for --size-seconds (longer than the
+   retention), the store's size (file + WAL) sampled every second; reports the samples every
+   5 s and the growth after the first two retention windows.
 
 One JSON object per line. Loopback only; every server is a subprocess stopped by its pid.
 Figures go to docs/performance.md ("Storage and capacity"). Not a CI test.
@@ -26,6 +26,7 @@ Figures go to docs/performance.md ("Storage and capacity"). Not a CI test.
 from __future__ import annotations
 
 import argparse
+import http.client
 import re
 import shutil
 import sqlite3
@@ -153,6 +154,36 @@ def prune_under_load(root: Path, args: argparse.Namespace) -> None:
     shutil.rmtree(data_dir, ignore_errors=True)
 
 
+def paced_ingest(port: int, rate: float, seconds: float) -> tuple[int, int, list[float]]:
+    """POST 100-event batches at `rate` events/s for `seconds` on one keep-alive connection,
+    on a fixed schedule (a late batch is sent at once, the schedule does not slip): (sent,
+    errors, latencies in ms)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    interval = BATCH / rate
+    start = time.monotonic()
+    sent = errors = 0
+    latencies: list[float] = []
+    while True:
+        due = start + sent * interval
+        now = time.monotonic()
+        if due - start >= seconds:
+            break
+        if due > now:
+            time.sleep(due - now)
+        raw = ingest_request(0, sent)
+        _head, body = raw.split(b"\r\n\r\n", 1)
+        t0 = time.perf_counter()
+        conn.request("POST", "/v1/events", body=body, headers={"Content-Type": "application/json"})
+        response = conn.getresponse()
+        response.read()
+        latencies.append((time.perf_counter() - t0) * 1000)
+        sent += 1
+        if response.status != 200:
+            errors += 1
+    conn.close()
+    return sent * BATCH, errors, latencies
+
+
 def flat_store(root: Path, args: argparse.Namespace) -> None:
     data_dir = fresh_store(root, "flat")
     server = start_orchestrator(data_dir, "--events-retention", args.short_retention)
@@ -167,14 +198,7 @@ def flat_store(root: Path, args: argparse.Namespace) -> None:
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     try:
-        result = run_load(
-            server.port,
-            ingest_request,
-            connections=2,
-            processes=1,
-            seconds=args.size_seconds,
-            warmup=0,
-        )
+        events, errors, latencies = paced_ingest(server.port, args.size_rate, args.size_seconds)
     finally:
         stop.set()
         sampler.join()
@@ -183,12 +207,14 @@ def flat_store(root: Path, args: argparse.Namespace) -> None:
     every5 = [(round(t), size) for t, size in samples if round(t) % 5 == 0]
     settled = [size for t, size in samples if t >= 2 * retention + 5]
     first = settled[0] if settled else None
+    latencies.sort()
     emit(
         part="store_size",
         retention=args.short_retention,
-        events=result.ok * BATCH,
-        events_per_s=round(result.rate * BATCH),
-        errors=result.errors,
+        events=events,
+        events_per_s=args.size_rate,
+        errors=errors,
+        ingest_p99_ms=round(latencies[int(0.99 * (len(latencies) - 1))], 1) if latencies else None,
         samples_every_5s=every5,
         size_after_two_windows=first,
         max_after=max(settled) if settled else None,
@@ -206,6 +232,7 @@ def main() -> None:
     parser.add_argument("--prune-wait", type=float, default=3600.0)
     parser.add_argument("--short-retention", default="10s", help="seconds, like 10s")
     parser.add_argument("--size-seconds", type=float, default=60.0)
+    parser.add_argument("--size-rate", type=float, default=2000.0, help="events/s in part 3")
     parser.add_argument("--only", choices=("bytes", "prune", "flat"), default=None)
     args = parser.parse_args()
     if not re.fullmatch(r"\d+s", args.short_retention):

@@ -38,7 +38,9 @@ logger = logging.getLogger("orchestrator.events")
 
 PRUNE_INTERVAL_SECONDS = 60.0
 BATCH_ROWS = 1000
-PAUSE_SECONDS = 0.02  # between two batches: ingest goes first
+# Between two batches. On SQLite ingest does not need it to go first (the batches queue on the
+# writer behind the ingest groups that arrived meanwhile); it leaves the event loop some CPU.
+PAUSE_SECONDS = 0.005
 VACUUM_PAGES = 512  # pages returned to the file system per step (SQLite, 4 KiB each)
 WRITER_TIMEOUT_SECONDS = 60.0
 FIRST_ROUND_SECONDS = 5.0

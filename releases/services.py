@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from django.db import IntegrityError, connection, transaction
+from django.db import DEFAULT_DB_ALIAS, IntegrityError, connection, connections, transaction
 from django.db.models import Max
 from django.utils import timezone
 
@@ -227,15 +227,23 @@ def fleet_nodes_seen(*, node_ids: Collection[str], received_at: Any) -> None:
         )
 
 
-def fleet_acks_refresh(*, node_ids: Collection[str] | None) -> None:
+def fleet_acks_refresh(*, node_ids: Collection[str] | None, using: str = DEFAULT_DB_ALIAS) -> None:
     """THE ack-side hook of the fleet view: call it in the transaction that wrote acks of these
     nodes (after the writes), wherever acks are written. Two statements whatever the number of
     nodes: the nodes join the fleet (`last_heard` takes their newest ack's `updated_at`), and
     each node's newest ack per channel (by `updated_at`, then insertion order, as
     `GET /v1/fleet` has always chosen it) is copied from `NodeAck`. `node_ids=None` rebuilds
-    every node's (the data migration)."""
+    every node's (the data migration, on the database `using`)."""
     if node_ids is not None and not node_ids:
         return
+    connection = connections[using]
+
+    def _qn(name: str) -> str:
+        return connection.ops.quote_name(name)
+
+    def _greatest() -> str:
+        return "GREATEST" if connection.vendor == "postgresql" else "MAX"
+
     fleet, fleet_ack = _qn(FleetNode._meta.db_table), _qn(FleetNodeAck._meta.db_table)
     acks, releases = _qn(NodeAck._meta.db_table), _qn(Release._meta.db_table)
     node, heard = _qn("node_id"), _qn("last_heard")

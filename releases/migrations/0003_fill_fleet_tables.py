@@ -37,7 +37,7 @@ def fill(apps, schema_editor):
     # run once over every node.
     from releases.services import fleet_acks_refresh
 
-    fleet_acks_refresh(node_ids=None)
+    fleet_acks_refresh(node_ids=None, using=connection.alias)
 
 
 class Migration(migrations.Migration):

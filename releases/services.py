@@ -182,6 +182,9 @@ def _greatest() -> str:
     return "GREATEST" if connection.vendor == "postgresql" else "MAX"
 
 
+RECEIVED_AT_INDEX = "event_received_at_idx"  # events.models.Event.Meta.indexes
+
+
 def fleet_nodes_seen_at(*, received_at: Any) -> None:
     """SQLite events writer: the nodes of the events stored with this `received_at` (this
     transaction's inserts; the time has microseconds, and a group that happened to share it saw
@@ -194,7 +197,10 @@ def fleet_nodes_seen_at(*, received_at: Any) -> None:
     with connection.cursor() as cursor:
         cursor.execute(
             f"INSERT INTO {fleet} ({node}, {seen}, {heard}) "
-            f"SELECT DISTINCT {node}, %s, %s FROM {events} WHERE {_qn('received_at')} = %s "
+            # INDEXED BY: with statistics of a store whose old events share few arrival
+            # times, the planner would otherwise scan the whole table (measured: 1.5 s).
+            f"SELECT DISTINCT {node}, %s, %s FROM {events} "
+            f"INDEXED BY {_qn(RECEIVED_AT_INDEX)} WHERE {_qn('received_at')} = %s "
             f"ON CONFLICT ({node}) DO UPDATE SET {seen} = excluded.{seen}, "
             f"{heard} = {_greatest()}({fleet}.{heard}, excluded.{heard})",
             [received_at, received_at, received_at],

@@ -25,13 +25,14 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from django.db import close_old_connections, connection, transaction
 from django.utils import timezone
 
 from core import leader
+from core.params import seconds_before
 from events.models import Event
 
 logger = logging.getLogger("orchestrator.events")
@@ -60,7 +61,7 @@ def prune_cutoff(*, retention_seconds: float, now: datetime | None = None) -> tu
     from rollouts.selectors import event_gate_windows_start
 
     now = now or timezone.now()
-    cutoff = now - timedelta(seconds=retention_seconds)
+    cutoff = seconds_before(now, retention_seconds)
     window = event_gate_windows_start()
     if window is not None and window < cutoff:
         return window, True

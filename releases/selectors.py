@@ -8,10 +8,10 @@ is one indexed query per request.
 
 from __future__ import annotations
 
-import base64
+import re
 import threading
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -22,7 +22,7 @@ from django.utils import timezone
 
 from core import jsonvalues
 from core.errors import ApiError
-from core.params import format_rfc3339, param_error
+from core.params import format_rfc3339, param_error, seconds_before
 from releases.models import FleetNode, FleetNodeAck, NodeAck, Release
 
 RELEASE_FIELDS = (
@@ -134,7 +134,7 @@ def node_acks(*, node_id: str, limit: int = 1000, after: str | None = None) -> d
     next_cursor = None
     if more:
         last = rows[-1]
-        next_cursor = encode_cursor(f"{last.updated_at.isoformat()}|{last.pk}")
+        next_cursor = node_ack_cursor(last)
     return {
         "node_id": node_id,
         "acks": [ack_as_dict(ack) for ack in rows],
@@ -144,15 +144,22 @@ def node_acks(*, node_id: str, limit: int = 1000, after: str | None = None) -> d
     }
 
 
+_NODE_ACK_CURSOR = re.compile(r"([0-9]{1,18})\.([0-9]{1,18})")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MAX_MICROS = (datetime(9999, 12, 31, tzinfo=UTC) - _EPOCH) // timedelta(microseconds=1)
+
+
+def node_ack_cursor(ack: NodeAck) -> str:
+    """`<updated_at in µs since 1970>.<row id>` of the last ack of a page."""
+    return f"{(ack.updated_at - _EPOCH) // timedelta(microseconds=1)}.{ack.pk}"
+
+
 def _node_ack_key(key: str) -> tuple[datetime, int]:
-    try:
-        stamp, pk = key.rsplit("|", 1)
-        updated_at = datetime.fromisoformat(stamp)
-        if updated_at.tzinfo is None or not pk.isascii() or not pk.isdigit() or len(pk) > 18:
-            raise ValueError
-        return updated_at, int(pk)
-    except ValueError:
-        raise param_error("cursor", CURSOR_MESSAGE) from None
+    match = _NODE_ACK_CURSOR.fullmatch(key)
+    if match is None:
+        raise param_error("cursor", CURSOR_MESSAGE)
+    micros = min(int(match.group(1)), _MAX_MICROS)
+    return _EPOCH + timedelta(microseconds=micros), int(match.group(2))
 
 
 # --- the latest release of a channel (the node poll path) ---------------------------------
@@ -289,22 +296,19 @@ class FleetQuery:
 
 
 def encode_cursor(key: str) -> str:
-    """An opaque cursor: base64url (no padding) of the last key of a page."""
-    return base64.urlsafe_b64encode(key.encode()).decode().rstrip("=")
+    """The cursor after a page: opaque to clients; today the page's last key (a node_id)."""
+    return key
 
 
 def decode_cursor(cursor: str) -> str:
-    """The key inside a cursor, or ApiError 400 naming `cursor`."""
-    text = cursor.strip()
-    try:
-        if not text or len(text) > 1024 or not text.isascii():
-            raise ValueError
-        key = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).decode()
-        if encode_cursor(key) != text or not key or "\x00" in key:
-            raise ValueError
-    except ValueError:
-        raise param_error("cursor", CURSOR_MESSAGE) from None
-    return key
+    """The key inside a cursor (1-256 characters, no NUL), or ApiError 400 naming `cursor`.
+    Any such string is a position: the page starts after it."""
+    if not cursor or len(cursor) > MAX_CURSOR_CHARS or "\x00" in cursor:
+        raise param_error("cursor", CURSOR_MESSAGE)
+    return cursor
+
+
+MAX_CURSOR_CHARS = 256
 
 
 def _forget_after() -> float:
@@ -320,8 +324,8 @@ def _fleet_nodes(query: FleetQuery, now: datetime) -> Any:
     )
     forget = _forget_after()
     if forget:
-        qs = qs.filter(last_heard__gte=now - timedelta(seconds=forget))
-    fresh_since = now - timedelta(seconds=query.stale_threshold)
+        qs = qs.filter(last_heard__gte=seconds_before(now, forget))
+    fresh_since = seconds_before(now, query.stale_threshold)
     if query.node_status == "up":
         qs = qs.filter(last_seen__gte=fresh_since)
     elif query.node_status == "stale":
@@ -344,7 +348,7 @@ def _by_release(query: FleetQuery, now: datetime, fresh_since: datetime) -> list
     acks = FleetNodeAck.objects.filter(channel=query.channel)
     forget = _forget_after()
     if forget:
-        acks = acks.filter(node__last_heard__gte=now - timedelta(seconds=forget))
+        acks = acks.filter(node__last_heard__gte=seconds_before(now, forget))
     if query.node_status == "up":
         acks = acks.filter(node__last_seen__gte=fresh_since)
     elif query.node_status == "stale":

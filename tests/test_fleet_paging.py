@@ -164,9 +164,9 @@ def test_limit_above_the_maximum_is_clamped(api, fleet):
         ({"limit": "-3"}, "limit"),
         ({"limit": "ten"}, "limit"),
         ({"limit": ""}, "limit"),
-        ({"cursor": "not a cursor!"}, "cursor"),
         ({"cursor": ""}, "cursor"),
-        ({"cursor": "AA"}, "cursor"),  # a NUL key
+        ({"cursor": "c" * 257}, "cursor"),
+        ({"cursor": "node\x00"}, "cursor"),
         ({"node_status": "down"}, "node_status"),
         ({"ack_status": "done"}, "ack_status"),
         ({"release_id": ""}, "release_id"),
@@ -260,7 +260,7 @@ def test_release_acks_are_paged_with_count_the_total(api):
             break
     assert seen == whole["acks"]
     assert api.get("/v1/releases/rel-many/acks", {"limit": "x"}).json()["field"] == "limit"
-    assert api.get("/v1/releases/rel-many/acks", {"cursor": "?"}).status_code == 400
+    assert api.get("/v1/releases/rel-many/acks", {"cursor": ""}).status_code == 400
 
 
 def test_node_acks_are_paged_newest_first(api):
@@ -290,5 +290,13 @@ def test_node_acks_are_paged_newest_first(api):
         "rel-4",
         "rel-6",
     ]
-    bad = api.get("/v1/nodes/busy/acks", {"cursor": "bm90LWEta2V5"})  # "not-a-key"
-    assert bad.status_code == 400 and bad.json()["field"] == "cursor"
+    for bad_cursor in ("not-a-key", "12", "1.2.3", ""):
+        bad = api.get("/v1/nodes/busy/acks", {"cursor": bad_cursor})
+        assert bad.status_code == 400 and bad.json()["field"] == "cursor", bad_cursor
+    # a position past every ack: an empty last page
+    assert api.get("/v1/nodes/busy/acks", {"cursor": "1.1"}).json()["acks"] == []
+
+
+def test_the_largest_stale_threshold_counts_every_seen_node_up(api, fleet):
+    body = _get(api, stale_threshold="999999999999999998", summary="true")
+    assert (body["up"], body["stale"], body["unknown"]) == (20, 0, 3)

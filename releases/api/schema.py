@@ -170,7 +170,10 @@ class FleetSerializer(serializers.Serializer):
     )
 
 
-def page_parameters() -> list[OpenApiParameter]:
+NODE_ACK_CURSOR_PATTERN = "^[0-9]{1,18}\\.[0-9]{1,18}$"
+
+
+def page_parameters(cursor_pattern: str = NO_NUL) -> list[OpenApiParameter]:
     return [
         OpenApiParameter(
             "limit",
@@ -187,7 +190,7 @@ def page_parameters() -> list[OpenApiParameter]:
         ),
         OpenApiParameter(
             "cursor",
-            {"type": "string", "minLength": 1, "maxLength": 1024, "pattern": "^[A-Za-z0-9_-]+$"},
+            {"type": "string", "minLength": 1, "maxLength": 256, "pattern": cursor_pattern},
             description="Opaque: the `next_cursor` of the previous page (absent: the first page).",
         ),
     ]
@@ -361,9 +364,15 @@ class NodeAcksViewSchema(OpenApiViewExtension):
             get=extend_schema(
                 operation_id="nodes_acks",
                 summary="All acks submitted by a node",
-                description="A node with no acks: 200 with an empty list.",
+                description=(
+                    "Most recently updated first, in pages (`limit`, `cursor`); `count` is the "
+                    "node's total. A node with no acks: 200 with an empty list."
+                ),
                 tags=["acks"],
-                parameters=[path_id("node_id", "The node.")],
+                parameters=[
+                    path_id("node_id", "The node."),
+                    *page_parameters(NODE_ACK_CURSOR_PATTERN),
+                ],
                 responses={200: NodeAcksSerializer, **errors(400)},
             ),
         )

@@ -239,7 +239,8 @@ def fleet_acks_refresh(*, node_ids: Collection[str] | None, using: str = DEFAULT
     nodes: the nodes join the fleet (`last_heard` takes their newest ack's `updated_at`), and
     each node's newest ack per channel (by `updated_at`, then insertion order, as
     `GET /v1/fleet` has always chosen it) is copied from `NodeAck`. `node_ids=None` rebuilds
-    every node's (the data migration, on the database `using`)."""
+    every node's (the data migration, on the database `using`). Rows are written in key order,
+    as the events writer writes its nodes: concurrent writers cannot deadlock on them."""
     if node_ids is not None and not node_ids:
         return
     connection = connections[using]
@@ -267,7 +268,7 @@ def fleet_acks_refresh(*, node_ids: Collection[str] | None, using: str = DEFAULT
         cursor.execute(
             f"INSERT INTO {fleet} ({node}, {_qn('last_seen')}, {heard}) "
             f"SELECT a.{node}, NULL, MAX(a.{_qn('updated_at')}) FROM {acks} a "
-            f"{where or 'WHERE true'} GROUP BY a.{node} "
+            f"{where or 'WHERE true'} GROUP BY a.{node} ORDER BY a.{node} "
             f"ON CONFLICT ({node}) DO UPDATE SET "
             f"{heard} = {_greatest()}({fleet}.{heard}, excluded.{heard})",
             where_params,
@@ -282,7 +283,7 @@ def fleet_acks_refresh(*, node_ids: Collection[str] | None, using: str = DEFAULT
             f"a.{_qn('id')} AS ack_pk, ROW_NUMBER() OVER (PARTITION BY a.{node}, "
             f"r.{_qn('channel')} ORDER BY a.{_qn('updated_at')} DESC, a.{_qn('id')} DESC) AS rn "
             f"FROM {acks} a JOIN {releases} r ON r.{_qn('id')} = a.{_qn('release_id')} "
-            f"{where}) t WHERE t.rn = 1 "
+            f"{where}) t WHERE t.rn = 1 ORDER BY t.{node}, t.channel "
             f"ON CONFLICT ({node}, {_qn('channel')}) DO UPDATE SET "
             + ", ".join(
                 f"{_qn(c)} = excluded.{_qn(c)}"

@@ -300,3 +300,25 @@ def test_node_acks_are_paged_newest_first(api):
 def test_the_largest_stale_threshold_counts_every_seen_node_up(api, fleet):
     body = _get(api, stale_threshold="999999999999999998", summary="true")
     assert (body["up"], body["stale"], body["unknown"]) == (20, 0, 3)
+
+
+def test_the_data_migration_rebuilds_the_same_fleet_view(api, fleet):
+    """releases 0003 fills the fleet tables from the events and acks already stored."""
+    from importlib import import_module
+    from types import SimpleNamespace
+
+    from django.apps import apps
+    from django.db import connection
+
+    from releases.models import FleetNode
+
+    EventFactory(node_id="n-01")  # its newest event now
+    before = _get(api, stale_threshold=60)
+    FleetNode.objects.all().delete()  # and their channel acks (cascade)
+    assert _get(api)["total"] == 0
+    import_module("releases.migrations.0003_fill_fleet_tables").fill(
+        apps, SimpleNamespace(connection=connection)
+    )
+    after = _get(api, stale_threshold=60)
+    assert after["nodes"] == before["nodes"]
+    assert after["by_release"] == before["by_release"]

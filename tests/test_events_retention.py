@@ -182,3 +182,33 @@ def test_a_store_with_a_short_retention_stops_growing(tmp_path):
     assert sqlite3.connect(store).execute("PRAGMA auto_vacuum").fetchone()[0] == 2
     # 8,000 events of ~0.5 KB went in; what the store occupies did not grow with them
     assert max(sizes[1:]) <= sizes[0] * 1.2, sizes
+
+
+@pytest.mark.e2e
+def test_the_leader_prunes_on_postgresql(tmp_path):
+    from tests.pg import require_postgres, temp_database
+
+    require_postgres()
+    with temp_database() as url:
+        args = ("--postgres-url", url, "--events-retention", "1s")
+        with ServeProcess(tmp_path / "data", *args) as srv, requests.Session() as http:
+            events = [
+                {
+                    "event_id": f"pg-{i}",
+                    "event_type": "app.heartbeat",
+                    "node_id": f"node-{i % 3}",
+                    "timestamp": "2026-04-07T10:00:00Z",
+                }
+                for i in range(30)
+            ]
+            answer = http.post(srv.url("/v1/events"), json={"events": events}, timeout=10)
+            assert answer.json()["inserted"] == 30
+            deadline = time.monotonic() + 30
+            while http.get(srv.url("/v1/events?limit=1"), timeout=10).json()["count"]:
+                assert time.monotonic() < deadline, srv.logs()
+                time.sleep(0.3)
+            # the nodes stay in the fleet view, seen when their events arrived
+            fleet = http.get(srv.url("/v1/fleet"), timeout=10).json()
+            assert [n["node_id"] for n in fleet["nodes"]] == ["node-0", "node-1", "node-2"]
+            assert all(n["last_seen"] for n in fleet["nodes"])
+        assert "events retention: deleted" in srv.logs()

@@ -11,7 +11,8 @@ page, with N nodes known to the real `autonomy-orchestrator serve` (SQLite).
    API take minutes and are bench/fleet.py's business.
 2. Measure, sequentially from one keep-alive client: `summary=true` (plain and filtered),
    a default page (limit 1000), a 10,000-node page, and the walk over every page; latency
-   p50/p99/max in ms. Then the server's peak RSS (VmHWM).
+   p50/p99/max in ms. Then the server's peak RSS (VmHWM); then six clients walking every page
+   at once (the issue's six parallel reads of the unpaged view) and the peak RSS after.
 
 One JSON object per line on stdout. Loopback only; the server is a subprocess stopped by its
 pid. Figures go to docs/performance.md ("Storage and capacity"). Not a CI test.
@@ -27,6 +28,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -185,6 +187,30 @@ def main() -> None:
             )
             assert seen == args.nodes, (seen, args.nodes)
             emit(step="rss_after", peak_rss_mb=round(peak_rss_mb(server.proc.pid), 1))
+            # The worst case: six clients reading the whole fleet at once.
+            walks: list[float] = []
+
+            def walk() -> None:
+                own, cursor, start = Client(server.port), None, time.perf_counter()
+                while True:
+                    path = "/v1/fleet?limit=10000" + (f"&cursor={cursor}" if cursor else "")
+                    status, raw, _ = own.call("GET", path)
+                    assert status == 200, raw[:200]
+                    cursor = orjson.loads(raw)["next_cursor"]
+                    if cursor is None:
+                        break
+                walks.append(time.perf_counter() - start)
+
+            threads = [threading.Thread(target=walk) for _ in range(6)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            emit(
+                route="six_parallel_walks",
+                seconds_each=[round(w, 2) for w in sorted(walks)],
+                peak_rss_mb=round(peak_rss_mb(server.proc.pid), 1),
+            )
         finally:
             server.stop()
 

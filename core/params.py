@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from core.errors import ApiError
 
@@ -117,3 +117,11 @@ def format_rfc3339(value: datetime | None) -> str | None:
     value = value.astimezone(UTC)
     timespec = "microseconds" if value.microsecond else "seconds"
     return value.replace(tzinfo=None).isoformat(timespec=timespec) + "Z"
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def seconds_before(now: datetime, seconds: float) -> datetime:
+    """`now - seconds`, never before 1970: a threshold of 10**17 s must not overflow."""
+    return max(_EPOCH, now - timedelta(seconds=min(seconds, (now - _EPOCH).total_seconds())))

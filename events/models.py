@@ -29,6 +29,8 @@ class Event(models.Model):
             models.Index(fields=["node_id", "id"], name="event_node_id_idx"),
             models.Index(fields=["event_type", "id"], name="event_type_id_idx"),
             models.Index(fields=["node_id", "event_type", "id"], name="event_node_type_id_idx"),
+            # Retention deletes the oldest arrivals in small batches (events/retention.py).
+            models.Index(fields=["received_at"], name="event_received_at_idx"),
         ]
         constraints = [
             models.UniqueConstraint(fields=["event_id", "node_id"], name="event_node_event_key"),

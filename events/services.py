@@ -99,6 +99,8 @@ def events_store(*, batches: list[list[EventRow]]) -> list[IngestResult]:
     received_at = connection.ops.adapt_datetimefield_value(timezone.now())
     if connection.vendor == "postgresql":
         return _store_in_key_order(batches, received_at)
+    from releases.services import fleet_nodes_seen_at
+
     sql = _insert_sql()
     results: list[IngestResult] = []
     with transaction.atomic(), connection.cursor() as cursor:
@@ -108,6 +110,9 @@ def events_store(*, batches: list[list[EventRow]]) -> list[IngestResult]:
                 continue
             cursor.executemany(sql, [(*row, received_at) for row in rows])
             results.append(IngestResult(received=len(rows), inserted=max(cursor.rowcount, 0)))
+        if any(result.inserted for result in results):
+            # The fleet view's last_seen of the nodes stored now (one statement).
+            fleet_nodes_seen_at(received_at=received_at)
     _after_commit(results)
     return results
 
@@ -129,11 +134,17 @@ def _store_in_key_order(batches: list[list[EventRow]], received_at: Any) -> list
     unique.sort(key=lambda row: (row[2], row[0]))
     inserted = [0] * len(batches)
     if unique:
+        from releases.services import fleet_nodes_seen
+
         columns = [list(column) for column in zip(*unique, strict=True)]
         with transaction.atomic(), connection.cursor() as cursor:
             cursor.execute(_sorted_insert_sql(), [received_at, *columns])
+            seen: set[str] = set()
             for node_id, event_id in cursor.fetchall():
                 inserted[owner[(node_id, event_id)]] += 1
+                seen.add(node_id)
+            # The fleet view's last_seen of the nodes stored now (one statement).
+            fleet_nodes_seen(node_ids=seen, received_at=received_at)
     results = [
         IngestResult(received=len(rows), inserted=inserted[index])
         for index, rows in enumerate(batches)

@@ -5,6 +5,10 @@ multi-second p99, docs/performance.md), so every fast-path ingest goes through t
 While a transaction runs, later batches queue; the next transaction takes all queued batches (up
 to GROUP_MAX_EVENTS events) and commits them together, each batch keeping its own counts. A caller
 is answered only after its transaction committed.
+
+Other work that must not contend with ingest for SQLite's write lock (the retention pruner's
+small delete batches, events/retention.py) runs ON this thread between groups: `run(fn)`
+queues `fn` as a task of its own, run alone in FIFO order with the batches.
 """
 
 from __future__ import annotations
@@ -14,8 +18,10 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import Any
 
 from django.db import DatabaseError, connection
 
@@ -35,7 +41,8 @@ CONFLICT_BACKOFF_SECONDS = 0.02
 @dataclass
 class _Job:
     rows: list[EventRow]
-    future: Future[IngestResult] = field(default_factory=Future)
+    future: Future[Any] = field(default_factory=Future)
+    task: Callable[[], Any] | None = None  # run alone instead of storing rows
 
 
 class EventWriter:
@@ -43,9 +50,16 @@ class EventWriter:
         self._queue: queue.SimpleQueue[_Job] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._held: _Job | None = None  # a task met while grouping: it runs next, alone
 
     def submit(self, rows: list[EventRow]) -> Future[IngestResult]:
-        job = _Job(rows)
+        return self._put(_Job(rows))
+
+    def run(self, task: Callable[[], Any]) -> Future[Any]:
+        """Run `task()` on the writer thread, between two groups; the future has its result."""
+        return self._put(_Job([], task=task))
+
+    def _put(self, job: _Job) -> Future[Any]:
         if self._thread is None:
             with self._lock:
                 if self._thread is None:
@@ -62,14 +76,19 @@ class EventWriter:
         jobs: list[_Job] = []
         count = 0
         while not jobs:
-            job = self._queue.get()
+            job, self._held = self._held or self._queue.get(), None
             if job.future.set_running_or_notify_cancel():
                 jobs.append(job)
                 count = len(job.rows)
+        if jobs[0].task is not None:
+            return jobs
         while count < GROUP_MAX_EVENTS:
             try:
                 job = self._queue.get_nowait()
             except queue.Empty:
+                break
+            if job.task is not None:
+                self._held = job
                 break
             if job.future.set_running_or_notify_cancel():
                 jobs.append(job)
@@ -89,6 +108,13 @@ class EventWriter:
     def _run(self) -> None:
         while True:
             jobs = self._take_group()
+            task = jobs[0].task
+            if task is not None:
+                try:
+                    jobs[0].future.set_result(task())
+                except BaseException as exc:
+                    jobs[0].future.set_exception(exc)
+                continue
             batches = [job.rows for job in jobs]
             try:
                 results = store_with_retries(batches)
@@ -143,3 +169,9 @@ def queue_depth() -> int:
 def submit(rows: list[EventRow]) -> Future[IngestResult]:
     """Queue a validated batch; the future resolves after its transaction committed."""
     return _writer.submit(rows)
+
+
+def run_on_writer(task: Callable[[], Any]) -> Future[Any]:
+    """Run `task()` on the writer thread between two ingest groups (its own short transaction
+    inside `task`): SQLite writes that must not queue on the write lock behind ingest."""
+    return _writer.run(task)

@@ -189,6 +189,9 @@ RELEASE_TRUST_KEYS: dict = {}
 ROLLOUT_SILENT_AFTER_SECONDS = 600.0
 # A running plan's admin page reloads itself this often (rollouts/static/rollouts/rolloutplan.js).
 ADMIN_REFRESH_SECONDS = env.int("AUTONOMY_ADMIN_REFRESH_SECONDS", default=10)
+# Set by `serve` from --events-retention / --fleet-forget-after (validated there; 0 = off).
+EVENTS_RETENTION_SECONDS = 0.0
+FLEET_FORGET_AFTER_SECONDS = 0.0
 
 REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": [

@@ -55,3 +55,55 @@ class NodeAck(models.Model):
 
     def __str__(self) -> str:
         return f"{self.node_id} -> {self.release_id}: {self.status}"
+
+
+class FleetNode(models.Model):
+    """One row per known node: what `GET /v1/fleet` pages over (the fleet view's index).
+
+    Maintained where the facts are written, never at read time: the events writer upserts the
+    nodes of each committed group (`last_seen` = the arrival time of the node's newest event),
+    every ack write upserts its node (`releases.services.fleet_acks_refresh`). `last_heard` is
+    the newest of both (what `--fleet-forget-after` compares). Events pruned by retention leave
+    the row as it is: a node's last_seen outlives its events.
+    """
+
+    node_id = models.CharField(max_length=256, primary_key=True)
+    last_seen = models.DateTimeField(null=True, blank=True)
+    last_heard = models.DateTimeField()
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["last_heard"], name="fleetnode_last_heard_idx"),
+            # the summary's up/unknown counts are index-only range counts
+            models.Index(fields=["last_seen"], name="fleetnode_last_seen_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return self.node_id
+
+
+class FleetNodeAck(models.Model):
+    """A node's newest ack (by `updated_at`, then insertion order) for a release of one
+    channel: the fleet view's `release_id`, `ack_status` and `sequence`. Rewritten from
+    `NodeAck` by `releases.services.fleet_acks_refresh` in the transaction of every ack write."""
+
+    node = models.ForeignKey(FleetNode, on_delete=models.CASCADE, related_name="channel_acks")
+    channel = models.CharField(max_length=256)
+    release = models.ForeignKey(Release, on_delete=models.CASCADE, related_name="+")
+    status = models.CharField(max_length=16, choices=NodeAck.Status.choices)
+    sequence = models.PositiveBigIntegerField()
+    updated_at = models.DateTimeField()
+    ack_pk = models.BigIntegerField(help_text="the NodeAck row this copies")
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["node", "channel"], name="fleetnodeack_node_channel"),
+        ]
+        indexes = [
+            models.Index(
+                fields=["channel", "release", "status"], name="fleetnodeack_chan_rel_st_idx"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.node_id} on {self.channel}: {self.release_id} {self.status}"

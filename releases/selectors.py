@@ -8,24 +8,24 @@ is one indexed query per request.
 
 from __future__ import annotations
 
+import re
 import threading
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
 from django.db import connection
-from django.db.models import Count, F, Window
+from django.db.models import Count, F, FilteredRelation, Q, Window
 from django.db.models.functions import RowNumber
 from django.db.models.signals import post_delete, post_migrate, post_save
 from django.utils import timezone
 
 from core import jsonvalues
 from core.errors import ApiError
-from core.params import format_rfc3339
-from events.models import Event
+from core.params import format_rfc3339, param_error, seconds_before
 from releases.ackbook import ack_book as ack_book  # for rollouts: the in-process ack book
-from releases.models import NodeAck, Release
+from releases.models import FleetNode, FleetNodeAck, NodeAck, Release
 
 RELEASE_FIELDS = (
     "release_id",
@@ -102,25 +102,68 @@ def release_list(*, channel: str | None, limit: int, offset: int) -> ReleasePage
     )
 
 
-def release_acks(*, release_id: str) -> dict[str, Any]:
-    """`{"release_id", "acks": [...], "count"}`, acks ordered by node_id; 404 for no release."""
+def release_acks(*, release_id: str, limit: int = 1000, after: str | None = None) -> dict[str, Any]:
+    """`{"release_id", "acks": [...], "count", "limit", "next_cursor"}`: acks ordered by
+    node_id, one page (after the node_id `after`); `count` is the release's total; 404 for no
+    release."""
     release = release_get(release_id=release_id)
-    acks = [
-        ack_as_dict(ack, release_id=release.release_id)
-        for ack in NodeAck.objects.filter(release=release).order_by("node_id")
-    ]
-    return {"release_id": release.release_id, "acks": acks, "count": len(acks)}
+    acks_qs = NodeAck.objects.filter(release=release)
+    page_qs = acks_qs if after is None else acks_qs.filter(node_id__gt=after)
+    rows = list(page_qs.order_by("node_id")[: limit + 1])
+    more = len(rows) > limit
+    rows = rows[:limit]
+    total = len(rows) if after is None and not more else acks_qs.count()
+    return {
+        "release_id": release.release_id,
+        "acks": [ack_as_dict(ack, release_id=release.release_id) for ack in rows],
+        "count": total,
+        "limit": limit,
+        "next_cursor": encode_cursor(rows[-1].node_id) if more else None,
+    }
 
 
-def node_acks(*, node_id: str) -> dict[str, Any]:
-    """`{"node_id", "acks": [...], "count"}`, most recently updated first; one query."""
-    acks = [
-        ack_as_dict(ack)
-        for ack in NodeAck.objects.filter(node_id=node_id)
-        .select_related("release")
-        .order_by("-updated_at", "-id")
-    ]
-    return {"node_id": node_id, "acks": acks, "count": len(acks)}
+def node_acks(*, node_id: str, limit: int = 1000, after: str | None = None) -> dict[str, Any]:
+    """`{"node_id", "acks": [...], "count", "limit", "next_cursor"}`, most recently updated
+    first (then newest insertion), one page after the cursor key `after`; `count` is the node's
+    total."""
+    acks_qs = NodeAck.objects.filter(node_id=node_id)
+    page_qs = acks_qs
+    if after is not None:
+        updated_at, pk = _node_ack_key(after)
+        page_qs = page_qs.filter(Q(updated_at__lt=updated_at) | Q(updated_at=updated_at, id__lt=pk))
+    rows = list(page_qs.select_related("release").order_by("-updated_at", "-id")[: limit + 1])
+    more = len(rows) > limit
+    rows = rows[:limit]
+    total = len(rows) if after is None and not more else acks_qs.count()
+    next_cursor = None
+    if more:
+        last = rows[-1]
+        next_cursor = node_ack_cursor(last)
+    return {
+        "node_id": node_id,
+        "acks": [ack_as_dict(ack) for ack in rows],
+        "count": total,
+        "limit": limit,
+        "next_cursor": next_cursor,
+    }
+
+
+_NODE_ACK_CURSOR = re.compile(r"([0-9]{1,18})\.([0-9]{1,18})")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MAX_MICROS = (datetime(9999, 12, 31, tzinfo=UTC) - _EPOCH) // timedelta(microseconds=1)
+
+
+def node_ack_cursor(ack: NodeAck) -> str:
+    """`<updated_at in µs since 1970>.<row id>` of the last ack of a page."""
+    return f"{(ack.updated_at - _EPOCH) // timedelta(microseconds=1)}.{ack.pk}"
+
+
+def _node_ack_key(key: str) -> tuple[datetime, int]:
+    match = _NODE_ACK_CURSOR.fullmatch(key)
+    if match is None:
+        raise param_error("cursor", CURSOR_MESSAGE)
+    micros = min(int(match.group(1)), _MAX_MICROS)
+    return _EPOCH + timedelta(microseconds=micros), int(match.group(2))
 
 
 # --- the latest release of a channel (the node poll path) ---------------------------------
@@ -292,102 +335,191 @@ def release_latest_answer_cached(*, channel: str, node_id: str) -> tuple[int, by
 
 # --- the fleet view -----------------------------------------------------------------------
 
+NODE_STATUSES = ("up", "stale", "unknown")
+CURSOR_MESSAGE = "must be the next_cursor of a previous page"
+NO_ACK = "none"  # the `ack_status` filter value of nodes without an ack in the channel
 
-def _last_seen_by_node() -> dict[str, datetime]:
-    """node_id -> `received_at` of its newest (highest id) event, in one query.
 
-    A loose index scan over the (node_id, id) index: the recursive CTE hops from one node_id to
-    the next, then takes each node's MAX(id). It costs O(nodes x log events) where a plain
-    `GROUP BY node_id` reads the whole index (measured on 1M events / 1,000 nodes: 24 ms vs
-    343 ms). Plain SQL that SQLite and PostgreSQL both run.
-    """
-    qn = connection.ops.quote_name
-    table = qn(Event._meta.db_table)
-    node, ident, received = qn("node_id"), qn("id"), qn("received_at")
-    sql = (
-        f"WITH RECURSIVE nodes(node) AS ("
-        f"SELECT MIN({node}) FROM {table} "
-        f"UNION ALL SELECT (SELECT MIN({node}) FROM {table} WHERE {node} > nodes.node) "
-        f"FROM nodes WHERE nodes.node IS NOT NULL) "
-        f"SELECT e.{node}, e.{received} FROM nodes JOIN {table} e ON e.{ident} = "
-        f"(SELECT MAX({ident}) FROM {table} WHERE {node} = nodes.node) "
-        f"WHERE nodes.node IS NOT NULL"
+@dataclass(frozen=True)
+class FleetQuery:
+    """What `GET /v1/fleet` asks for, parsed (releases.params.parse_fleet_query)."""
+
+    channel: str
+    stale_threshold: int
+    limit: int = 1000
+    after: str | None = None  # the cursor: page after this node_id
+    node_status: str | None = None
+    release_id: str | None = None
+    ack_status: str | None = None
+    summary: bool = False
+
+
+def encode_cursor(key: str) -> str:
+    """The cursor after a page: opaque to clients; today the page's last key (a node_id)."""
+    return key
+
+
+def decode_cursor(cursor: str) -> str:
+    """The key inside a cursor (1-256 characters, no NUL), or ApiError 400 naming `cursor`.
+    Any such string is a position: the page starts after it."""
+    if not cursor or len(cursor) > MAX_CURSOR_CHARS or "\x00" in cursor:
+        raise param_error("cursor", CURSOR_MESSAGE)
+    return cursor
+
+
+MAX_CURSOR_CHARS = 256
+
+
+def _forget_after() -> float:
+    from django.conf import settings
+
+    return float(getattr(settings, "FLEET_FORGET_AFTER_SECONDS", 0) or 0)
+
+
+def _fleet_nodes(query: FleetQuery, now: datetime) -> Any:
+    """The node rows the query selects (before paging), with the channel's ack joined."""
+    qs = FleetNode.objects.annotate(
+        ack=FilteredRelation("channel_acks", condition=Q(channel_acks__channel=query.channel))
     )
-    field = Event._meta.get_field("received_at")
-    with connection.cursor() as cursor:
-        cursor.execute(sql)
-        rows = cursor.fetchall()
-    column = field.get_col(Event._meta.db_table)
-    converters = connection.ops.get_db_converters(column)
-    result = {}
-    for node_id, value in rows:
-        for converter in converters:
-            value = converter(value, column, connection)
-        result[node_id] = value
-    return result
+    forget = _forget_after()
+    if forget:
+        qs = qs.filter(last_heard__gte=seconds_before(now, forget))
+    fresh_since = seconds_before(now, query.stale_threshold)
+    if query.node_status == "up":
+        qs = qs.filter(last_seen__gte=fresh_since)
+    elif query.node_status == "stale":
+        qs = qs.filter(last_seen__lt=fresh_since)
+    elif query.node_status == "unknown":
+        qs = qs.filter(last_seen__isnull=True)
+    if query.release_id is not None:
+        qs = qs.filter(ack__release__release_id=query.release_id)
+    if query.ack_status == NO_ACK:
+        qs = qs.filter(ack__isnull=True)
+    elif query.ack_status is not None:
+        qs = qs.filter(ack__status=query.ack_status)
+    return qs, fresh_since
 
 
-def _acking_node_ids() -> list[str]:
-    """Distinct node_ids with an ack: the same loose index scan, on the (node_id, release)
-    unique index, so it grows with nodes, not with nodes x releases."""
-    qn = connection.ops.quote_name
-    table, node = qn(NodeAck._meta.db_table), qn("node_id")
-    sql = (
-        f"WITH RECURSIVE nodes(node) AS ("
-        f"SELECT MIN({node}) FROM {table} "
-        f"UNION ALL SELECT (SELECT MIN({node}) FROM {table} WHERE {node} > nodes.node) "
-        f"FROM nodes WHERE nodes.node IS NOT NULL) "
-        f"SELECT node FROM nodes WHERE node IS NOT NULL"
+def _by_release(query: FleetQuery, now: datetime, fresh_since: datetime) -> list[dict[str, Any]]:
+    """Selected nodes per (release, ack status) of their newest ack in the channel: grouped on
+    the ack table's (channel, release, status) index; joined to the node table only when a
+    node-level condition (forget-after, node_status) asks for it."""
+    acks = FleetNodeAck.objects.filter(channel=query.channel)
+    forget = _forget_after()
+    if forget:
+        acks = acks.filter(node__last_heard__gte=seconds_before(now, forget))
+    if query.node_status == "up":
+        acks = acks.filter(node__last_seen__gte=fresh_since)
+    elif query.node_status == "stale":
+        acks = acks.filter(node__last_seen__lt=fresh_since)
+    elif query.node_status == "unknown":
+        acks = acks.filter(node__last_seen__isnull=True)
+    if query.ack_status == NO_ACK:
+        return []
+    if query.ack_status is not None:
+        acks = acks.filter(status=query.ack_status)
+    if query.release_id is not None:
+        acks = acks.filter(release__release_id=query.release_id)
+    grouped, params = (
+        acks.order_by()
+        .values_list("release_id", "status")
+        .annotate(nodes=Count("release_id"))
+        .query.sql_with_params()
     )
+    qn = connection.ops.quote_name
     with connection.cursor() as cursor:
-        cursor.execute(sql)
-        return [row[0] for row in cursor.fetchall()]
+        # the few groups joined to their release afterwards, not every ack row
+        cursor.execute(
+            f"SELECT r.{qn('release_id')}, r.{qn('sequence')}, g.{qn('status')}, "
+            f"g.{qn('nodes')} FROM ({grouped}) g JOIN {qn(Release._meta.db_table)} r "
+            f"ON r.{qn('id')} = g.{qn('release_id')}",
+            params,
+        )
+        groups = cursor.fetchall()
+    rows = [
+        {"release_id": release_id, "sequence": sequence, "ack_status": status, "nodes": nodes}
+        for release_id, sequence, status, nodes in groups
+    ]
+    rows.sort(key=lambda row: (-row["sequence"], row["ack_status"]))
+    return rows
 
 
-def fleet_summary(*, channel: str, stale_threshold: int) -> dict[str, Any]:
-    """`GET /v1/fleet`, computed now from events and acks in four queries whatever the fleet size.
+def fleet_summary(
+    *, channel: str, stale_threshold: int, query: FleetQuery | None = None
+) -> dict[str, Any]:
+    """`GET /v1/fleet`, read from the maintained per-node tables (`FleetNode`, `FleetNodeAck`):
+    a few indexed queries whatever the fleet size, and one page of nodes at most.
 
-    - nodes: every node_id with an event or an ack (any channel), ordered by node_id;
-    - last_seen: `received_at` of the node's newest (last inserted) event;
+    - nodes: every node_id with an event or an ack (any channel), ordered by node_id, paged
+      (`limit`, `cursor`); a node not heard of (event or ack) for `--fleet-forget-after` is left
+      out (its acks are kept);
+    - last_seen: `received_at` of the node's newest event;
     - node_status: `up` when last_seen is at most `stale_threshold` seconds ago, `stale` when
       older, `unknown` when the node never sent an event;
     - release_id / ack_status / sequence: the node's most recently updated ack (`updated_at`,
-      then insertion order) for a release of `channel`; null when none.
+      then insertion order) for a release of `channel`; null when none;
+    - total/up/stale/unknown and `by_release` count every node the filters select (all pages).
     """
+    if query is None:
+        query = FleetQuery(channel=channel, stale_threshold=stale_threshold)
     now = timezone.now()
     _latest, latest_body = release_latest(channel=channel)
+    qs, fresh_since = _fleet_nodes(query, now)
 
-    last_seen = _last_seen_by_node()
-
-    ack_rows = (
-        NodeAck.objects.filter(release__channel=channel)
-        .annotate(
-            rank=Window(
-                RowNumber(),
-                partition_by=[F("node_id")],
-                order_by=[F("updated_at").desc(), F("id").desc()],
-            )
+    if query.release_id is None and query.ack_status is None:
+        # Three index-only counts (last_seen index) in one statement: far cheaper than one
+        # pass over the rows.
+        parts = [
+            qs.values("pk").query.sql_with_params(),
+            qs.filter(last_seen__isnull=True).values("pk").query.sql_with_params(),
+            qs.filter(last_seen__gte=fresh_since).values("pk").query.sql_with_params(),
+        ]
+        sql = "SELECT " + ", ".join(
+            f"(SELECT COUNT(*) FROM ({part}) c{index})" for index, (part, _) in enumerate(parts)
         )
-        .filter(rank=1)
-        .values_list("node_id", "release__release_id", "status", "release__sequence")
+        with connection.cursor() as cursor:
+            cursor.execute(sql, [param for _, params in parts for param in params])
+            total, unknown, up = cursor.fetchone()
+    else:
+        counts = qs.aggregate(
+            total=Count("pk"),
+            unknown=Count("pk", filter=Q(last_seen__isnull=True)),
+            up=Count("pk", filter=Q(last_seen__gte=fresh_since)),
+        )
+        total, up, unknown = counts["total"] or 0, counts["up"] or 0, counts["unknown"] or 0
+    by_release = _by_release(query, now, fresh_since)
+    answer: dict[str, Any] = {
+        "channel": channel,
+        "generated_at": format_rfc3339(now),
+        "stale_threshold": stale_threshold,
+        "total": total,
+        "up": up,
+        "stale": total - up - unknown,
+        "unknown": unknown,
+        "latest_release": orjson.loads(latest_body) if latest_body is not None else None,
+        "by_release": by_release,
+    }
+    if query.summary:
+        return answer
+
+    page_qs = qs
+    if query.after is not None:
+        page_qs = page_qs.filter(node_id__gt=query.after)
+    rows = list(
+        page_qs.order_by("node_id").values_list(
+            "node_id", "last_seen", "ack__release__release_id", "ack__status", "ack__sequence"
+        )[: query.limit + 1]
     )
-    newest_ack = {row[0]: row[1:] for row in ack_rows}
-
-    node_ids = set(last_seen)
-    node_ids.update(_acking_node_ids())
-
-    counts = {"up": 0, "stale": 0, "unknown": 0}
+    more = len(rows) > query.limit
+    rows = rows[: query.limit]
     nodes = []
-    for node_id in sorted(node_ids):
-        seen = last_seen.get(node_id)
+    for node_id, seen, release_id, ack_status, sequence in rows:
         if seen is None:
             status = "unknown"
-        elif (now - seen).total_seconds() <= stale_threshold:
+        elif seen >= fresh_since:
             status = "up"
         else:
             status = "stale"
-        counts[status] += 1
-        release_id, ack_status, sequence = newest_ack.get(node_id, (None, None, None))
         nodes.append(
             {
                 "node_id": node_id,
@@ -398,33 +530,30 @@ def fleet_summary(*, channel: str, stale_threshold: int) -> dict[str, Any]:
                 "sequence": sequence,
             }
         )
-    return {
-        "channel": channel,
-        "generated_at": format_rfc3339(now),
-        "stale_threshold": stale_threshold,
-        "total": len(nodes),
-        **counts,
-        "latest_release": orjson.loads(latest_body) if latest_body is not None else None,
-        "nodes": nodes,
-    }
+    answer["nodes"] = nodes
+    answer["limit"] = query.limit
+    answer["next_cursor"] = encode_cursor(rows[-1][0]) if more else None
+    return answer
 
 
 # --- counts for /metrics (releases.metrics) ---------------------------------------------------
-# Each count is ONE function, so the fleet table's cheap counts can replace its body later.
 
 
 def fleet_status_counts(*, stale_threshold: int) -> dict[str, int]:
     """Nodes per status across all channels, as `GET /v1/fleet` tells them: `up` (an event within
-    `stale_threshold` seconds), `stale` (older), `unknown` (acks but never an event). Two loose
-    index scans (O(nodes x log rows)), the same as the fleet view."""
+    `stale_threshold` seconds), `stale` (older), `unknown` (acks but never an event); nodes
+    forgotten by `--fleet-forget-after` are left out. Index-only counts on the fleet node table
+    (`FleetNode`), whatever the fleet size."""
     now = timezone.now()
-    last_seen = _last_seen_by_node()
-    counts = {"up": 0, "stale": 0, "unknown": 0}
-    for seen in last_seen.values():
-        fresh = (now - seen).total_seconds() <= stale_threshold
-        counts["up" if fresh else "stale"] += 1
-    counts["unknown"] = sum(1 for node in _acking_node_ids() if node not in last_seen)
-    return counts
+    nodes = FleetNode.objects.all()
+    forget = _forget_after()
+    if forget:
+        nodes = nodes.filter(last_heard__gte=seconds_before(now, forget))
+    fresh_since = seconds_before(now, stale_threshold)
+    total = nodes.count()
+    unknown = nodes.filter(last_seen__isnull=True).count()
+    up = nodes.filter(last_seen__gte=fresh_since).count()
+    return {"up": up, "stale": total - unknown - up, "unknown": unknown}
 
 
 def release_ack_counts(*, per_channel: int) -> list[tuple[str, str, str, int]]:

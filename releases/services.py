@@ -1,15 +1,17 @@
 """Writes for releases and acks: `release_publish`, `node_ack_upsert` (through the ack writer,
-`releases.writer`), `node_acks_store` (the group commit of acks)."""
+`releases.writer`), `node_acks_store` (the group commit of acks); the fleet view's tables
+(`fleet_nodes_seen` from the events writer, `fleet_acks_refresh` from every ack write)."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from django.conf import settings
-from django.db import IntegrityError, connection, transaction
+from django.db import DEFAULT_DB_ALIAS, IntegrityError, connection, connections, transaction
 from django.db.models import Max
 from django.utils import timezone
 
@@ -20,7 +22,7 @@ from core.auth import Principal, acting
 from core.errors import ApiError
 from releases import release_signing
 from releases.ackbook import ack_book
-from releases.models import NodeAck, Release
+from releases.models import FleetNode, FleetNodeAck, NodeAck, Release
 from releases.selectors import latest_cache
 
 logger = logging.getLogger("orchestrator.releases")
@@ -217,7 +219,11 @@ def node_acks_store(*, writes: list[AckWrite]) -> list[Outcome | ApiError]:
             results[n] = Outcome(
                 NodeAck(node_id=write.node_id, release=release, **write.values), created=created
             )
-        # (One more statement per group fits here, e.g. a per-node table updated from acks.)
+        stored_nodes = sorted(
+            {writes[n].node_id for n in range(len(writes)) if isinstance(results[n], Outcome)}
+        )
+        if stored_nodes:
+            fleet_acks_refresh(node_ids=stored_nodes)  # the fleet view's tables, same transaction
     return [result for result in results if result is not None]
 
 
@@ -327,3 +333,125 @@ def node_ack_upsert(
     if isinstance(result, ApiError):
         raise result
     return result
+
+
+# --- the fleet view's tables (releases.models.FleetNode, FleetNodeAck) ----------------------
+
+
+def _qn(name: str) -> str:
+    return connection.ops.quote_name(name)
+
+
+def _greatest() -> str:
+    return "GREATEST" if connection.vendor == "postgresql" else "MAX"
+
+
+RECEIVED_AT_INDEX = "event_received_at_idx"  # events.models.Event.Meta.indexes
+
+
+def fleet_nodes_seen_at(*, received_at: Any) -> None:
+    """SQLite events writer: the nodes of the events stored with this `received_at` (this
+    transaction's inserts; the time has microseconds, and a group that happened to share it saw
+    its nodes at that time too) were seen then. ONE statement on the received_at index, inside
+    the writer's transaction; `received_at` already adapted for the store."""
+    from events.models import Event
+
+    fleet, events = _qn(FleetNode._meta.db_table), _qn(Event._meta.db_table)
+    node, seen, heard = _qn("node_id"), _qn("last_seen"), _qn("last_heard")
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {fleet} ({node}, {seen}, {heard}) "
+            # INDEXED BY: with statistics of a store whose old events share few arrival
+            # times, the planner would otherwise scan the whole table (measured: 1.5 s).
+            f"SELECT DISTINCT {node}, %s, %s FROM {events} "
+            f"INDEXED BY {_qn(RECEIVED_AT_INDEX)} WHERE {_qn('received_at')} = %s "
+            f"ON CONFLICT ({node}) DO UPDATE SET {seen} = excluded.{seen}, "
+            f"{heard} = {_greatest()}({fleet}.{heard}, excluded.{heard})",
+            [received_at, received_at, received_at],
+        )
+
+
+def fleet_nodes_seen(*, node_ids: Collection[str], received_at: Any) -> None:
+    """The events writer: these nodes' events were stored at `received_at` (adapted for the
+    store). ONE statement, inside the writer's transaction, nodes in key order (replicas of one
+    PostgreSQL database take the row locks in one order: no deadlocks)."""
+    if not node_ids:
+        return
+    fleet = _qn(FleetNode._meta.db_table)
+    node, seen, heard = _qn("node_id"), _qn("last_seen"), _qn("last_heard")
+    ordered = sorted(set(node_ids))
+    if connection.vendor == "postgresql":
+        source = "SELECT u, %s::timestamptz, %s::timestamptz FROM unnest(%s::text[]) AS u"
+        params: list[Any] = [received_at, received_at, ordered]
+    else:
+        source = "SELECT column1, %s, %s FROM (VALUES " + ", ".join(["(%s)"] * len(ordered))
+        source += ") WHERE true"
+        params = [received_at, received_at, *ordered]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {fleet} ({node}, {seen}, {heard}) {source} "
+            f"ON CONFLICT ({node}) DO UPDATE SET "
+            f"{seen} = {_greatest()}(COALESCE({fleet}.{seen}, excluded.{seen}), excluded.{seen}), "
+            f"{heard} = {_greatest()}({fleet}.{heard}, excluded.{heard})",
+            params,
+        )
+
+
+def fleet_acks_refresh(*, node_ids: Collection[str] | None, using: str = DEFAULT_DB_ALIAS) -> None:
+    """THE ack-side hook of the fleet view: call it in the transaction that wrote acks of these
+    nodes (after the writes), wherever acks are written. Two statements whatever the number of
+    nodes: the nodes join the fleet (`last_heard` takes their newest ack's `updated_at`), and
+    each node's newest ack per channel (by `updated_at`, then insertion order, as
+    `GET /v1/fleet` has always chosen it) is copied from `NodeAck`. `node_ids=None` rebuilds
+    every node's (the data migration, on the database `using`). Rows are written in key order,
+    as the events writer writes its nodes: concurrent writers cannot deadlock on them."""
+    if node_ids is not None and not node_ids:
+        return
+    connection = connections[using]
+
+    def _qn(name: str) -> str:
+        return connection.ops.quote_name(name)
+
+    def _greatest() -> str:
+        return "GREATEST" if connection.vendor == "postgresql" else "MAX"
+
+    fleet, fleet_ack = _qn(FleetNode._meta.db_table), _qn(FleetNodeAck._meta.db_table)
+    acks, releases = _qn(NodeAck._meta.db_table), _qn(Release._meta.db_table)
+    node, heard = _qn("node_id"), _qn("last_heard")
+    postgres = connection.vendor == "postgresql"
+    ordered = sorted(set(node_ids)) if node_ids is not None else None
+    where_params: list[Any] = []
+    if ordered is None:
+        where = ""
+    elif postgres:
+        where, where_params = f"WHERE a.{node} = ANY(%s::text[])", [ordered]
+    else:
+        where = f"WHERE a.{node} IN ({', '.join(['%s'] * len(ordered))})"
+        where_params = [*ordered]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {fleet} ({node}, {_qn('last_seen')}, {heard}) "
+            f"SELECT a.{node}, NULL, MAX(a.{_qn('updated_at')}) FROM {acks} a "
+            f"{where or 'WHERE true'} GROUP BY a.{node} ORDER BY a.{node} "
+            f"ON CONFLICT ({node}) DO UPDATE SET "
+            f"{heard} = {_greatest()}({fleet}.{heard}, excluded.{heard})",
+            where_params,
+        )
+        columns = ("node_id", "channel", "release_id", "status", "sequence", "updated_at")
+        cursor.execute(
+            f"INSERT INTO {fleet_ack} ({', '.join(_qn(c) for c in columns)}, {_qn('ack_pk')}) "
+            f"SELECT t.{node}, t.channel, t.release_pk, t.status, t.seq, t.updated, t.ack_pk "
+            f"FROM (SELECT a.{node}, r.{_qn('channel')} AS channel, "
+            f"a.{_qn('release_id')} AS release_pk, a.{_qn('status')} AS status, "
+            f"r.{_qn('sequence')} AS seq, a.{_qn('updated_at')} AS updated, "
+            f"a.{_qn('id')} AS ack_pk, ROW_NUMBER() OVER (PARTITION BY a.{node}, "
+            f"r.{_qn('channel')} ORDER BY a.{_qn('updated_at')} DESC, a.{_qn('id')} DESC) AS rn "
+            f"FROM {acks} a JOIN {releases} r ON r.{_qn('id')} = a.{_qn('release_id')} "
+            f"{where}) t WHERE t.rn = 1 ORDER BY t.{node}, t.channel "
+            f"ON CONFLICT ({node}, {_qn('channel')}) DO UPDATE SET "
+            + ", ".join(
+                f"{_qn(c)} = excluded.{_qn(c)}"
+                for c in ("release_id", "status", "sequence", "updated_at", "ack_pk")
+            ),
+            where_params,
+        )

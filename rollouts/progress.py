@@ -34,9 +34,7 @@ from django.conf import settings
 from django.db import connection
 from django.db.models import Count, Max
 
-from events.models import Event
-from releases import selectors as release_selectors
-from releases.models import NodeAck
+from releases.models import FleetNode, NodeAck
 from rollouts import clock
 from rollouts.cohort import PlanSnapshot, bucket, snapshot_of
 from rollouts.models import RolloutPlan
@@ -49,30 +47,10 @@ CACHE_TTL_SECONDS = 10.0
 
 
 def known_node_ids() -> set[str]:
-    """THE nodes known to the fleet, for rollout status: every node with an event or an ack
-    (two loose index scans, ids only). This module's reads of "the fleet" go through here,
-    `last_seen_of` and `known_nodes`: the places to switch to a maintained per-node fleet table.
-    """
-    nodes = set(_event_node_ids())
-    nodes.update(release_selectors._acking_node_ids())
-    return nodes
-
-
-def _event_node_ids() -> list[str]:
-    """Distinct node_ids with an event: a loose index scan of the (node_id, id) index, as
-    `releases.selectors._acking_node_ids` does for acks (without each node's newest event)."""
-    qn = connection.ops.quote_name
-    table, node = qn(Event._meta.db_table), qn("node_id")
-    sql = (
-        f"WITH RECURSIVE nodes(node) AS ("
-        f"SELECT MIN({node}) FROM {table} "
-        f"UNION ALL SELECT (SELECT MIN({node}) FROM {table} WHERE {node} > nodes.node) "
-        f"FROM nodes WHERE nodes.node IS NOT NULL) "
-        f"SELECT node FROM nodes WHERE node IS NOT NULL"
-    )
-    with connection.cursor() as cursor:
-        cursor.execute(sql)
-        return [row[0] for row in cursor.fetchall()]
+    """THE nodes known to the fleet, for rollout status: every node with an event or an ack,
+    from the maintained fleet node table (`releases.models.FleetNode`, one index-only scan).
+    This module's reads of "the fleet" go through here, `last_seen_of` and `known_nodes`."""
+    return set(FleetNode.objects.values_list("node_id", flat=True))
 
 
 def last_seen_of(node_ids: Iterable[str]) -> dict[str, datetime]:
@@ -80,18 +58,18 @@ def last_seen_of(node_ids: Iterable[str]) -> dict[str, datetime]:
     ids = list(node_ids)
     if not ids:
         return {}
-    newest = Event.objects.filter(node_id__in=ids).values("node_id").annotate(m=Max("id"))
-    return dict(
-        Event.objects.filter(id__in=newest.values("m")).values_list("node_id", "received_at")
-    )
+    return {
+        node_id: seen
+        for node_id, seen in FleetNode.objects.filter(node_id__in=ids).values_list(
+            "node_id", "last_seen"
+        )
+        if seen is not None
+    }
 
 
 def known_nodes() -> dict[str, datetime | None]:
     """Every known node -> its last_seen (None: known by its acks only), for the fleet page."""
-    nodes: dict[str, datetime | None] = dict(release_selectors._last_seen_by_node())
-    for node_id in release_selectors._acking_node_ids():
-        nodes.setdefault(node_id, None)
-    return nodes
+    return dict(FleetNode.objects.values_list("node_id", "last_seen"))
 
 
 def silent_after_seconds() -> float:

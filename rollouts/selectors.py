@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.db import connection
@@ -25,6 +25,7 @@ from rollouts.cohort import (
 )
 from rollouts.gates import StageReport, evaluate_stage, unmet_reason
 from rollouts.models import (
+    NON_TERMINAL_PHASES,
     RUNNING_PHASES,
     Phase,
     RolloutPlan,
@@ -465,3 +466,29 @@ def signing_keys_as_list(ring: Any) -> list[dict[str, Any]]:
         }
         for key in ring.keys
     ]
+
+
+def event_gate_windows_start() -> datetime | None:
+    """The oldest event arrival time an `event_threshold` gate may still read, or None.
+
+    Such a gate counts events received after its stage opened (`received_at > opened_at`), so
+    events retention (events/retention.py) keeps everything received since the earliest
+    `opened_at` of an opened, not yet promoted stage (open, or halted: a halted plan may be
+    resumed) that has such a gate, in any plan that is not over. One query for the plans, their
+    snapshots from the cache.
+    """
+    from rollouts.gates.event_threshold import EventThreshold
+
+    oldest: datetime | None = None
+    for plan in RolloutPlan.objects.filter(phase__in=NON_TERMINAL_PHASES):
+        for stage in snapshot_of(plan).stages:
+            if stage.opened_at is None or stage.phase not in _WINDOW_STAGE_PHASES:
+                continue
+            if not any(gate.kind == EventThreshold.kind for gate in stage.gates):
+                continue
+            if oldest is None or stage.opened_at < oldest:
+                oldest = stage.opened_at
+    return oldest
+
+
+_WINDOW_STAGE_PHASES = frozenset({StagePhase.OPEN, StagePhase.HALTED})

@@ -253,12 +253,11 @@ def rollout_publish(
 
 
 def known_node_ids() -> set[str]:
-    """Every node known to the fleet: any node that sent an event or an ack."""
-    from events.models import Event
+    """Every node known to the fleet: any node that sent an event or an ack (the fleet view's
+    node table: one row per node, and it outlives events deleted by retention)."""
+    from releases.models import FleetNode
 
-    nodes = set(Event.objects.values_list("node_id", flat=True).distinct())
-    nodes.update(NodeAck.objects.values_list("node_id", flat=True).distinct())
-    return nodes
+    return set(FleetNode.objects.values_list("node_id", flat=True))
 
 
 def _dry_run_cohorts(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import factory
 import orjson
+from django.db import connection
 from django.utils import timezone
 from factory.django import DjangoModelFactory
 
@@ -31,6 +32,18 @@ class EventFactory(DjangoModelFactory):
         ).decode()
     )
 
+    @classmethod
+    def _create(cls, model_class, *args, **kwargs):
+        """Stored as the events writer stores it: the fleet view's node row follows."""
+        from releases.services import fleet_nodes_seen
+
+        event = super()._create(model_class, *args, **kwargs)
+        fleet_nodes_seen(
+            node_ids=[event.node_id],
+            received_at=connection.ops.adapt_datetimefield_value(event.received_at),
+        )
+        return event
+
 
 class ReleaseFactory(DjangoModelFactory):
     class Meta:
@@ -52,6 +65,15 @@ class NodeAckFactory(DjangoModelFactory):
     status = NodeAck.Status.ACTIVE
     acked_at = factory.LazyFunction(timezone.now)
     updated_at = factory.LazyFunction(timezone.now)
+
+    @classmethod
+    def _create(cls, model_class, *args, **kwargs):
+        """Stored as every ack write stores it: the fleet view's tables follow."""
+        from releases.services import fleet_acks_refresh
+
+        ack = super()._create(model_class, *args, **kwargs)
+        fleet_acks_refresh(node_ids=[ack.node_id])
+        return ack
 
 
 class RolloutPlanFactory(DjangoModelFactory):

@@ -155,4 +155,10 @@ def test_node_acks_list_newest_first(api, django_assert_max_num_queries):
 def test_node_without_acks_is_200_empty(api):
     response = api.get("/v1/nodes/quiet/acks")
     assert response.status_code == 200
-    assert response.json() == {"node_id": "quiet", "acks": [], "count": 0}
+    assert response.json() == {
+        "node_id": "quiet",
+        "acks": [],
+        "count": 0,
+        "limit": 1000,
+        "next_cursor": None,
+    }

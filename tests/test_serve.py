@@ -45,6 +45,9 @@ def _assert_one_line_refusal(result, *needles: str) -> None:
         (["--silent-after", "0"], ["--silent-after", "between 1s and 8760h"]),
         (["--stuck-after", "soon"], ["--stuck-after", "30s, 5m"]),
         (["--stuck-after", "500ms"], ["--stuck-after", "at least 1s"]),
+        (["--events-retention", "a month"], ["--events-retention", "30s, 5m, 1h, 7d or 0"]),
+        (["--events-retention", "500ms"], ["--events-retention", "at least 1s"]),
+        (["--fleet-forget-after", "soon"], ["--fleet-forget-after", "not a duration"]),
     ],
 )
 def test_bad_flag_values_are_one_line_errors(tmp_path, args, needles):
@@ -58,6 +61,8 @@ def test_bad_values_from_env_vars_are_refused_too(tmp_path):
     _assert_one_line_refusal(result, "--log-level", "'loud'")
     result = run_serve_expect_exit(tmp_path / "data", env={"AUTONOMY_SILENT_AFTER": "soon"})
     _assert_one_line_refusal(result, "--silent-after", "'soon'")
+    result = run_serve_expect_exit(tmp_path / "data", env={"AUTONOMY_EVENTS_RETENTION": "1y"})
+    _assert_one_line_refusal(result, "--events-retention", "'1y'")
 
 
 def test_port_in_use_is_a_one_line_error(tmp_path):

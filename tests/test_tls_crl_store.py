@@ -21,13 +21,13 @@ from crl.store import CrlStore, crl_der, crl_is_older, parse_crl
 @pytest.mark.parametrize(
     ("text", "seconds"),
     [("0", 0), ("30s", 30), ("5m", 300), ("1h", 3600), ("1h30m", 5400), ("500ms", 0.5),
-     ("1.5s", 1.5)],
+     ("1.5s", 1.5), ("30d", 30 * 86400), ("1d12h", 129600)],
 )  # fmt: skip
 def test_parse_duration(text, seconds):
     assert parse_duration(text) == pytest.approx(seconds)
 
 
-@pytest.mark.parametrize("text", ["", "5", "5 m", "m", "5d", "-5s", "5m garbage"])
+@pytest.mark.parametrize("text", ["", "5", "5 m", "m", "5w", "-5s", "5m garbage"])
 def test_parse_duration_rejects(text):
     with pytest.raises(ValueError, match="not a duration"):
         parse_duration(text)

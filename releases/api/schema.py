@@ -15,7 +15,12 @@ from drf_spectacular.extensions import (
     OpenApiSerializerFieldExtension,
     OpenApiViewExtension,
 )
-from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema
+from drf_spectacular.utils import (
+    OpenApiExample,
+    OpenApiParameter,
+    OpenApiResponse,
+    extend_schema,
+)
 from rest_framework import serializers
 
 from core.openapi import (
@@ -32,7 +37,14 @@ from core.openapi import (
 from core.params import DEFAULT_LIMIT, MAX_LIMIT, MAX_PARSED_INT, RFC3339
 from releases.api.serializers import NodeAckSerializer, ReleasePublishSerializer
 from releases.models import NodeAck
-from releases.params import DEFAULT_CHANNEL, DEFAULT_STALE_THRESHOLD
+from releases.params import (
+    ACK_STATUSES,
+    DEFAULT_CHANNEL,
+    DEFAULT_STALE_THRESHOLD,
+    FLEET_DEFAULT_LIMIT,
+    FLEET_MAX_LIMIT,
+)
+from releases.selectors import NO_ACK
 
 # `latest` is a route of its own (`/v1/releases/latest`), never a release id.
 RESERVED_RELEASE_IDS = ("latest",)
@@ -124,16 +136,24 @@ class AckSerializer(serializers.Serializer):
     updated_at = serializers.DateTimeField()
 
 
+PAGE_LIMIT_HELP = "The page size used (after clamping)."
+NEXT_CURSOR_HELP = "Pass as `cursor` for the next page; null on the last page."
+
+
 class ReleaseAcksSerializer(serializers.Serializer):
     release_id = serializers.CharField()
-    acks = AckSerializer(many=True, help_text="Ordered by `node_id`.")
-    count = serializers.IntegerField(min_value=0)
+    acks = AckSerializer(many=True, help_text="Ordered by `node_id`; one page.")
+    count = serializers.IntegerField(min_value=0, help_text="All acks of the release (all pages).")
+    limit = serializers.IntegerField(min_value=1, help_text=PAGE_LIMIT_HELP)
+    next_cursor = serializers.CharField(allow_null=True, help_text=NEXT_CURSOR_HELP)
 
 
 class NodeAcksSerializer(serializers.Serializer):
     node_id = serializers.CharField()
-    acks = AckSerializer(many=True, help_text="Most recently updated first.")
-    count = serializers.IntegerField(min_value=0)
+    acks = AckSerializer(many=True, help_text="Most recently updated first; one page.")
+    count = serializers.IntegerField(min_value=0, help_text="All acks of the node (all pages).")
+    limit = serializers.IntegerField(min_value=1, help_text=PAGE_LIMIT_HELP)
+    next_cursor = serializers.CharField(allow_null=True, help_text=NEXT_CURSOR_HELP)
 
 
 class FleetNodeSerializer(serializers.Serializer):
@@ -153,18 +173,73 @@ class FleetNodeSerializer(serializers.Serializer):
     sequence = serializers.IntegerField(allow_null=True)
 
 
+class FleetReleaseCountSerializer(serializers.Serializer):
+    release_id = serializers.CharField()
+    sequence = serializers.IntegerField(min_value=1)
+    ack_status = serializers.ChoiceField(choices=NodeAck.Status.choices)
+    nodes = serializers.IntegerField(
+        min_value=1, help_text="Selected nodes whose newest ack in the channel is this one."
+    )
+
+
 class FleetSerializer(serializers.Serializer):
     channel = serializers.CharField()
     generated_at = serializers.DateTimeField()
     stale_threshold = serializers.IntegerField(min_value=1)
-    total = serializers.IntegerField(min_value=0)
+    total = serializers.IntegerField(
+        min_value=0, help_text="Nodes the filters select, on all pages."
+    )
     up = serializers.IntegerField(min_value=0)
     stale = serializers.IntegerField(min_value=0)
     unknown = serializers.IntegerField(min_value=0)
     latest_release = ReleaseSerializer(
         allow_null=True, help_text="The channel's latest release; null when it has none."
     )
-    nodes = FleetNodeSerializer(many=True, help_text="Every known node, whatever its channel.")
+    by_release = FleetReleaseCountSerializer(
+        many=True,
+        help_text="Selected nodes per (release, ack status) of their newest ack in the channel, "
+        "newest release first; nodes without one are not counted here.",
+    )
+    nodes = FleetNodeSerializer(
+        many=True,
+        required=False,
+        help_text="One page of the selected nodes, by `node_id`, whatever their channel; "
+        "absent with `summary=true`.",
+    )
+    limit = serializers.IntegerField(
+        min_value=1, required=False, help_text=PAGE_LIMIT_HELP + " Absent with `summary=true`."
+    )
+    next_cursor = serializers.CharField(
+        allow_null=True,
+        required=False,
+        help_text=NEXT_CURSOR_HELP + " Absent with `summary=true`.",
+    )
+
+
+NODE_ACK_CURSOR_PATTERN = "^[0-9]{1,18}\\.[0-9]{1,18}$"
+
+
+def page_parameters(cursor_pattern: str = NO_NUL) -> list[OpenApiParameter]:
+    return [
+        OpenApiParameter(
+            "limit",
+            {
+                "type": "integer",
+                "minimum": 1,
+                "default": FLEET_DEFAULT_LIMIT,
+                "maximum": MAX_PARSED_INT,
+            },
+            description=(
+                f"Page size: at least 1, default {FLEET_DEFAULT_LIMIT}; values above "
+                f"{FLEET_MAX_LIMIT} are clamped to {FLEET_MAX_LIMIT}."
+            ),
+        ),
+        OpenApiParameter(
+            "cursor",
+            {"type": "string", "minLength": 1, "maxLength": 256, "pattern": cursor_pattern},
+            description="Opaque: the `next_cursor` of the previous page (absent: the first page).",
+        ),
+    ]
 
 
 RELEASE_EXAMPLE = {
@@ -285,11 +360,14 @@ class ReleaseAcksViewSchema(OpenApiViewExtension):
             self.target_class,
             get=extend_schema(
                 operation_id="releases_acks",
-                description="Every node's ack for this release, ordered by `node_id`.",
+                description=(
+                    "Every node's ack for this release, ordered by `node_id`, in pages "
+                    "(`limit`, `cursor`); `count` is the release's total."
+                ),
                 summary="All node acks for a release",
                 tags=["acks"],
-                parameters=[path_id("release_id", "The release.")],
-                responses={200: ReleaseAcksSerializer, **errors(e404="No such release.")},
+                parameters=[path_id("release_id", "The release."), *page_parameters()],
+                responses={200: ReleaseAcksSerializer, **errors(400, e404="No such release.")},
             ),
         )
 
@@ -337,9 +415,15 @@ class NodeAcksViewSchema(OpenApiViewExtension):
             get=extend_schema(
                 operation_id="nodes_acks",
                 summary="All acks submitted by a node",
-                description="A node with no acks: 200 with an empty list.",
+                description=(
+                    "Most recently updated first, in pages (`limit`, `cursor`); `count` is the "
+                    "node's total. A node with no acks: 200 with an empty list."
+                ),
                 tags=["acks"],
-                parameters=[path_id("node_id", "The node.")],
+                parameters=[
+                    path_id("node_id", "The node."),
+                    *page_parameters(NODE_ACK_CURSOR_PATTERN),
+                ],
                 responses={200: NodeAcksSerializer, **errors(400)},
             ),
         )
@@ -355,9 +439,13 @@ class FleetViewSchema(OpenApiViewExtension):
                 operation_id="fleet",
                 summary="Per-node observational summary",
                 description=(
-                    "Every node that sent an event or an ack, computed at read time. "
-                    "`release_id`, `ack_status` and `sequence` come from the node's newest ack "
-                    "for a release of `channel`."
+                    "Every node that sent an event or an ack, by `node_id`, in pages (`limit`, "
+                    "`cursor`), from per-node tables kept up to date by every event batch and "
+                    "ack. `release_id`, `ack_status` and `sequence` come from the node's newest "
+                    "ack for a release of `channel`. The filters select nodes; the counts "
+                    "(`total`, `up`, `stale`, `unknown`, `by_release`) cover every selected "
+                    "node on all pages; `summary=true` answers only them. With "
+                    "`--fleet-forget-after`, nodes not heard from for that long are left out."
                 ),
                 tags=["fleet"],
                 parameters=[
@@ -368,6 +456,26 @@ class FleetViewSchema(OpenApiViewExtension):
                         minimum=1,
                         default=DEFAULT_STALE_THRESHOLD,
                         maximum=MAX_PARSED_INT,
+                    ),
+                    *page_parameters(),
+                    OpenApiParameter(
+                        "node_status",
+                        {"type": "string", "enum": NODE_STATUSES},
+                        description="Only nodes with this status.",
+                    ),
+                    query_id("release_id", "Only nodes whose newest ack in the channel is for it."),
+                    OpenApiParameter(
+                        "ack_status",
+                        {"type": "string", "enum": [*ACK_STATUSES, NO_ACK]},
+                        description=(
+                            "Only nodes whose newest ack in the channel has this status "
+                            f"(`{NO_ACK}`: nodes without an ack in the channel)."
+                        ),
+                    ),
+                    OpenApiParameter(
+                        "summary",
+                        {"type": "boolean", "default": False},
+                        description="`true`: only the counts, no `nodes` (any fleet size).",
                     ),
                 ],
                 responses={200: FleetSerializer, **errors(400)},

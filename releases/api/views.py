@@ -21,7 +21,7 @@ from core.params import check_identifier, param_error, parse_limit, parse_offset
 from releases import selectors, services
 from releases.api.serializers import NodeAckSerializer, ReleasePublishSerializer
 from releases.fast import latest_signed_answer
-from releases.params import parse_channel, parse_stale_threshold
+from releases.params import parse_cursor, parse_fleet_query, parse_page_limit
 
 # Release ids must stay addressable as one path segment, and `latest` is a route of its own.
 _RESERVED_RELEASE_IDS = {"latest"}
@@ -88,7 +88,12 @@ class ReleaseAcksView(APIView):
     """`GET /v1/releases/{release_id}/acks`."""
 
     def get(self, request: Request, release_id: str) -> Response:
-        return Response(selectors.release_acks(release_id=release_id))
+        query = request.query_params
+        return Response(
+            selectors.release_acks(
+                release_id=release_id, limit=parse_page_limit(query), after=parse_cursor(query)
+            )
+        )
 
 
 def _node_id(value: str) -> str:
@@ -112,17 +117,22 @@ class NodeAcksView(APIView):
     """`GET /v1/nodes/{node_id}/acks`."""
 
     def get(self, request: Request, node_id: str) -> Response:
-        return Response(selectors.node_acks(node_id=_node_id(node_id)))
+        query = request.query_params
+        return Response(
+            selectors.node_acks(
+                node_id=_node_id(node_id), limit=parse_page_limit(query), after=parse_cursor(query)
+            )
+        )
 
 
 class FleetView(APIView):
-    """`GET /v1/fleet?channel=<c>&stale_threshold=<seconds>`."""
+    """`GET /v1/fleet?channel=<c>&stale_threshold=<seconds>` (+ `limit`, `cursor`,
+    `node_status`, `release_id`, `ack_status`, `summary`)."""
 
     def get(self, request: Request) -> Response:
-        query = request.query_params
+        query = parse_fleet_query(request.query_params)
         return Response(
             selectors.fleet_summary(
-                channel=parse_channel(query),
-                stale_threshold=parse_stale_threshold(query),
+                channel=query.channel, stale_threshold=query.stale_threshold, query=query
             )
         )

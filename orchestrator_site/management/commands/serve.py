@@ -62,6 +62,9 @@ from rollouts.signing import SigningKeyError, current_key, key_path
 logger = logging.getLogger("orchestrator.serve")
 
 DEFAULT_LISTEN = "127.0.0.1:8888"
+DEFAULT_EVENTS_RETENTION = "30d"
+# An existing SQLite store up to this size is converted to incremental auto-vacuum at start.
+AUTO_VACUUM_CONVERT_MAX_BYTES = 1 << 30
 CRL_CHECK_SECONDS = 60.0
 
 
@@ -119,6 +122,21 @@ class Command(BaseCommand):
             help="PostgreSQL: operator writes answer 503 with Retry-After while fewer than N "
             "synchronous standbys are streaming (default 0 = no check; "
             "AUTONOMY_REQUIRE_SYNC_REPLICAS)",
+        )
+        parser.add_argument(
+            "--events-retention",
+            metavar="DURATION",
+            default=env_default("events-retention", DEFAULT_EVENTS_RETENTION),
+            help="delete events received longer ago than this (by arrival time, in small "
+            "batches in the background; never events a running rollout's event_threshold gate "
+            "reads), e.g. 30d, 12h; 0 keeps everything (default 30d; AUTONOMY_EVENTS_RETENTION)",
+        )
+        parser.add_argument(
+            "--fleet-forget-after",
+            metavar="DURATION",
+            default=env_default("fleet-forget-after", "0"),
+            help="GET /v1/fleet leaves out nodes not heard from (no event, no ack) for this "
+            "long; their acks are kept (default 0 = never; AUTONOMY_FLEET_FORGET_AFTER)",
         )
         parser.add_argument(
             "--metrics-addr",
@@ -291,6 +309,10 @@ class Command(BaseCommand):
                 "--require-sync-replicas needs --postgres-url (SQLite has no standbys)"
             )
         settings.ROLLOUT_SILENT_AFTER_SECONDS = self._silent_after(options)
+        retention = _duration_flag(options, "events_retention")
+        forget_after = _duration_flag(options, "fleet_forget_after")
+        settings.EVENTS_RETENTION_SECONDS = retention
+        settings.FLEET_FORGET_AFTER_SECONDS = forget_after
         node_name = str(options["node_name"] or "").strip()
         if len(node_name) > 200:
             raise ServeError("--node-name must be at most 200 characters")
@@ -344,7 +366,11 @@ class Command(BaseCommand):
 
         if using_postgres:
             pgconf.configure_pool(size=pool_size, timeout=pool_timeout)
+        if not using_postgres:
+            self._incremental_vacuum(new_store=True)
         self._migrate(using_postgres)
+        if not using_postgres and retention:
+            self._incremental_vacuum()
         signing_key = self._signing_key(signing_key_file, data_dir, using_postgres)
         node_name = node_name or main.bound()
         if using_postgres:
@@ -466,6 +492,9 @@ class Command(BaseCommand):
 
             on_outcome = notifications.metrics.record_outcome
         start_dispatcher(replica=node_name, on_outcome=on_outcome)
+        from events.retention import start_pruner
+
+        pruner = start_pruner(retention_seconds=retention)
         syncer = None
         if sync_config is not None and crl_store is not None:
             syncer = CrlSyncThread(config=sync_config, store=crl_store)
@@ -485,6 +514,8 @@ class Command(BaseCommand):
             run_daphne(application, listeners, on_ready=ready, periodic=periodic, limits=limits)
         finally:
             stop_dispatcher()
+            if pruner is not None:
+                pruner.stop()
             if syncer is not None:
                 syncer.stop()
             if sharer is not None:
@@ -693,6 +724,26 @@ class Command(BaseCommand):
             key_file=server_tls.config.key_file,
         )
 
+    def _incremental_vacuum(self, new_store: bool = False) -> None:
+        """SQLite: incremental auto-vacuum for a new store (before `migrate`), or the one
+        conversion of an existing store (after it); docs/serve.md "Events retention"."""
+        from events.retention import ensure_incremental_vacuum, prepare_new_store
+
+        line = None
+        try:
+            if new_store:
+                prepare_new_store()
+            else:
+                line = ensure_incremental_vacuum(max_bytes=AUTO_VACUUM_CONVERT_MAX_BYTES)
+        except DatabaseError as exc:
+            if new_store:
+                return  # `migrate` reports what is wrong with the store, in its words
+            raise ServeError(f"cannot prepare the store for retention: {exc}") from None
+        finally:
+            connections.close_all()
+        if line is not None:
+            logger.warning(line)
+
     def _migrate(self, using_postgres: bool) -> None:
         try:
             if using_postgres:
@@ -715,3 +766,15 @@ class Command(BaseCommand):
             raise ServeError(f"cannot prepare the store at {where}: {exc}") from None
         finally:
             connections.close_all()
+
+
+def _duration_flag(options: dict[str, Any], name: str) -> float:
+    """A duration flag: 0 (off) or at least 1 s, else a one-line ServeError naming it."""
+    flag = "--" + name.replace("_", "-")
+    try:
+        seconds = parse_duration(str(options[name]))
+    except ValueError as exc:
+        raise ServeError(f"{flag} {exc}") from None
+    if 0 < seconds < 1:
+        raise ServeError(f"{flag} must be 0 (off) or at least 1s")
+    return seconds

@@ -1,0 +1,255 @@
+"""Events retention: delete events the server received longer ago than `--events-retention`.
+
+Measured by `received_at` (when this server stored the event), never by the event's own
+`timestamp`: a node with a wrong clock can neither keep its events forever nor have them
+deleted on arrival.
+
+A background thread (`start_pruner`, started by `serve`) prunes every PRUNE_INTERVAL_SECONDS:
+- the cutoff is `now - retention`, moved back to the oldest window a rollout's
+  `event_threshold` gate still reads (`rollouts.selectors.event_gate_windows_start`): an event
+  such a gate may count is never deleted;
+- it deletes in batches of BATCH_ROWS oldest events (the received_at index), each batch its own
+  short transaction, with a pause between batches. On SQLite every batch runs on the events
+  writer thread (`events.writer.run_on_writer`) between two ingest groups, so a prune never
+  queues ingest behind SQLite's write lock for longer than one batch; after a round, free pages
+  go back to the file system in small `PRAGMA incremental_vacuum` steps, also on the writer;
+- with several replicas of one PostgreSQL database only the leader prunes (`core.leader`).
+
+The fleet view keeps its nodes: their rows (`releases.FleetNode`) do not depend on the events.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from django.db import close_old_connections, connection, transaction
+from django.utils import timezone
+
+from core import leader
+from core.params import seconds_before
+from events.models import Event
+
+logger = logging.getLogger("orchestrator.events")
+
+PRUNE_INTERVAL_SECONDS = 60.0
+BATCH_ROWS = 1000
+# Between two batches. On SQLite ingest does not need it to go first (the batches queue on the
+# writer behind the ingest groups that arrived meanwhile); it leaves the event loop some CPU.
+PAUSE_SECONDS = 0.005
+VACUUM_PAGES = 512  # pages returned to the file system per step (SQLite, 4 KiB each)
+WRITER_TIMEOUT_SECONDS = 60.0
+RECEIVED_AT_INDEX = "event_received_at_idx"  # events.models.Event.Meta.indexes
+FIRST_ROUND_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class PruneResult:
+    cutoff: datetime | None
+    deleted: int
+    held_back_by_gate: bool = False
+    vacuumed_pages: int = 0
+
+
+def prune_cutoff(*, retention_seconds: float, now: datetime | None = None) -> tuple[datetime, bool]:
+    """(The arrival time before which events may go, whether a gate's window moved it back)."""
+    from rollouts.selectors import event_gate_windows_start
+
+    now = now or timezone.now()
+    cutoff = seconds_before(now, retention_seconds)
+    window = event_gate_windows_start()
+    if window is not None and window < cutoff:
+        return window, True
+    return cutoff, False
+
+
+def delete_batch(*, cutoff: datetime, rows: int = BATCH_ROWS) -> int:
+    """Delete up to `rows` of the oldest events received before `cutoff`, in one short
+    transaction; returns how many."""
+    qn = connection.ops.quote_name
+    table = qn(Event._meta.db_table)
+    received, ident = qn("received_at"), qn("id")
+    # SQLite: INDEXED BY, whatever the statistics say (a batch must stay a short statement).
+    indexed = f" INDEXED BY {qn(RECEIVED_AT_INDEX)}" if connection.vendor == "sqlite" else ""
+    sql = (
+        f"DELETE FROM {table} WHERE {ident} IN (SELECT {ident} FROM {table}{indexed} "
+        f"WHERE {received} < %s ORDER BY {received} LIMIT %s)"
+    )
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(sql, [connection.ops.adapt_datetimefield_value(cutoff), rows])
+        return max(cursor.rowcount, 0)
+
+
+def vacuum_step(pages: int = VACUUM_PAGES) -> int:
+    """SQLite: give up to `pages` free pages back to the file system (incremental auto-vacuum);
+    returns how many were free before. Nothing on a store without incremental auto-vacuum (see
+    `ensure_incremental_vacuum`) or on PostgreSQL (autovacuum reuses the space)."""
+    if connection.vendor != "sqlite":
+        return 0
+    with connection.cursor() as cursor:
+        cursor.execute("PRAGMA auto_vacuum")
+        if cursor.fetchone()[0] != 2:
+            return 0
+        cursor.execute("PRAGMA freelist_count")
+        free = int(cursor.fetchone()[0])
+    if free:
+        # executescript steps the pragma to its end; a plain execute steps it once, and each
+        # step frees ONE page.
+        connection.connection.executescript(f"PRAGMA incremental_vacuum({int(pages)});")
+    return free
+
+
+def _on_writer(task: Callable[[], Any]) -> Any:
+    """SQLite: run on the events writer thread (no contention with ingest); PostgreSQL: here."""
+    if connection.vendor != "sqlite":
+        return task()
+    from events.writer import run_on_writer
+
+    return run_on_writer(task).result(timeout=WRITER_TIMEOUT_SECONDS)
+
+
+def events_prune(
+    *,
+    retention_seconds: float,
+    now: datetime | None = None,
+    rows: int = BATCH_ROWS,
+    pause: float = PAUSE_SECONDS,
+    max_batches: int | None = None,
+    keep_going: Callable[[], bool] = lambda: True,
+    run: Callable[[Callable[[], Any]], Any] | None = None,
+) -> PruneResult:
+    """One prune round: batches until nothing older than the cutoff is left (or `max_batches`,
+    or `keep_going()` turns false), then give free pages back (SQLite). `run` executes each
+    batch (default: on the events writer thread on SQLite, here on PostgreSQL)."""
+    run = run or _on_writer
+    if retention_seconds <= 0:
+        return PruneResult(cutoff=None, deleted=0)
+    cutoff, held = prune_cutoff(retention_seconds=retention_seconds, now=now)
+    deleted = batches = 0
+    while keep_going() and (max_batches is None or batches < max_batches):
+        count = run(lambda: delete_batch(cutoff=cutoff, rows=rows))
+        deleted += count
+        batches += 1
+        if count < rows:
+            break
+        time.sleep(pause)
+    vacuumed = 0
+    if deleted and connection.vendor == "sqlite":
+        before: int | None = None
+        while keep_going():
+            free = run(vacuum_step)
+            if free == 0 or (before is not None and free >= before):
+                break  # done, or nothing shrinks (never loop on a store that cannot)
+            vacuumed += min(free, VACUUM_PAGES)
+            if free <= VACUUM_PAGES:
+                break
+            before = free
+            time.sleep(pause)
+    return PruneResult(
+        cutoff=cutoff, deleted=deleted, held_back_by_gate=held, vacuumed_pages=vacuumed
+    )
+
+
+def prepare_new_store() -> None:
+    """SQLite, before `migrate`: a store without tables yet gets incremental auto-vacuum (it
+    can only be chosen before the first table, or by a full VACUUM later)."""
+    if connection.vendor != "sqlite":
+        return
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT COUNT(*) FROM sqlite_master")
+        if cursor.fetchone()[0] == 0:
+            cursor.execute("PRAGMA auto_vacuum=INCREMENTAL")
+
+
+def ensure_incremental_vacuum(*, max_bytes: int) -> str | None:
+    """SQLite: make the store use incremental auto-vacuum, so pruned space can go back to the
+    file system. New stores have it from their first table on (`prepare_new_store` before
+    `migrate`); an existing store made before needs ONE full VACUUM, done here when the file is
+    at most `max_bytes`. Returns a line for the log, or None."""
+    if connection.vendor != "sqlite":
+        return None
+    with connection.cursor() as cursor:
+        cursor.execute("PRAGMA auto_vacuum")
+        if cursor.fetchone()[0] == 2:
+            return None
+        cursor.execute("PRAGMA page_count")
+        pages = int(cursor.fetchone()[0])
+        cursor.execute("PRAGMA page_size")
+        size = pages * int(cursor.fetchone()[0])
+        if size > max_bytes:
+            return (
+                f"the SQLite store ({size // 2**20} MiB) predates incremental auto-vacuum: "
+                "pruned events leave free pages that new events reuse, but the file never "
+                "shrinks; to convert it, stop the server and run "
+                f"`sqlite3 {connection.settings_dict['NAME']} "
+                "'PRAGMA auto_vacuum=INCREMENTAL; VACUUM;'` (needs free disk space the size of "
+                "the file)"
+            )
+        cursor.execute("PRAGMA auto_vacuum=INCREMENTAL")
+        cursor.execute("VACUUM")
+    return (
+        f"converted the SQLite store ({size // 2**20} MiB) to incremental auto-vacuum (one VACUUM)"
+    )
+
+
+class Pruner:
+    """The background thread: one `events_prune` round every `interval` seconds, on the leader."""
+
+    def __init__(self, *, retention_seconds: float, interval: float = PRUNE_INTERVAL_SECONDS):
+        self.retention_seconds = retention_seconds
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="events-retention", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        wait = min(self.interval, FIRST_ROUND_SECONDS)  # a backlog starts going soon after start
+        while not self._stop.wait(wait):
+            wait = self.interval
+            if not leader.elector.is_leader():
+                continue  # followers leave background work to the leader
+            close_old_connections()
+            try:
+                result = events_prune(
+                    retention_seconds=self.retention_seconds,
+                    keep_going=lambda: not self._stop.is_set() and leader.elector.is_leader(),
+                )
+                if result.deleted:
+                    logger.info(
+                        "events retention: deleted %d events received before %s%s",
+                        result.deleted,
+                        result.cutoff.isoformat() if result.cutoff else "-",
+                        " (held back by a rollout's event_threshold window)"
+                        if result.held_back_by_gate
+                        else "",
+                        extra={"deleted": result.deleted},
+                    )
+            except Exception:  # keep the thread alive; the next round retries
+                logger.exception("events retention failed; retrying in %ss", self.interval)
+            finally:
+                close_old_connections()
+
+
+def start_pruner(*, retention_seconds: float, interval: float | None = None) -> Pruner | None:
+    """Start the retention thread (`serve`); None when retention is off (0)."""
+    if retention_seconds <= 0:
+        return None
+    if interval is None:
+        # A short retention (tests, benches) is enforced within a fraction of itself.
+        interval = min(PRUNE_INTERVAL_SECONDS, max(1.0, retention_seconds / 4))
+    pruner = Pruner(retention_seconds=retention_seconds, interval=interval)
+    pruner.start()
+    return pruner

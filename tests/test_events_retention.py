@@ -1,0 +1,214 @@
+"""Events retention (events/retention.py): the window is measured by arrival time, its
+boundaries, small batches, the event_threshold windows of rollouts that are not over, and the
+events writer running the batches. Database tests: SQLite and, in .ci/run's second pass,
+PostgreSQL. The end-to-end test (a real store file that stops growing) is at the bottom."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from datetime import timedelta
+
+import pytest
+import requests
+from django.utils import timezone
+
+from events.models import Event
+from events.retention import events_prune
+from events.writer import EventWriter
+from rollouts.models import Phase, RolloutPlan
+from tests.factories import EventFactory, ReleaseFactory, RolloutPlanFactory
+from tests.liveserver import ServeProcess
+
+HOUR = 3600.0
+
+
+def prune(**kwargs):
+    """A prune round run right here (the test's transaction), not on the writer thread."""
+    return events_prune(run=lambda task: task(), pause=0, **kwargs)
+
+
+def remaining() -> set[str]:
+    return set(Event.objects.values_list("event_id", flat=True))
+
+
+@pytest.mark.django_db
+def test_an_event_received_just_inside_the_window_stays_and_just_outside_goes():
+    now = timezone.now()
+    cutoff = now - timedelta(seconds=HOUR)
+    EventFactory(event_id="inside", received_at=cutoff + timedelta(seconds=1))
+    EventFactory(event_id="at-the-edge", received_at=cutoff)
+    EventFactory(event_id="outside", received_at=cutoff - timedelta(seconds=1))
+    EventFactory(event_id="long-gone", received_at=now - timedelta(days=40))
+    result = prune(retention_seconds=HOUR, now=now)
+    assert result.deleted == 2
+    assert remaining() == {"inside", "at-the-edge"}
+
+
+@pytest.mark.django_db
+def test_the_window_is_the_arrival_time_never_the_events_own_timestamp():
+    now = timezone.now()
+    EventFactory(event_id="old-clock", timestamp="1999-01-01T00:00:00Z", received_at=now)
+    EventFactory(
+        event_id="future-clock",
+        timestamp="2099-01-01T00:00:00Z",
+        received_at=now - timedelta(days=2),
+    )
+    prune(retention_seconds=86400, now=now)
+    assert remaining() == {"old-clock"}
+
+
+@pytest.mark.django_db
+def test_zero_keeps_everything():
+    EventFactory(received_at=timezone.now() - timedelta(days=3650))
+    assert prune(retention_seconds=0).deleted == 0
+    assert Event.objects.count() == 1
+
+
+@pytest.mark.django_db
+def test_pruning_goes_in_small_batches_and_keeps_the_fleet_view(api):
+    old = timezone.now() - timedelta(days=2)
+    EventFactory.create_batch(25, received_at=old, node_id="node-old")
+    EventFactory(event_id="new", node_id="node-new")
+    one = prune(retention_seconds=HOUR, rows=10, max_batches=1)
+    assert one.deleted == 10 and Event.objects.count() == 16
+    rest = prune(retention_seconds=HOUR, rows=10)
+    assert rest.deleted == 15 and remaining() == {"new"}
+    # the node whose events are gone is still in the fleet, last seen when it last reported
+    nodes = {n["node_id"]: n for n in api.get("/v1/fleet").json()["nodes"]}
+    assert nodes["node-old"]["node_status"] == "stale"
+    assert nodes["node-old"]["last_seen"] is not None
+
+
+@pytest.fixture
+def signing_key_in_tmp(settings, tmp_path):
+    settings.DATA_DIR = tmp_path / "data"
+
+
+def _plan(gates, plan_id):
+    return RolloutPlanFactory(
+        plan_id=plan_id,
+        release=ReleaseFactory(),
+        stages=[
+            {"stage_id": "s1", "percent": 10, "gates": gates},
+            {"stage_id": "s2", "percent": 100},
+        ],
+    )
+
+
+@pytest.mark.django_db
+def test_an_event_threshold_window_of_a_running_rollout_is_kept(signing_key_in_tmp):
+    EventFactory(event_id="before-the-stage", received_at=timezone.now() - timedelta(hours=2))
+    _plan([{"kind": "time_soak", "seconds": 60}], "p-soak")  # reads no events: holds nothing
+    plan = _plan([{"kind": "event_threshold", "event_type": "app.crash", "max_ratio": 0.5}], "p-ev")
+    EventFactory(event_id="in-the-window", event_type="app.crash", received_at=timezone.now())
+    tomorrow = timezone.now() + timedelta(days=1)
+
+    held = prune(retention_seconds=HOUR, now=tomorrow)
+    assert held.held_back_by_gate
+    assert remaining() == {"in-the-window"}  # older than the retention, but the gate reads it
+
+    # a halted plan may be resumed: its window is still kept
+    RolloutPlan.objects.filter(pk=plan.pk).update(phase=Phase.HALTED, version=plan.version + 1)
+    assert prune(retention_seconds=HOUR, now=tomorrow).deleted == 0
+
+    # once the plan is over, nothing holds the event any more
+    RolloutPlan.objects.filter(pk=plan.pk).update(phase=Phase.CANCELLED, version=plan.version + 2)
+    done = prune(retention_seconds=HOUR, now=tomorrow)
+    assert not done.held_back_by_gate and remaining() == set()
+
+
+def test_the_writer_runs_tasks_between_batches_and_returns_their_result():
+    writer = EventWriter()
+    assert writer.run(lambda: 6 * 7).result(timeout=10) == 42
+
+    def fails():
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        writer.run(fails).result(timeout=10)
+    order: list[int] = []
+    futures = [writer.run(lambda i=i: order.append(i)) for i in range(5)]
+    for future in futures:
+        future.result(timeout=10)
+    assert order == [0, 1, 2, 3, 4]
+
+
+# --- end to end ----------------------------------------------------------------------------
+
+
+def _store_bytes(data_dir) -> int:
+    return sum(
+        path.stat().st_size
+        for path in data_dir.glob("orchestrator.sqlite3*")
+        if not path.name.endswith("-shm")
+    )
+
+
+@pytest.mark.e2e
+def test_a_store_with_a_short_retention_stops_growing(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir(mode=0o700)
+    store = data / "orchestrator.sqlite3"
+    # A store made before incremental auto-vacuum: serve converts it once (one VACUUM).
+    with sqlite3.connect(store) as db:
+        db.execute("CREATE TABLE made_before (x)")
+    assert sqlite3.connect(store).execute("PRAGMA auto_vacuum").fetchone()[0] == 0
+    pad = "x" * 300
+    sizes = []
+    with ServeProcess(data, "--events-retention", "1s") as srv, requests.Session() as http:
+        for cycle in range(4):
+            for batch in range(20):
+                events = [
+                    {
+                        "event_id": f"c{cycle}-b{batch}-{i}",
+                        "event_type": "app.heartbeat",
+                        "node_id": f"node-{i % 50}",
+                        "timestamp": "2026-04-07T10:00:00Z",
+                        "pad": pad,
+                    }
+                    for i in range(100)
+                ]
+                answer = http.post(srv.url("/v1/events"), json={"events": events}, timeout=10)
+                assert answer.json()["inserted"] == 100
+            deadline = time.monotonic() + 60
+            while http.get(srv.url("/v1/events?limit=1"), timeout=10).json()["count"]:
+                assert time.monotonic() < deadline, srv.logs()
+                time.sleep(0.3)
+            sizes.append(_store_bytes(data))
+        fleet = http.get(srv.url("/v1/fleet?summary=true"), timeout=10).json()
+        assert fleet["total"] == 50  # the nodes outlive their events
+    assert "incremental auto-vacuum" in srv.logs()
+    assert sqlite3.connect(store).execute("PRAGMA auto_vacuum").fetchone()[0] == 2
+    # 8,000 events of ~0.5 KB went in; what the store occupies did not grow with them
+    assert max(sizes[1:]) <= sizes[0] * 1.2, sizes
+
+
+@pytest.mark.e2e
+def test_the_leader_prunes_on_postgresql(tmp_path):
+    from tests.pg import require_postgres, temp_database
+
+    require_postgres()
+    with temp_database() as url:
+        args = ("--postgres-url", url, "--events-retention", "1s")
+        with ServeProcess(tmp_path / "data", *args) as srv, requests.Session() as http:
+            events = [
+                {
+                    "event_id": f"pg-{i}",
+                    "event_type": "app.heartbeat",
+                    "node_id": f"node-{i % 3}",
+                    "timestamp": "2026-04-07T10:00:00Z",
+                }
+                for i in range(30)
+            ]
+            answer = http.post(srv.url("/v1/events"), json={"events": events}, timeout=10)
+            assert answer.json()["inserted"] == 30
+            deadline = time.monotonic() + 30
+            while http.get(srv.url("/v1/events?limit=1"), timeout=10).json()["count"]:
+                assert time.monotonic() < deadline, srv.logs()
+                time.sleep(0.3)
+            # the nodes stay in the fleet view, seen when their events arrived
+            fleet = http.get(srv.url("/v1/fleet"), timeout=10).json()
+            assert [n["node_id"] for n in fleet["nodes"]] == ["node-0", "node-1", "node-2"]
+            assert all(n["last_seen"] for n in fleet["nodes"])
+        assert "events retention: deleted" in srv.logs()

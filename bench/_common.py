@@ -366,7 +366,7 @@ class _Conn(asyncio.Protocol):
             now = time.perf_counter()
             if now >= self.w.measure_from:
                 self.w.requests += 1
-                if self.status == 200:
+                if 200 <= self.status < 300:
                     self.w.ok += 1
                 else:
                     self.w.errors += 1

@@ -164,6 +164,9 @@ def prepare_new_store() -> None:
         cursor.execute("SELECT COUNT(*) FROM sqlite_master")
         if cursor.fetchone()[0] == 0:
             cursor.execute("PRAGMA auto_vacuum=INCREMENTAL")
+            # The connection already wrote the file's header (journal_mode=WAL), so the mode
+            # only takes hold through a VACUUM: instant on a store without tables.
+            cursor.execute("VACUUM")
 
 
 def ensure_incremental_vacuum(*, max_bytes: int) -> str | None:

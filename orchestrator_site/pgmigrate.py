@@ -59,6 +59,10 @@ SKIP_MODELS = {
     "orchestrator_site.loginfailure",
 }
 SKIP_DEPENDENTS_OF = {"contenttypes.contenttype"}
+# The fleet view's tables are derived from events and acks and change in place while a store
+# serves (a node's last_seen): not copied row for row (a re-run would see "different rows"), but
+# merged into the target after the copy (`copy_fleet_view`).
+DERIVED_MODELS = {"releases.fleetnode", "releases.fleetnodeack"}
 
 
 _TABLES_CACHE: dict[str, set[str]] = {}  # alias -> table names, refreshed after schema changes
@@ -251,7 +255,7 @@ def copy_models() -> list[type[models.Model]]:
         meta = model._meta
         if meta.proxy or not meta.managed or meta.app_label in SKIP_APPS:
             continue
-        if _label(model) in SKIP_MODELS:
+        if _label(model) in SKIP_MODELS or _label(model) in DERIVED_MODELS:
             continue
         candidates[_label(model)] = model
 
@@ -624,3 +628,42 @@ def source_snapshot() -> Any:
     """One read transaction on the source for the whole run: a consistent view of every table,
     even while a `serve` still writes to the store."""
     return transaction.atomic(using=SOURCE)
+
+
+def copy_fleet_view(batch_size: int) -> int:
+    """The fleet view's tables on the target, after the rows are copied: every node of the
+    source's `FleetNode` upserted (its last_seen outlives pruned events, so it is copied, not
+    recomputed; a re-run takes the newer values), then each node's newest ack per channel
+    rebuilt from the target's acks (`releases.services.fleet_acks_refresh`). Returns the nodes."""
+    from releases.models import FleetNode
+    from releases.services import fleet_acks_refresh
+
+    conn = connections[TARGET]
+    table = _q(conn, FleetNode._meta.db_table)
+    node, seen, heard = _q(conn, "node_id"), _q(conn, "last_seen"), _q(conn, "last_heard")
+    sql = (
+        f"INSERT INTO {table} ({node}, {seen}, {heard}) VALUES (%s, %s, %s) "
+        f"ON CONFLICT ({node}) DO UPDATE SET {seen} = excluded.{seen}, "
+        f"{heard} = excluded.{heard}"
+    )
+    rows = (
+        FleetNode.objects.using(SOURCE)
+        .order_by("node_id")
+        .values_list("node_id", "last_seen", "last_heard")
+        .iterator(chunk_size=batch_size)
+    )
+    nodes = 0
+    batch: list[tuple[Any, ...]] = []
+    with transaction.atomic(using=TARGET):
+        with conn.cursor() as cur:
+            for row in rows:
+                batch.append(row)
+                if len(batch) >= batch_size:
+                    cur.executemany(sql, batch)
+                    nodes += len(batch)
+                    batch = []
+            if batch:
+                cur.executemany(sql, batch)
+                nodes += len(batch)
+        fleet_acks_refresh(node_ids=None, using=TARGET)
+    return nodes

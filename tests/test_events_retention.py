@@ -212,3 +212,15 @@ def test_the_leader_prunes_on_postgresql(tmp_path):
             assert [n["node_id"] for n in fleet["nodes"]] == ["node-0", "node-1", "node-2"]
             assert all(n["last_seen"] for n in fleet["nodes"])
         assert "events retention: deleted" in srv.logs()
+
+
+@pytest.mark.e2e
+def test_a_new_store_has_incremental_auto_vacuum_from_its_first_start(tmp_path):
+    # Found: the connection writes the file's header (WAL) before `PRAGMA auto_vacuum` could
+    # take hold, so every new store was "converted" (with a warning) on its first start.
+    data = tmp_path / "data"
+    with ServeProcess(data) as srv:
+        pass
+    store = data / "orchestrator.sqlite3"
+    assert sqlite3.connect(store).execute("PRAGMA auto_vacuum").fetchone()[0] == 2
+    assert "converted the SQLite store" not in srv.logs()

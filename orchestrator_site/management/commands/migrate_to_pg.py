@@ -208,6 +208,8 @@ class Command(BaseCommand):
             progress.finish(result)
             results.append(result)
         pgmigrate.reset_sequences(specs)
+        nodes = pgmigrate.copy_fleet_view(batch_size)
+        self.stdout.write(f"fleet view: {nodes} nodes merged, newest acks rebuilt")
         self.stdout.write("validation: comparing row counts")
         counts = self._validate(show_cutover=False)
         inserted = sum(r.inserted for r in results)

@@ -25,13 +25,11 @@ import statistics
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import (
-    AUTH,
     LoadResult,
     add_auth_argument,
     get_request,
@@ -43,28 +41,10 @@ from _common import (
     use_auth,
     verdict,
 )
+from latest import publish  # the same release publish as the poll bench
 
 RELEASE = "rel-ack-bench"
 GOAL_ACKS_PER_SECOND = 2000.0
-
-
-def publish(port: int) -> None:
-    body = json.dumps(
-        {
-            "release_id": RELEASE,
-            "channel": "stable",
-            "artifact_ref": "oci://reg/app:ack-bench",
-            "lock_fingerprint": "sha256:" + "ab" * 32,
-        }
-    ).encode()
-    req = urllib.request.Request(
-        AUTH.url(port, "/v1/releases"),
-        data=body,
-        headers={"Content-Type": "application/json", **AUTH.headers()},
-        method="POST",
-    )
-    with AUTH.urlopen(req) as resp:
-        assert resp.status in (200, 201), resp.status
 
 
 def ack_factory(nodes: int, workers: int, offset: int):
@@ -147,7 +127,7 @@ def main() -> int:
         data = work / "data"
         srv = start_orchestrator(data, log=work / "serve.log")
         try:
-            publish(srv.port)
+            publish(srv.port, RELEASE)
             sent = 0  # requests so far: the next round continues with the next node ids
             for round_no in range(1, args.rounds + 1):
                 print(f"round {round_no}/{args.rounds}", flush=True)

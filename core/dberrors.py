@@ -161,3 +161,16 @@ def die_corrupt(exc: BaseException) -> None:
             handler.flush()
     sys.stderr.flush()
     os._exit(70)  # EX_SOFTWARE
+
+
+def log_background_failure(log: logging.Logger, message: str, *args: object) -> None:
+    """Log the exception being handled by a background thread (evaluator, webhook dispatcher,
+    pruner, CRL sync): a busy or lost database (a restart, a failover; the thread retries on
+    its next round) is one warning line, anything else an error with its traceback."""
+    exc = sys.exc_info()[1]
+    if exc is not None and classify(exc) in (BUSY, UNAVAILABLE):
+        text = str(exc).strip()
+        first = text.splitlines()[0] if text else type(exc).__name__
+        log.warning(message + " (the database is busy or unavailable: %s)", *args, first)
+    else:
+        log.exception(message, *args)

@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives import serialization
 
 from access.models import AuditRecord
 from access.services import audit_write
-from core import leader
+from core import dberrors, leader
 from core.auth import system
 from crl.store import (
     CrlStore,
@@ -270,7 +270,7 @@ class CrlSyncThread(threading.Thread):
             try:
                 result = crl_sync_once(config=self.config, store=self.store)
             except Exception as exc:
-                logger.exception("CRL sync round failed")
+                dberrors.log_background_failure(logger, "CRL sync round failed")
                 result = SyncResult(reason=f"the round failed: {exc!r}", failed=True)
             self.announce(result)
             if self.config.interval <= 0:

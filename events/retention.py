@@ -31,7 +31,7 @@ from typing import Any
 from django.db import close_old_connections, connection, transaction
 from django.utils import timezone
 
-from core import leader
+from core import dberrors, leader
 from core.params import seconds_before
 from events.models import Event
 
@@ -241,7 +241,9 @@ class Pruner:
                         extra={"deleted": result.deleted},
                     )
             except Exception:  # keep the thread alive; the next round retries
-                logger.exception("events retention failed; retrying in %ss", self.interval)
+                dberrors.log_background_failure(
+                    logger, "events retention failed; retrying in %ss", self.interval
+                )
             finally:
                 close_old_connections()
 

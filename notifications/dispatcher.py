@@ -26,7 +26,7 @@ from collections.abc import Callable
 from django.db import close_old_connections, connection
 from django.utils import timezone
 
-from core import leader
+from core import dberrors, leader
 from notifications import delivery, selectors, services
 
 logger = logging.getLogger("orchestrator.webhooks")
@@ -112,7 +112,9 @@ class Dispatcher:
             except leader.NotLeader:
                 pass
             except Exception:  # keep the thread alive; the next round retries
-                logger.exception("webhook dispatch failed; retrying in %ss", POLL_SECONDS)
+                dberrors.log_background_failure(
+                    logger, "webhook dispatch failed; retrying in %ss", POLL_SECONDS
+                )
             finally:
                 connection.close()
 
@@ -155,7 +157,9 @@ class Dispatcher:
         except leader.NotLeader:
             return
         except Exception:
-            logger.exception("webhook worker for endpoint %d failed", endpoint_id)
+            dberrors.log_background_failure(
+                logger, "webhook worker for endpoint %d failed", endpoint_id
+            )
         finally:
             connection.close()
 

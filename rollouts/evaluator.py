@@ -33,7 +33,7 @@ from typing import Any
 
 from django.db import close_old_connections
 
-from core import leader
+from core import dberrors, leader
 from core.errors import ApiError
 from rollouts import clock
 from rollouts import metrics as rollout_metrics
@@ -208,7 +208,9 @@ def evaluate_open_stages(
         except Exception:
             if not keep_going:
                 raise
-            logger.exception("rollout %s: evaluation failed; retrying on the next pass", plan_id)
+            dberrors.log_background_failure(
+                logger, "rollout %s: evaluation failed; retrying on the next pass", plan_id
+            )
             rollout_metrics.EVALUATOR_ERRORS.inc()
             continue
         if outcome.action:
@@ -251,7 +253,9 @@ def _run(stop: threading.Event) -> None:
         except leader.NotLeader as exc:
             logger.warning("rollout evaluation stopped: %s", exc)
         except Exception:  # keep the thread alive; the next pass retries
-            logger.exception("rollout evaluation failed; retrying in %ss", INTERVAL_SECONDS)
+            dberrors.log_background_failure(
+                logger, "rollout evaluation failed; retrying in %ss", INTERVAL_SECONDS
+            )
             rollout_metrics.EVALUATOR_ERRORS.inc()
         finally:
             close_old_connections()

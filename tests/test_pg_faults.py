@@ -248,3 +248,35 @@ def test_three_replicas_started_together_on_an_empty_database_all_come_up(
     finally:
         for srv in replicas:
             srv.stop()
+
+
+def test_a_background_thread_logs_a_lost_database_as_one_warning_line(caplog):
+    """A database restart under the evaluator, the webhook dispatcher, the pruner or the CRL sync
+    is expected (they retry on their next round): one warning line, no traceback; anything else
+    keeps its traceback."""
+    import logging
+
+    import psycopg
+    from django.db import OperationalError
+
+    from core.dberrors import log_background_failure
+
+    log = logging.getLogger("orchestrator.test.background")
+    with caplog.at_level(logging.WARNING, logger=log.name):
+        try:
+            try:
+                raise psycopg.errors.AdminShutdown(
+                    "terminating connection due to administrator command"
+                )
+            except psycopg.Error as exc:
+                raise OperationalError(str(exc)) from exc
+        except Exception:
+            log_background_failure(log, "rollout evaluation failed; retrying in %ss", 2)
+        try:
+            raise ValueError("a bug")
+        except Exception:
+            log_background_failure(log, "rollout evaluation failed; retrying in %ss", 2)
+    lost, bug = caplog.records
+    assert lost.levelno == logging.WARNING and lost.exc_info is None
+    assert "database is busy or unavailable: terminating connection" in lost.getMessage()
+    assert bug.levelno == logging.ERROR and bug.exc_info is not None

@@ -194,3 +194,17 @@ def call(
         except ValueError:
             body = raw.decode(errors="replace")
         return err.code, dict(err.headers), body
+
+
+def wait_until(
+    predicate: Any, *, timeout: float = 20.0, what: str = "condition", step: float = 0.1
+) -> Any:
+    """Poll `predicate` until it returns something truthy (returned) or `timeout` seconds pass
+    (AssertionError naming `what`): the end-to-end tests' wait on a condition with a deadline."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(step)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")

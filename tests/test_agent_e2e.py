@@ -34,21 +34,12 @@ from autonomy_agent import (
     UnsignedRelease,
 )
 from tests.fakeplane import TamperingProxy, key_id, write_public
-from tests.liveserver import BIN, ServeProcess, child_env, cli
+from tests.liveserver import BIN, ServeProcess, child_env, cli, wait_until
 
 pytestmark = pytest.mark.e2e
 
 NODE = "edge-1"
 RECORD = 'env | grep ^AUTONOMY_ | sort > "$MARKER"; echo "applied $AUTONOMY_RELEASE_ID"'
-
-
-def wait_for(predicate, *, timeout: float = 30.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def request(
@@ -197,7 +188,9 @@ def test_verified_end_to_end_and_every_forgery_refused(tmp_path):
         rotated = cli("signing-key", "rotate", "--data-dir", str(data))
         assert rotated.returncode == 0, rotated.stderr
         old_key_id = headers["X-Autonomy-Key-Id"]
-        wait_for(lambda: raw_poll(srv)[0]["X-Autonomy-Key-Id"] != old_key_id, what="rotation")
+        wait_until(
+            lambda: raw_poll(srv)[0]["X-Autonomy-Key-Id"] != old_key_id, timeout=30, what="rotation"
+        )
         publish(srv, release("r3"))
         agent.cycle()
         assert isinstance(agent.last_error, UnknownKey)
@@ -305,7 +298,7 @@ def test_the_agent_cli_survives_a_restart_and_a_60s_outage_losing_no_event(tmp_p
             _, _, acks = request(srv, "GET", "/v1/releases/r1/acks", token=admin)
             return [a["status"] for a in acks["acks"]] == ["active"]
 
-        wait_for(acked, what="the agent's active ack")
+        wait_until(acked, timeout=30, what="the agent's active ack")
 
         # A quick restart, then a 60 s outage.
         for outage in (0.0, 60.0):
@@ -315,8 +308,9 @@ def test_the_agent_cli_survives_a_restart_and_a_60s_outage_losing_no_event(tmp_p
                 assert _spooled(state) > 0  # what the agent made meanwhile waits on disk
             srv.start()
             seen = len(_server_events(srv, admin))
-            wait_for(
+            wait_until(
                 lambda seen=seen: len(_server_events(srv, admin)) > seen and _spooled(state) == 0,
+                timeout=30,
                 what="the spool to drain after the server came back",
             )
 

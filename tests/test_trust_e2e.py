@@ -8,7 +8,6 @@ from __future__ import annotations
 import base64
 import json
 import sqlite3
-import time
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from releases import release_signing
-from tests.liveserver import ServeProcess, cli, free_port, run_serve_expect_exit
+from tests.liveserver import ServeProcess, cli, free_port, run_serve_expect_exit, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -54,16 +53,6 @@ def poll(srv: ServeProcess, node_id: str) -> requests.Response:
 
 def post(srv: ServeProcess, path: str, body: Any) -> requests.Response:
     return requests.post(srv.url(path), json=body, timeout=10)
-
-
-def until(condition: Any, what: str, timeout: float = 20.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def release(private: Ed25519PrivateKey, release_id: str, **fields: Any) -> dict[str, Any]:
@@ -128,7 +117,9 @@ def test_signed_desired_state_end_to_end(tmp_path: Path) -> None:
         assert rotated.returncode == 0, rotated.stderr
         new_key = rotated.stdout.strip()
         assert new_key != first_key
-        until(lambda: poll(srv, "n-canary").headers["X-Autonomy-Key-Id"] == new_key, "new key")
+        wait_until(
+            lambda: poll(srv, "n-canary").headers["X-Autonomy-Key-Id"] == new_key, what="new key"
+        )
         keys = pinned(srv)
         assert set(keys) == {first_key, new_key}
         listed = cli("signing-key", "--all", "--key-id", "--data-dir", str(data_dir))
@@ -154,12 +145,12 @@ def test_signed_desired_state_end_to_end(tmp_path: Path) -> None:
             db.execute(
                 "UPDATE rollouts_rolloutplan SET spec = ? WHERE plan_id = ?", (altered, "plan-e2e")
             )
-        until(
+        wait_until(
             lambda: (
                 requests.get(srv.url("/v1/rollouts/plan-e2e"), timeout=10).json()["phase"]
                 == "halted"
             ),
-            "the tampered plan to halt",
+            what="the tampered plan to halt",
         )
         assert verify(poll(srv, "n-intruder"), keys)["release_id"] == "r1"
         detail = requests.get(srv.url("/v1/rollouts/plan-e2e"), timeout=10).json()

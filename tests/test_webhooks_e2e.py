@@ -15,7 +15,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tests.liveserver import ServeProcess, call, cli, free_port, share_keys
+from tests.liveserver import ServeProcess, call, cli, free_port, share_keys, wait_until
 from tests.pg import temp_database
 from tests.webhooks import Receiver
 
@@ -61,16 +61,6 @@ def insert_endpoint(data: Path, url: str, events: str) -> None:
         )
 
 
-def wait_until(predicate, timeout: float = 15, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
 def test_halts_arrive_signed_once_past_a_dead_endpoint_and_a_failing_one_is_retried(tmp_path):
     data = tmp_path / "data"
     with Receiver() as rx:
@@ -81,7 +71,7 @@ def test_halts_arrive_signed_once_past_a_dead_endpoint_and_a_failing_one_is_retr
         metrics = ("--metrics-addr", f"127.0.0.1:{free_port()}")
         with ServeProcess(data, *metrics, env=ENV) as srv:
             halt_a_plan(srv, 1)
-            wait_until(lambda: rx.hanging, what="the dead endpoint to be called")
+            wait_until(lambda: rx.hanging, timeout=15, what="the dead endpoint to be called")
             [first] = rx.wait_for(1, "/ok")
             # The dead endpoint still holds the first event: a dispatcher that sent in turn
             # would wait 30 s on it before the live endpoint got the second.
@@ -146,6 +136,7 @@ def test_a_restart_in_the_middle_delivers_exactly_once(tmp_path):
         halt_a_plan(srv, 1)
         wait_until(
             lambda: sqlite_rows(data, "SELECT COUNT(*) FROM notifications_webhookattempt")[0][0],
+            timeout=15,
             what="a failed attempt",
         )
     finally:
@@ -215,7 +206,7 @@ def test_two_replicas_on_postgres_deliver_each_event_once_also_after_the_leader_
                         return srv
                 return None
 
-            dead = wait_until(leader, what="a leader")
+            dead = wait_until(leader, timeout=15, what="a leader")
             dead.stop(signal.SIGKILL)
             survivor = next(srv for srv in replicas if srv is not dead)
             halt_a_plan(survivor, 5)

@@ -445,30 +445,74 @@ def _pct(data: list[float], p: float) -> float:
     return data[min(len(data) - 1, int(p / 100 * len(data)))]
 
 
+def proc_tree(pid: int) -> list[int]:
+    """`pid` and its descendants (serve --workers: the supervisor and its workers)."""
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        for task in Path(f"/proc/{current}/task").glob("*/children"):
+            try:
+                todo += [int(child) for child in task.read_text().split()]
+            except (OSError, ValueError):
+                continue
+    return found
+
+
 def proc_cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as fh:
-        fields = fh.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """CPU seconds of the process and its descendants (each worker of serve --workers)."""
+    total = 0
+    for one in proc_tree(pid):
+        try:
+            with open(f"/proc/{one}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def proc_runqueue_wait_seconds(pid: int) -> float:
-    """Seconds the process's threads spent runnable but waiting for a CPU (schedstat; threads
-    that already ended are not counted): how much other work on the machine held it back."""
+    """Seconds the process tree's threads spent runnable but waiting for a CPU (schedstat;
+    threads that already ended are not counted): how much other work on the machine held it
+    back."""
     total = 0
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            total += int((task / "schedstat").read_text().split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
+    for one in proc_tree(pid):
+        for task in Path(f"/proc/{one}/task").glob("*/schedstat"):
+            try:
+                total += int(task.read_text().split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
     return total / 1e9
 
 
 def proc_peak_rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as fh:
-        for line in fh:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
+    """The sum of each process's peak RSS (VmHWM) over the tree: an upper bound with workers,
+    since pages the workers share (forked from one parent) count once per worker."""
+    total = 0
+    for one in proc_tree(pid):
+        try:
+            with open(f"/proc/{one}/status") as fh:
+                for line in fh:
+                    if line.startswith("VmHWM:"):
+                        total += int(line.split()[1])
+        except OSError:
+            continue
+    return total / 1024
+
+
+def proc_pss_mb(pid: int) -> float:
+    """The tree's proportional set size now (shared pages split between the processes)."""
+    total = 0
+    for one in proc_tree(pid):
+        try:
+            with open(f"/proc/{one}/smaps_rollup") as fh:
+                for line in fh:
+                    if line.startswith("Pss:"):
+                        total += int(line.split()[1])
+        except OSError:
+            continue
+    return total / 1024
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -483,6 +527,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="keep-alive connections in all (serve allows 64 per client address by default)",
     )
     parser.add_argument("--client-processes", type=int, default=2)
+    parser.add_argument(
+        "--workers", type=int, default=1, help="serve --workers N (serving processes, SQLite)"
+    )
     parser.add_argument("--failed-share", type=float, default=0.01)
     parser.add_argument(
         "--stages",
@@ -517,6 +564,8 @@ def run(args: argparse.Namespace, emit: Callable[[dict[str, Any]], None]) -> dic
     store = "postgresql" if args.postgres_url else "sqlite"
     print(f"machine: {machine_summary()}; store {store}; work dir {work}", file=sys.stderr)
     extra = list(args.serve_arg)
+    if args.workers != 1:
+        extra += ["--workers", str(args.workers)]
     if args.postgres_url:
         extra += ["--postgres-url", args.postgres_url]
     srv = start_orchestrator(work / "data", *extra, log=work / "serve.log")
@@ -540,7 +589,11 @@ def run(args: argparse.Namespace, emit: Callable[[dict[str, Any]], None]) -> dic
         cpu_before = proc_cpu_seconds(srv.proc.pid)
         wait_before = proc_runqueue_wait_seconds(srv.proc.pid)
         began = time.time()
-        time.sleep(max(0.0, start_at + args.seconds - time.time()))
+        peak_pss = proc_pss_mb(srv.proc.pid)
+        processes = len(proc_tree(srv.proc.pid))
+        while time.time() < start_at + args.seconds:  # sample the tree's PSS every 5 s
+            time.sleep(max(0.0, min(5.0, start_at + args.seconds - time.time())))
+            peak_pss = max(peak_pss, proc_pss_mb(srv.proc.pid))
         cpu_window = proc_cpu_seconds(srv.proc.pid) - cpu_before
         wait_window = proc_runqueue_wait_seconds(srv.proc.pid) - wait_before
         window = time.time() - began
@@ -554,6 +607,7 @@ def run(args: argparse.Namespace, emit: Callable[[dict[str, Any]], None]) -> dic
             raise RuntimeError(f"a generator process failed: {crashes}")
         peak_rss = proc_peak_rss_mb(srv.proc.pid)
         base = {"nodes": args.nodes, "cadence_s": args.cadence, "seconds": args.seconds,
+                "workers": args.workers,
                 "store": store, "auth": args.auth}  # fmt: skip
         statuses: dict[str, int] = {}
         for r in results:
@@ -580,6 +634,8 @@ def run(args: argparse.Namespace, emit: Callable[[dict[str, Any]], None]) -> dic
             "server_cpu_percent": (cpu_window / window * 100, "% of one core"),
             "server_runqueue_wait_percent": (wait_window / window * 100, "% of wall time"),
             "server_peak_rss_mb": (peak_rss, "MiB"),
+            "server_peak_pss_mb": (peak_pss, "MiB"),
+            "server_processes": (processes, "processes"),
             "generator_cpu_percent": (generator_cpu / window * 100, "% of one core"),
             "errors_total": (total_errors, "requests"),
             "plan_stages_reached": (len(operator.stages_reached), "stages"),
@@ -599,6 +655,7 @@ def run(args: argparse.Namespace, emit: Callable[[dict[str, Any]], None]) -> dic
             "plan_history": [entry["action"] for entry in operator.transitions],
             "statuses": statuses,
             "server_peak_rss_mb": peak_rss,
+            "server_peak_pss_mb": peak_pss,
         }
         emit({"figure": "plan_phase", "value": operator.phase, "unit": "", **base})
     finally:

@@ -60,6 +60,17 @@ def prepare_data_dir(path: Path) -> list[str]:
     return warnings
 
 
+def prepare_workers_dir(data_dir: Path) -> Path:
+    """`serve --workers N`: the workers' meeting place in the data dir (0700; core.workers)."""
+    path = data_dir / "workers"
+    try:
+        path.mkdir(mode=0o700, exist_ok=True)
+        os.chmod(path, 0o700)
+    except OSError as exc:
+        raise DataDirError(f"cannot create {path}: {exc.strerror or exc}") from exc
+    return path
+
+
 def load_or_create_secret(path: Path) -> str:
     """The Django secret key kept in the data dir (0600), so admin logins survive restarts."""
     key_file = path / SECRET_FILENAME

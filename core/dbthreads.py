@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 
 from django.db import DatabaseError, InterfaceError, OperationalError, connection
 
-from core import dberrors
+from core import dberrors, sharedstate
 
 logger = logging.getLogger("orchestrator.db")
 
@@ -154,6 +154,11 @@ def write_turn() -> Any:
     """
     if connection.vendor != "sqlite":
         yield
+        return
+    shared = sharedstate.state()
+    if shared is not None:  # serve --workers: the writers of every worker take turns
+        with shared.write_lock():
+            yield
         return
     with _write_turn:
         yield

@@ -275,7 +275,7 @@ class LeaderView(APIView):
                 "current_epoch": row["epoch"],
                 "holder_id": row["holder_id"],
                 "acquired_at": _iso(row["acquired_at"]),
-                "session_lock_held": leader.elector.is_leader(),
+                "session_lock_held": leader.elector.serve_leads(),
             }
         )
 

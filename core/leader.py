@@ -101,6 +101,7 @@ class Elector:
         # Called after each round on the elector thread (e.g. refresh the replication gauges).
         self.hooks: list[Any] = []
         self._last_error = ""
+        self.leads_with_primary = False  # serve --workers on SQLite, in a non-primary worker
 
     # ---- what the rest of the process asks ----
 
@@ -117,6 +118,12 @@ class Elector:
         with self._lock:
             return self._leading()
 
+    def serve_leads(self) -> bool:
+        """Whether this serve leads, for the health and status routes: `is_leader()`, or a
+        non-primary worker of `serve --workers N` on SQLite, whose primary worker holds the
+        lease for the one serve the store has (background work runs in the primary only)."""
+        return self.leads_with_primary or self.is_leader()
+
     def lease(self) -> tuple[int, str]:
         """(epoch, token) of this replica's leadership; NotLeader when it does not lead."""
         with self._lock:
@@ -125,7 +132,7 @@ class Elector:
             return self._epoch, self._token
 
     def snapshot(self) -> dict[str, Any]:
-        leader = self.is_leader()
+        leader = self.serve_leads()
         with self._lock:
             return {
                 "node_id": self.node_id,

@@ -67,10 +67,16 @@ def parse_listen(value: str, flag: str = "--listen") -> ListenAddress:
     return ListenAddress(host=host, port=int(port_text), family=family)
 
 
-def bind_socket(address: ListenAddress, flag: str = "--listen") -> socket.socket:
+def bind_socket(
+    address: ListenAddress, flag: str = "--listen", *, reuse_port: bool = False
+) -> socket.socket:
+    """A listening socket; `reuse_port` (serve --workers) lets the other workers' sockets bind
+    the same port (SO_REUSEPORT: the kernel spreads new connections over them)."""
     sock = socket.socket(address.family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if address.family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         sock.bind((address.host, address.port))

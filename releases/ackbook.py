@@ -13,8 +13,14 @@ ack of the release per evaluation pass. The book answers both from memory:
 - per (release, tracker key): the count of each status among the acks a membership rule counts
   (`counts`), computed once from the statuses and then moved by each applied ack.
 
-Only for the SQLite store, where one `serve` process owns the database, so every ack passes
-through this process. On PostgreSQL several processes may serve one database; `usable()` is
+Only for the SQLite store, where one `serve` owns the database, so every ack passes through it.
+Under `serve --workers N` each worker has its own book, and the acks committed by any worker
+reach every book through the shared ack ring (`core.sharedstate`): the ack writer appends each
+committed group to the ring while it holds the cross-process write lock (so the ring is in
+commit order), and every book replays the ring's new records before it answers (`sync`); the
+writer's own worker replays them the same way instead of applying its group directly, so every
+book sees the acks in one order. A book that fell a whole ring behind forgets everything and
+reloads. On PostgreSQL several processes may serve one database; `usable()` is
 False there and callers query the database as before. Reads inside a transaction (tests, admin
 actions) never use the book either: what they see may be rolled back.
 
@@ -33,6 +39,7 @@ from typing import Any
 from django.db import connection
 from django.db.models.signals import post_delete, post_migrate, post_save
 
+from core import sharedstate
 from releases.models import NodeAck, Release
 
 MAX_RELEASES = 16
@@ -82,6 +89,36 @@ class AckBook:
         self._lock = threading.Lock()
         self._entries: dict[int, _Entry] = {}
         self.loads = 0  # how many times a release's acks were read from the database
+        self._ring_at: int | None = None  # the next ring record to replay (serve --workers)
+        self._resets = sharedstate.Watch(sharedstate.ACKS_RESET)
+
+    def sync(self) -> None:
+        """Replay the acks other workers (and this one) committed since the last look; forget
+        everything when another worker wrote acks around the writer or the ring moved on."""
+        shared = sharedstate.state()
+        if shared is None:
+            return
+        if self._resets.moved():
+            self._forget(shared.head())
+        if shared.head() == self._ring_at:
+            return
+        with self._lock:
+            if self._ring_at is None:
+                self._entries.clear()
+                self._ring_at = shared.head()
+                return
+            got = shared.read_acks(self._ring_at)
+            if got is None:  # overwritten before this worker looked: start again
+                self._entries.clear()
+                self._ring_at = shared.head()
+                return
+            acks, self._ring_at = got
+            self._apply_locked(acks)
+
+    def _forget(self, ring_at: int | None) -> None:
+        with self._lock:
+            self._entries.clear()
+            self._ring_at = ring_at
 
     @staticmethod
     def usable() -> bool:
@@ -92,6 +129,7 @@ class AckBook:
         another thread is loading it (the caller asks the database this once)."""
         if not self.usable():
             return None
+        self.sync()
         entry = self._entries.get(release_pk)
         if entry is not None:
             return entry if entry.ready else None
@@ -126,6 +164,7 @@ class AckBook:
     def is_active_cached(self, release_pk: int, node_id: str) -> bool | None:
         """`is_active` without ever touching the database (None when not loaded); safe on the
         event loop."""
+        self.sync()
         entry = self._entries.get(release_pk)
         if entry is None or not entry.ready:
             return None
@@ -158,21 +197,39 @@ class AckBook:
             )
             return dict(tracker.by_status), active
 
+    def committed(self, acks: list[tuple[int, str, str]]) -> None:
+        """The ack writer's group just committed (and, under --workers, went to the ring)."""
+        if sharedstate.state() is not None:
+            self.sync()
+        else:
+            self.apply(acks)
+
     def apply(self, acks: list[tuple[int, str, str]]) -> None:
-        """(release pk, node_id, status) of acks just committed, in commit order."""
+        """(release pk, node_id, status) of acks just committed, in commit order. Under
+        --workers only the ring knows the commit order across workers: forget everything here
+        and in the other workers instead (a rare path: acks stored inside a caller's
+        transaction)."""
+        if sharedstate.state() is not None:
+            self.invalidate()
+            return
         with self._lock:
-            for release_pk, node, status in acks:
-                entry = self._entries.get(release_pk)
-                if entry is None:
-                    continue
-                if entry.ready:
-                    entry.set(node, status)
-                else:
-                    entry.pending.append((node, status))
+            self._apply_locked(acks)
+
+    def _apply_locked(self, acks: list[tuple[int, str, str]]) -> None:
+        for release_pk, node, status in acks:
+            entry = self._entries.get(release_pk)
+            if entry is None:
+                continue
+            if entry.ready:
+                entry.set(node, status)
+            else:
+                entry.pending.append((node, status))
 
     def invalidate(self) -> None:
+        """Acks changed around the writer: forget them here and in the other workers."""
         with self._lock:
             self._entries.clear()
+        sharedstate.bump(sharedstate.ACKS_RESET)
 
 
 ack_book = AckBook()

@@ -21,7 +21,7 @@ from django.db.models.functions import RowNumber
 from django.db.models.signals import post_delete, post_migrate, post_save
 from django.utils import timezone
 
-from core import jsonvalues
+from core import jsonvalues, sharedstate
 from core.errors import ApiError
 from core.params import format_rfc3339, param_error, seconds_before
 from releases.ackbook import ack_book as ack_book  # for rollouts: the in-process ack book
@@ -176,21 +176,30 @@ class _LatestCache:
     this process; `invalidate()` runs on every Release save/delete (signals below) and after each
     publish commits. A generation counter makes a read that raced with a publish drop its result
     instead of caching a stale answer. Reads inside a transaction (tests, admin actions) neither
-    use nor fill the cache: what they see may be rolled back.
+    use nor fill the cache: what they see may be rolled back. Under `serve --workers N` a publish
+    in one worker reaches the others through a shared change counter (`core.sharedstate`),
+    checked before every read of the cache.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._generation = 0
         self._entries: dict[str, tuple[Release | None, bytes | None]] = {}
+        self._others = sharedstate.Watch(sharedstate.RELEASES)
 
     def usable(self) -> bool:
         return connection.vendor == "sqlite" and not connection.in_atomic_block
 
+    def _sync(self) -> None:
+        if self._others.moved():  # another worker published or changed a release
+            self._drop()
+
     def get(self, channel: str) -> tuple[Release | None, bytes | None] | None:
+        self._sync()
         return self._entries.get(channel)
 
     def generation(self) -> int:
+        self._sync()
         return self._generation
 
     def put(
@@ -202,10 +211,15 @@ class _LatestCache:
                     self._entries.clear()
                 self._entries[channel] = entry
 
-    def invalidate(self) -> None:
+    def _drop(self) -> None:
         with self._lock:
             self._generation += 1
             self._entries.clear()
+
+    def invalidate(self) -> None:
+        """A release changed in this process: empty the cache here and in the other workers."""
+        self._drop()
+        sharedstate.bump(sharedstate.RELEASES)
 
 
 MAX_CACHED_CHANNELS = 1024

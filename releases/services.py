@@ -227,7 +227,7 @@ def node_acks_store(*, writes: list[AckWrite]) -> list[Outcome | ApiError]:
     return [result for result in results if result is not None]
 
 
-def _book_entries(outcomes: list[Outcome | ApiError]) -> list[tuple[int, str, str]]:
+def book_entries(outcomes: list[Outcome | ApiError]) -> list[tuple[int, str, str]]:
     return [
         (outcome.obj.release.pk, outcome.obj.node_id, outcome.obj.status)
         for outcome in outcomes
@@ -238,10 +238,10 @@ def _book_entries(outcomes: list[Outcome | ApiError]) -> list[tuple[int, str, st
 def acks_committed(outcomes: list[Outcome | ApiError]) -> None:
     """After a group of acks committed: the in-process ack book learns them (before anyone is
     answered: read-your-writes for the next poll) and the rollout evaluator re-checks gates."""
-    stored = _book_entries(outcomes)
+    stored = book_entries(outcomes)
     if not stored:
         return
-    ack_book.apply(stored)
+    ack_book.committed(stored)
     from rollouts import evaluator
 
     evaluator.poke()
@@ -321,7 +321,7 @@ def node_ack_upsert(
     if connection.in_atomic_block:
         result = node_acks_store(writes=[write])[0]
         if isinstance(result, Outcome):
-            stored = _book_entries([result])
+            stored = book_entries([result])
             connection.on_commit(lambda: ack_book.apply(stored))
             from rollouts import evaluator
 

@@ -28,10 +28,16 @@ from dataclasses import dataclass, field
 
 from django.db import DatabaseError, connection
 
-from core import dberrors
+from core import dberrors, sharedstate
 from core.dbthreads import reset_broken_connection, write_turn
 from core.errors import ApiError
-from releases.services import AckWrite, Outcome, acks_committed, node_acks_store
+from releases.services import (
+    AckWrite,
+    Outcome,
+    acks_committed,
+    book_entries,
+    node_acks_store,
+)
 
 logger = logging.getLogger("orchestrator.releases")
 
@@ -147,7 +153,11 @@ def store_with_retries(writes: list[AckWrite]) -> list[Outcome | ApiError]:
     while True:
         try:
             with write_turn():
-                return node_acks_store(writes=writes)
+                results = node_acks_store(writes=writes)
+                shared = sharedstate.state()
+                if shared is not None and not shared.publish_acks(book_entries(results)):
+                    sharedstate.bump(sharedstate.ACKS_RESET)  # an ack too long for the ring
+                return results
         except DatabaseError as exc:
             if dberrors.is_retryable_conflict(exc) and conflicts < CONFLICT_RETRIES:
                 conflicts += 1

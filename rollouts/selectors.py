@@ -11,6 +11,7 @@ from django.db import connection
 from django.db.models import Count
 from django.db.models.signals import post_delete, post_migrate, post_save
 
+from core import sharedstate
 from core.errors import ApiError
 from core.params import format_rfc3339
 from releases.models import NodeAck, Release
@@ -78,23 +79,31 @@ class _PlanHeads:
     commit; model signals do the same for other writes (admin, tests, flush). A generation
     counter makes a read that raced with a change drop its result instead of caching it. Like
     the latest-release cache (releases.selectors), only for the SQLite store: one `serve`
-    process owns it, so every plan change passes through this process. On PostgreSQL every
-    poll reads the plan head (one indexed query).
+    process owns it, so every plan change passes through this process (under `serve --workers
+    N`, a shared change counter carries the change to the other workers: `core.sharedstate`). On
+    PostgreSQL every poll reads the plan head (one indexed query).
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._generation = 0
         self._entries: dict[int, tuple[int, int] | None] = {}
+        self._others = sharedstate.Watch(sharedstate.PLANS)
 
     @staticmethod
     def usable() -> bool:
         return connection.vendor == "sqlite" and not connection.in_atomic_block
 
+    def _sync(self) -> None:
+        if self._others.moved():  # another worker (serve --workers) changed a plan
+            self._drop()
+
     def get(self, release_pk: int) -> Any:
+        self._sync()
         return self._entries.get(release_pk, _MISSING)
 
     def generation(self) -> int:
+        self._sync()
         return self._generation
 
     def put(self, release_pk: int, generation: int, head: tuple[int, int] | None) -> None:
@@ -104,10 +113,15 @@ class _PlanHeads:
                     self._entries.clear()
                 self._entries[release_pk] = head
 
-    def invalidate(self) -> None:
+    def _drop(self) -> None:
         with self._lock:
             self._generation += 1
             self._entries.clear()
+
+    def invalidate(self) -> None:
+        """A plan changed in this process: empty the cache here and in the other workers."""
+        self._drop()
+        sharedstate.bump(sharedstate.PLANS)
 
 
 plan_heads = _PlanHeads()

@@ -25,11 +25,19 @@ from core import (
     pglock,
     pgurl,
     revocation,
+    sharedstate,
     store_metrics,
     tls,
+    workers,
 )
 from core.auth import AuthMode, Enforcement, Kind, Principal, auth_mode, startup_refusal
-from core.datadir import DataDirError, load_or_create_secret, prepare_data_dir, private_umask
+from core.datadir import (
+    DataDirError,
+    load_or_create_secret,
+    prepare_data_dir,
+    prepare_workers_dir,
+    private_umask,
+)
 from core.edge import configure_auth
 from core.flags import env_default, env_list, parse_duration
 from core.hardening import with_hsts
@@ -44,13 +52,16 @@ from core.requestid import with_request_id
 from core.server import (
     SCOPE_HOOKS,
     ClientLimits,
+    ListenAddress,
     Listener,
     ServeError,
     bind_socket,
     parse_listen,
     run_daphne,
 )
+from core.supervisor import supervise
 from core.tls import ServerTls, TlsConfig, TlsError, make_scope_hook
+from core.walcheckpoint import Checkpointer, disable_autocheckpoint
 from crl.apps import CrlConfig
 from crl.services import CrlSyncConfig, CrlSyncThread
 from crl.shared import CrlShareThread
@@ -58,6 +69,8 @@ from crl.store import CrlStore
 from releases.release_signing import ReleaseSignatureError, load_public_keys
 from rollouts.selectors import signing_key_refusal
 from rollouts.signing import SigningKeyError, current_key, key_path
+
+MAX_WORKERS = sharedstate.MAX_WORKERS
 
 logger = logging.getLogger("orchestrator.serve")
 
@@ -79,6 +92,14 @@ class Command(BaseCommand):
             default=env_default("listen", DEFAULT_LISTEN),
             help="TCP address host:port, [v6]:port or :port (default 127.0.0.1:8888; "
             "AUTONOMY_LISTEN)",
+        )
+        parser.add_argument(
+            "--workers",
+            metavar="N",
+            default=env_default("workers", "1"),
+            help="serving processes sharing --listen (SO_REUSEPORT), 1 to "
+            f"{MAX_WORKERS}; SQLite only: on PostgreSQL run more replicas (docs/serve.md#workers) "
+            "(default 1; AUTONOMY_WORKERS)",
         )
         parser.add_argument(
             "--data-dir",
@@ -328,8 +349,18 @@ class Command(BaseCommand):
         settings.RELEASE_TRUST_KEYS = self._release_trust_keys(options)
         signing_key_file = str(options["signing_key_file"] or "").strip()
 
-        # Bind first: a port in use is reported before the data dir is touched.
-        main = Listener("main", bind_socket(listen), listen.family)
+        worker_count = self._workers(options, using_postgres=bool(postgres_url))
+        # Bind first: a port in use is reported before the data dir is touched. With --workers,
+        # one SO_REUSEPORT socket per worker on the same port (the kernel spreads connections).
+        main = Listener("main", bind_socket(listen, reuse_port=worker_count > 1), listen.family)
+        worker_socks = [main.sock]
+        if worker_count > 1:
+            same_port = ListenAddress(
+                host=listen.host, port=main.sock.getsockname()[1], family=listen.family
+            )
+            worker_socks += [
+                bind_socket(same_port, reuse_port=True) for _ in range(worker_count - 1)
+            ]
         listeners = [main]
         if server_tls is not None:
             main.scheme = "https"
@@ -447,83 +478,147 @@ class Command(BaseCommand):
                 )
             logger.info("data store: %s", store, extra={"store": store})
 
-        recorder = DenialRecorder()
+        def serve_here(listeners: list[Listener], index: int) -> None:
+            """One serving process: background work (the primary only), then the listeners."""
+            primary = index == 0
+            recorder = DenialRecorder()
 
-        def on_denied(**denial: Any) -> None:
-            recorder.record(Denial(**denial))
+            def on_denied(**denial: Any) -> None:
+                recorder.record(Denial(**denial))
 
-        def on_revoked_certificate(subject: str, serial: str, client: str | None) -> None:
-            recorder.record(
-                Denial(
-                    principal=Principal(Kind.CERT, subject, rejected="certificate revoked"),
-                    route=None,
-                    reason="certificate_revoked",
-                    status=0,  # refused in the TLS handshake: no HTTP answer
-                    source_ip=client,
-                    target=f"serial={serial}",
-                    event_name="cert.revocation.rejected",
+            def on_revoked_certificate(subject: str, serial: str, client: str | None) -> None:
+                recorder.record(
+                    Denial(
+                        principal=Principal(Kind.CERT, subject, rejected="certificate revoked"),
+                        route=None,
+                        reason="certificate_revoked",
+                        status=0,  # refused in the TLS handshake: no HTTP answer
+                        source_ip=client,
+                        target=f"serial={serial}",
+                        event_name="cert.revocation.rejected",
+                    )
                 )
+
+            tls.REVOKED_CLIENT_HOOKS[:] = [on_revoked_certificate]
+
+            watch = revocation.RevocationWatch(revocation.stamp_path(settings.DATA_DIR))
+            revocation_listener = None
+            if postgres_url:  # revocations by other hosts arrive as NOTIFY
+                revocation_listener = revocation.NotifyListener(
+                    watch, pglock.connect_kwargs(settings.DATABASES["default"])
+                )
+                revocation_listener.start()
+            configure_auth(
+                enforcement,
+                resolve_token=edge_token_resolver,
+                on_denied=on_denied,
+                token_ttl=settings.TOKEN_CACHE_TTL_SECONDS,
+                revocations=watch,
             )
+            recorder.start()
+            # Background work a store has once: in the primary worker only (--workers).
+            configure_evaluator(stuck_after=stuck_after)
+            pruner = syncer = snapshots = checkpointer = None
+            if primary and not using_postgres:
+                checkpointer = Checkpointer(str(settings.DATABASES["default"]["NAME"])).start()
+            if primary:
+                leader.elector.hooks.append(ha.refresh_replication)
+                leader.elector.start(node_name)
+                start_background_evaluator()
+                on_outcome = None
+                if metrics_listen is not None:
+                    import notifications.metrics
 
-        tls.REVOKED_CLIENT_HOOKS[:] = [on_revoked_certificate]
+                    on_outcome = notifications.metrics.record_outcome
+                start_dispatcher(replica=node_name, on_outcome=on_outcome)
+                from events.retention import start_pruner
 
-        watch = revocation.RevocationWatch(revocation.stamp_path(settings.DATA_DIR))
-        revocation_listener = None
-        if postgres_url:  # revocations by other hosts arrive as NOTIFY
-            revocation_listener = revocation.NotifyListener(
-                watch, pglock.connect_kwargs(settings.DATABASES["default"])
+                pruner = start_pruner(retention_seconds=retention)
+            else:
+                leader.elector.leads_with_primary = True
+            shared = workers.directory()
+            if shared is not None and metrics_listen is not None and not primary:
+                from core import metricsmerge
+
+                snapshots = metricsmerge.start_snapshots(shared, index)
+            if primary and sync_config is not None and crl_store is not None:
+                syncer = CrlSyncThread(config=sync_config, store=crl_store)
+                syncer.start()
+            sharer = None
+            if using_postgres and crl_store is not None:
+                # Every replica enforces the newest CRL the leader adopted (docs/ha.md).
+                sharer = CrlShareThread(crl_store)
+                sharer.start()
+            try:
+                limits = ClientLimits(
+                    header_timeout=settings.CLIENT_HEADER_TIMEOUT_SECONDS,
+                    body_timeout=settings.CLIENT_BODY_TIMEOUT_SECONDS,
+                    max_connections_per_client=settings.MAX_CONNECTIONS_PER_CLIENT,
+                    max_body_bytes=settings.MAX_REQUEST_BODY_BYTES,
+                )
+                run_daphne(
+                    application,
+                    listeners,
+                    on_ready=ready if primary else lambda: None,
+                    periodic=periodic,
+                    limits=limits,
+                )
+            finally:
+                if snapshots is not None:
+                    snapshots.stop()
+                if checkpointer is not None:
+                    checkpointer.stop()
+                stop_dispatcher()
+                if pruner is not None:
+                    pruner.stop()
+                if syncer is not None:
+                    syncer.stop()
+                if sharer is not None:
+                    sharer.stop()
+                recorder.stop()
+                if revocation_listener is not None:
+                    revocation_listener.stop()
+                leader.elector.stop()
+
+        if not using_postgres:
+            # Checkpoints run in the primary's own thread, not inside a writer's COMMIT.
+            disable_autocheckpoint(settings.DATABASES["default"]["OPTIONS"])
+            connections.close_all()
+
+        shared_dir = None
+        if worker_count > 1:
+            shared_dir = prepare_workers_dir(data_dir)
+            sharedstate.SharedState.create(shared_dir)
+            connections.close_all()  # every worker opens its own connections after the fork
+
+            def run_worker(index: int) -> int:
+                workers.configure(index=index, count=worker_count, directory=shared_dir)
+                sharedstate.attach(shared_dir, index)
+                for i, sock in enumerate(worker_socks):
+                    if i != index:
+                        sock.close()
+                main.sock = worker_socks[index]
+                mine = [main]
+                for listener in listeners[1:]:
+                    if index == 0:
+                        mine.append(listener)  # the metrics listener: the primary only
+                    else:
+                        listener.sock.close()
+                serve_here(mine, index)
+                return 0
+
+            logger.info(
+                "starting %d workers on %s (SQLite in %s)",
+                worker_count,
+                main.bound(),
+                data_dir,
+                extra={"workers": worker_count},
             )
-            revocation_listener.start()
-        configure_auth(
-            enforcement,
-            resolve_token=edge_token_resolver,
-            on_denied=on_denied,
-            token_ttl=settings.TOKEN_CACHE_TTL_SECONDS,
-            revocations=watch,
-        )
-        recorder.start()
-        leader.elector.hooks.append(ha.refresh_replication)
-        leader.elector.start(node_name)
-        configure_evaluator(stuck_after=stuck_after)
-        start_background_evaluator()
-        on_outcome = None
-        if metrics_listen is not None:
-            import notifications.metrics
-
-            on_outcome = notifications.metrics.record_outcome
-        start_dispatcher(replica=node_name, on_outcome=on_outcome)
-        from events.retention import start_pruner
-
-        pruner = start_pruner(retention_seconds=retention)
-        syncer = None
-        if sync_config is not None and crl_store is not None:
-            syncer = CrlSyncThread(config=sync_config, store=crl_store)
-            syncer.start()
-        sharer = None
-        if using_postgres and crl_store is not None:
-            # Every replica enforces the newest CRL the leader adopted (docs/ha.md).
-            sharer = CrlShareThread(crl_store)
-            sharer.start()
-        try:
-            limits = ClientLimits(
-                header_timeout=settings.CLIENT_HEADER_TIMEOUT_SECONDS,
-                body_timeout=settings.CLIENT_BODY_TIMEOUT_SECONDS,
-                max_connections_per_client=settings.MAX_CONNECTIONS_PER_CLIENT,
-                max_body_bytes=settings.MAX_REQUEST_BODY_BYTES,
-            )
-            run_daphne(application, listeners, on_ready=ready, periodic=periodic, limits=limits)
-        finally:
-            stop_dispatcher()
-            if pruner is not None:
-                pruner.stop()
-            if syncer is not None:
-                syncer.stop()
-            if sharer is not None:
-                sharer.stop()
-            recorder.stop()
-            if revocation_listener is not None:
-                revocation_listener.stop()
-            leader.elector.stop()
+            code = supervise(worker_count, run_worker)
+            if code:
+                raise ServeError("a worker kept failing at start; see the lines above")
+            return
+        serve_here(listeners, 0)
 
     def _auth(self, mode: AuthMode, main: Listener, server_tls: ServerTls | None) -> Enforcement:
         """§6 `--auth`: refuse an exposed listener nobody could authenticate to; log the mode."""
@@ -639,6 +734,21 @@ class Command(BaseCommand):
             raise ServeError(f"cannot check the shared keys: {pgurl.first_line(exc)}") from None
         finally:
             connections.close_all()
+
+    def _workers(self, options: dict[str, Any], *, using_postgres: bool) -> int:
+        text = str(options["workers"]).strip()
+        try:
+            count = int(text)
+        except ValueError:
+            raise ServeError(f"--workers must be a whole number, not {text!r}") from None
+        if not 1 <= count <= MAX_WORKERS:
+            raise ServeError(f"--workers must be 1 to {MAX_WORKERS}, not {count}")
+        if count > 1 and using_postgres:
+            raise ServeError(
+                "--workers is for SQLite; on PostgreSQL run more replicas of serve instead "
+                "(docs/ha.md)"
+            )
+        return count
 
     def _pool(self, options: dict[str, Any]) -> tuple[int, float]:
         try:

@@ -26,7 +26,7 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Histogram, generate_latest
 
-from core import observability
+from core import metricsmerge, observability, workers
 
 logger = logging.getLogger("orchestrator.metrics")
 
@@ -95,10 +95,14 @@ def drop_django_latency_histograms(django_metrics: object) -> list[str]:
 
 def render() -> bytes:
     """The exposition text. Collectors may read the store (rollout phases): call it off the
-    event loop."""
+    event loop. Under `serve --workers N` the primary's text also counts the other workers'
+    requests (their snapshots, `core.metricsmerge`); with one worker it is the registry's."""
     from django.db import connections
 
     try:
+        directory = workers.directory()
+        if directory is not None and workers.is_primary():
+            return metricsmerge.render(directory, workers.index(), REGISTRY, workers.count())
         return generate_latest(REGISTRY)
     finally:
         connections.close_all()

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 
 import orjson
 
+from core import workers
 from core.requestid import RequestIdFilter
 
 LEVELS = {
@@ -79,10 +80,20 @@ def escape_controls(text: str) -> str:
     return _CONTROL.sub(_escape_char, text)
 
 
+class WorkerFilter(logging.Filter):
+    """Under `serve --workers N`, `worker` (the worker's index) on every record of a worker."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if workers.count() > 1 and getattr(record, "worker", None) is None:
+            record.worker = workers.index()
+        return True
+
+
 class TextFormatter(logging.Formatter):
     """One line per record; control characters in the message are escaped. A traceback follows
     on lines of its own, each indented, so none of them can pass for a record. A record logged
-    during a request ends with ` request_id=<id>` (`core.requestid`)."""
+    during a request ends with ` request_id=<id>` (`core.requestid`), and one of a worker of
+    `serve --workers N` with ` worker=<index>`."""
 
     def format(self, record: logging.LogRecord) -> str:
         level = _LEVEL_NAMES.get(record.levelno, record.levelname.lower())
@@ -90,6 +101,9 @@ class TextFormatter(logging.Formatter):
         request_id = getattr(record, "request_id", None)
         if request_id:
             line += f" request_id={request_id}"  # validated by core.requestid: no controls
+        worker = getattr(record, "worker", None)
+        if worker is not None:
+            line += f" worker={worker}"
         if record.exc_info:
             trace = self.formatException(record.exc_info)
             line += "".join("\n  " + escape_controls(part) for part in trace.split("\n"))
@@ -100,6 +114,7 @@ def configure_logging(fmt: str = "text", level: str = "info") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     handler.addFilter(RequestIdFilter())  # `request_id` on every line logged during a request
+    handler.addFilter(WorkerFilter())
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

@@ -3,6 +3,9 @@ detail, and `GET /v1/rollouts/{plan_id}/nodes` paging through the nodes behind e
 
 from __future__ import annotations
 
+import dataclasses
+import threading
+import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -170,6 +173,51 @@ def test_the_gauge_gives_live_plans_stage_counts(plan):
     plan.phase = "cancelled"
     plan.save(update_fields=["phase"])
     assert not [s for s in stage_node_family().samples if s.labels["plan_id"] == "p1"]
+
+
+def test_a_slow_recount_for_new_acks_runs_behind_the_readers(plan, monkeypatch):
+    """A large fleet (a build slower than BACKGROUND_BUILD_SECONDS): a status read after new acks
+    answers at once with the counts it had, while a thread recounts; the next read has them. A
+    plan's change still recounts in the reader's request."""
+    gate = threading.Event()
+    builds: list[str] = []
+    counted: list[progress.PlanProgress] = []
+    real = progress._build
+
+    def slow_build(*args):
+        """The real count first; later ones (the recount's thread has no view of this test's
+        transaction) a copy of it, as a new object."""
+        builds.append(threading.current_thread().name)
+        if len(builds) == 1:
+            counted.append(real(*args))
+            return counted[0]
+        if threading.current_thread().name == "rollout-progress":
+            assert gate.wait(10)
+        return dataclasses.replace(counted[0], version=args[0].version)
+
+    monkeypatch.setattr(progress, "_build", slow_build)
+    monkeypatch.setattr(progress, "_cacheable", lambda: True)
+    monkeypatch.setattr(progress, "REBUILD_COST_FACTOR", 0.0)  # every new ack is worth a recount
+    fingerprint = [(1, None)]
+    monkeypatch.setattr(progress, "_ack_fingerprint", lambda pk: fingerprint[0])
+    progress.clear_cache()
+    first = progress.plan_progress(plan)
+    progress._build_seconds[plan.pk] = progress.BACKGROUND_BUILD_SECONDS  # as if it were slow
+    fingerprint[0] = (2, None)  # new acks
+    assert progress.plan_progress(plan) is first  # not waiting for the recount
+    assert builds[1] == "rollout-progress"
+    assert progress.plan_progress(plan) is first  # one recount at a time
+    gate.set()
+    for _ in range(100):
+        if progress._cache[plan.pk][2] is not first:
+            break
+        time.sleep(0.05)
+    recounted = progress.plan_progress(plan)
+    assert recounted is not first and len(builds) == 2
+    plan.version += 1  # an operator's action: never answered from the older counts
+    plan.save()
+    changed = progress.plan_progress(plan)
+    assert changed.version == plan.version and builds[2] == threading.current_thread().name
 
 
 def test_counts_are_cached_until_the_plan_or_its_acks_change(plan, monkeypatch):

@@ -589,6 +589,9 @@ class Command(BaseCommand):
         if worker_count > 1:
             shared_dir = prepare_workers_dir(data_dir)
             sharedstate.SharedState.create(shared_dir)
+            from core import metricsmerge
+
+            metricsmerge.remove_snapshots(shared_dir)  # an earlier run's counts are not ours
             connections.close_all()  # every worker opens its own connections after the fork
 
             def run_worker(index: int) -> int:

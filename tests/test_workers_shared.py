@@ -1,0 +1,187 @@
+"""What the workers of `serve --workers N` share (core.sharedstate) and the WAL checkpointer
+(core.walcheckpoint), checked in process; several real processes in tests/test_workers.py."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import sqlite3
+import stat
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from core import sharedstate
+from core.sharedstate import ACKS_RESET, PLANS, RELEASES, RING_SLOTS, SharedState, Watch
+from core.walcheckpoint import Checkpointer, disable_autocheckpoint
+
+
+@pytest.fixture
+def shared_dir(tmp_path: Path) -> Path:
+    SharedState.create(tmp_path)
+    return tmp_path
+
+
+def test_files_are_private_and_a_fresh_start_forgets_the_ring(shared_dir: Path) -> None:
+    one = SharedState(shared_dir, 0)
+    assert one.publish_acks([(1, "n-1", "active")])
+    for name in ("shared.state", "write.lock"):
+        assert stat.S_IMODE((shared_dir / name).stat().st_mode) == 0o600
+    one.close()
+    SharedState.create(shared_dir)  # the next serve
+    again = SharedState(shared_dir, 0)
+    assert again.head() == 0
+    assert again.read_acks(0) == ([], 0)
+
+
+def test_acks_published_by_one_worker_are_read_by_another_in_order(shared_dir: Path) -> None:
+    writer, reader = SharedState(shared_dir, 1), SharedState(shared_dir, 0)
+    with writer.write_lock():
+        assert writer.publish_acks([(7, "n-1", "pending"), (7, "n-2", "failed")])
+    with reader.write_lock():
+        assert reader.publish_acks([(7, "n-1", "active"), (9, "nœud-é", "active")])
+    acks, at = writer.read_acks(0)  # type: ignore[misc]
+    assert acks == [
+        (7, "n-1", "pending"),
+        (7, "n-2", "failed"),
+        (7, "n-1", "active"),
+        (9, "nœud-é", "active"),
+    ]
+    assert at == 4
+    assert reader.read_acks(at) == ([], 4)
+    assert reader.read_acks(3) == ([(9, "nœud-é", "active")], 4)
+
+
+def test_a_reader_a_whole_ring_behind_is_told_to_reload(shared_dir: Path) -> None:
+    state = SharedState(shared_dir, 0)
+    batch = [(1, f"n-{i}", "active") for i in range(1000)]
+    while state.head() <= RING_SLOTS:
+        with state.write_lock():
+            state.publish_acks(batch)
+    assert state.read_acks(0) is None  # overwritten: reload from the database
+    recent = state.head() - 10
+    acks, _ = state.read_acks(recent)  # type: ignore[misc]
+    assert len(acks) == 10
+
+
+def test_an_ack_too_long_for_a_slot_is_refused_whole(shared_dir: Path) -> None:
+    state = SharedState(shared_dir, 0)
+    assert not state.publish_acks([(1, "short", "active"), (1, "x" * 600, "active")])
+    assert state.head() == 0  # nothing of the group went out: the caller resets every book
+
+
+def test_change_counters_never_lose_a_bump_of_another_worker(shared_dir: Path) -> None:
+    workers = [SharedState(shared_dir, i) for i in range(3)]
+    before = workers[0].counter(PLANS)
+
+    def bump_many(state: SharedState) -> None:
+        for _ in range(2000):
+            state.bump(PLANS)
+
+    threads = [threading.Thread(target=bump_many, args=(w,)) for w in workers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert workers[1].counter(PLANS) == before + 6000
+    assert workers[2].counter(RELEASES) == workers[2].counter(ACKS_RESET) == 0
+
+
+def test_a_watch_sees_each_change_once(shared_dir: Path) -> None:
+    try:
+        sharedstate.attach(shared_dir, 0)
+        other = SharedState(shared_dir, 1)
+        watch = Watch(RELEASES)
+        assert not watch.moved()
+        other.bump(RELEASES)
+        assert watch.moved()
+        assert not watch.moved()
+        sharedstate.bump(RELEASES)  # this worker's own bump counts too
+        assert watch.moved()
+    finally:
+        sharedstate.attach(None, 0)
+    assert not Watch(RELEASES).moved()  # one worker: nothing to watch
+
+
+def _hold_lock(directory: str, held: multiprocessing.synchronize.Event, go: object) -> None:
+    state = SharedState(Path(directory), 1)
+    with state.write_lock():
+        held.set()
+        go.wait(10)  # type: ignore[attr-defined]
+
+
+def test_the_write_lock_excludes_another_process(shared_dir: Path) -> None:
+    ctx = multiprocessing.get_context("fork")
+    held, go = ctx.Event(), ctx.Event()
+    child = ctx.Process(target=_hold_lock, args=(str(shared_dir), held, go))
+    child.start()
+    try:
+        assert held.wait(10)
+        state = SharedState(shared_dir, 0)
+        got = threading.Event()
+
+        def take() -> None:
+            with state.write_lock():
+                got.set()
+
+        taker = threading.Thread(target=take)
+        taker.start()
+        assert not got.wait(0.5)  # the other process holds it
+        go.set()
+        assert got.wait(10)
+        taker.join()
+    finally:
+        go.set()
+        child.join(10)
+
+
+# --- the WAL checkpointer ------------------------------------------------------------------
+
+
+def test_disable_autocheckpoint_is_added_once() -> None:
+    options: dict[str, object] = {"init_command": "PRAGMA journal_mode=WAL;"}
+    disable_autocheckpoint(options)
+    disable_autocheckpoint(options)
+    assert options["init_command"] == "PRAGMA journal_mode=WAL;PRAGMA wal_autocheckpoint=0;"
+
+
+def test_the_checkpointer_copies_the_wal_that_writers_no_longer_do(tmp_path: Path) -> None:
+    path = str(tmp_path / "db.sqlite3")
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA wal_autocheckpoint=0")
+    conn.execute("CREATE TABLE t (x BLOB)")
+    for _ in range(300):
+        conn.execute("INSERT INTO t VALUES (randomblob(8000))")
+    wal = Path(path + "-wal")
+    grown = wal.stat().st_size
+    assert grown > 2_000_000  # nobody checkpointed: the WAL keeps every page
+    size_before = os.path.getsize(path)
+
+    checkpointer = Checkpointer(path, interval=0.05).start()
+    deadline = time.monotonic() + 10
+    while checkpointer.frames_copied == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    checkpointer.stop()
+    assert checkpointer.frames_copied > 0
+    assert os.path.getsize(path) > size_before + 2_000_000  # the pages reached the database
+    conn.execute("INSERT INTO t VALUES (randomblob(8000))")  # the WAL starts over, not grows
+    assert wal.stat().st_size <= grown
+    reader = sqlite3.connect(path)
+    assert reader.execute("SELECT count(*) FROM t").fetchone() == (301,)
+
+
+def test_a_restart_checkpoint_when_the_wal_is_past_its_limit(tmp_path: Path) -> None:
+    path = str(tmp_path / "db.sqlite3")
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA wal_autocheckpoint=0")
+    conn.execute("CREATE TABLE t (x BLOB)")
+    for _ in range(50):
+        conn.execute("INSERT INTO t VALUES (randomblob(8000))")
+    checkpointer = Checkpointer(path, restart_bytes=1)
+    busy, frames, copied = checkpointer.run_once()
+    assert busy == 0 and frames == copied > 0
+    checkpointer.stop()

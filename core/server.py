@@ -364,6 +364,38 @@ def _no_form_parsing_in_twisted() -> None:
 
     # HTTPFactory.buildProtocol() looks the request class up in daphne's module by name.
     daphne_http.WebRequest = WebRequest
+    _cheaper_twisted_per_request()
+
+
+def _cheaper_twisted_per_request() -> None:
+    """Two things Twisted does for every request that `serve` never uses (measured on the fleet
+    bench: ~5 % of the event loop's time together):
+
+    - `HTTPFactory.log` formats a Combined Log Format line and hands it to Twisted's legacy log,
+      which drops it (the access log is ours, `core.observability`);
+    - `tcp.Server.getHost` asks the kernel for the connection's local address (getsockname) on
+      each request daphne builds a scope for; an accepted socket's address never changes, so it
+      is asked once per connection."""
+    from twisted.internet import tcp
+    from twisted.web import http as twisted_http
+
+    if getattr(tcp.Server, "_orchestrator_host", False):
+        return
+
+    def no_access_log(self: Any, request: Any) -> None:
+        return None
+
+    twisted_http.HTTPFactory.log = no_access_log  # type: ignore[method-assign]
+    asked = tcp.Server.getHost
+
+    def host_once(self: Any) -> Any:
+        host = self.__dict__.get("_orchestrator_local")
+        if host is None:
+            host = self.__dict__["_orchestrator_local"] = asked(self)
+        return host
+
+    tcp.Server.getHost = host_once  # type: ignore[method-assign]
+    tcp.Server._orchestrator_host = True  # type: ignore[attr-defined]
 
 
 def _server_from_string(reactor: Any, description: str) -> Any:

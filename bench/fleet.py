@@ -159,6 +159,7 @@ class Fleet:
 
     def __init__(self, index: int, port: int, args: argparse.Namespace, t0: float) -> None:
         self.args = args
+        self.index = index
         self.port = port
         self.closing = False
         self.t0 = t0
@@ -185,6 +186,15 @@ class Fleet:
         self.stats = Stats()
         self.outstanding = 0
         self.lost = 0
+        self.opened = 0  # connections opened so far (source addresses)
+
+    def source(self) -> str:
+        """The loopback address the next connection comes from: `--per-address` connections per
+        address (127.<worker + 1>.<k>.1), as nodes behind many addresses would; serve caps the
+        connections of one client address (64 by default)."""
+        self.opened += 1
+        k = (self.opened - 1) // self.args.per_address
+        return f"127.{self.index + 1}.{k // 250}.{k % 250 + 1}"
 
     def reconnect(self) -> None:
         """Replace a connection the server closed (an idle keep-alive connection is closed after
@@ -195,7 +205,9 @@ class Fleet:
         async def connect() -> None:
             loop = asyncio.get_running_loop()
             try:
-                await loop.create_connection(lambda: Conn(self), "127.0.0.1", self.port)
+                await loop.create_connection(
+                    lambda: Conn(self), "127.0.0.1", self.port, local_addr=(self.source(), 0)
+                )
             except OSError:
                 await asyncio.sleep(0.1)
                 self.reconnect()
@@ -315,7 +327,9 @@ def _worker_main(
             1 if index < args.connections % args.client_processes else 0
         )
         for _ in range(max(1, per)):
-            await loop.create_connection(lambda: Conn(fleet), "127.0.0.1", port)
+            await loop.create_connection(
+                lambda: Conn(fleet), "127.0.0.1", port, local_addr=(fleet.source(), 0)
+            )
         await asyncio.sleep(max(0.0, t0 - time.perf_counter()))
         await fleet.schedule()
         drain_until = time.perf_counter() + args.drain
@@ -527,6 +541,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="keep-alive connections in all (serve allows 64 per client address by default)",
     )
     parser.add_argument("--client-processes", type=int, default=2)
+    parser.add_argument(
+        "--per-address",
+        type=int,
+        default=32,
+        help="connections per loopback source address (serve allows 64 per client address)",
+    )
     parser.add_argument(
         "--workers", type=int, default=1, help="serve --workers N (serving processes, SQLite)"
     )

@@ -141,6 +141,7 @@ def inline_sqlite() -> sqlite3.Connection | None:
 # --- one writer at a time on SQLite ----------------------------------------------------------
 
 _write_turn = threading.Lock()
+_turn_held = threading.local()
 
 
 @contextlib.contextmanager
@@ -152,13 +153,17 @@ def write_turn() -> Any:
     p99 under load). Taking turns on an in-process lock first hands the database over as soon
     as the other commits. Does nothing on PostgreSQL (row locks; replicas write concurrently).
     """
-    if connection.vendor != "sqlite":
-        yield
+    if connection.vendor != "sqlite" or getattr(_turn_held, "held", False):
+        yield  # PostgreSQL, or this thread has the turn already (a writer holds it for a group)
         return
-    shared = sharedstate.state()
-    if shared is not None:  # serve --workers: the writers of every worker take turns
-        with shared.write_lock():
-            yield
-        return
-    with _write_turn:
-        yield
+    _turn_held.held = True
+    try:
+        shared = sharedstate.state()
+        if shared is not None:  # serve --workers: the writers of every worker take turns
+            with shared.write_lock():
+                yield
+        else:
+            with _write_turn:
+                yield
+    finally:
+        _turn_held.held = False

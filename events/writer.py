@@ -82,6 +82,12 @@ class EventWriter:
                 count = len(job.rows)
         if jobs[0].task is not None:
             return jobs
+        return self._take_more(jobs, count)
+
+    def _take_more(self, jobs: list[_Job], count: int) -> list[_Job]:
+        """Add what queued meanwhile to a group of batches (up to GROUP_MAX_EVENTS events)."""
+        if self._held is not None:
+            return jobs
         while count < GROUP_MAX_EVENTS:
             try:
                 job = self._queue.get_nowait()
@@ -115,9 +121,13 @@ class EventWriter:
                 except BaseException as exc:
                     jobs[0].future.set_exception(exc)
                 continue
-            batches = [job.rows for job in jobs]
             try:
-                results = store_with_retries(batches)
+                with write_turn():
+                    # What queued while this writer waited for its turn (the other writers,
+                    # other workers) joins the group: under contention groups grow instead of
+                    # each waiting for a turn of its own.
+                    jobs = self._take_more(jobs, sum(len(job.rows) for job in jobs))
+                    results = store_with_retries([job.rows for job in jobs])
             except BaseException as exc:
                 if isinstance(exc, ApiError) and exc.status_code == 503:
                     # The store is unreachable: what queued meanwhile gets the same answer now

@@ -78,6 +78,10 @@ class AckWriter:
             job = self._queue.get()
             if job.future.set_running_or_notify_cancel():
                 jobs.append(job)
+        return self._take_more(jobs)
+
+    def _take_more(self, jobs: list[_Job]) -> list[_Job]:
+        """Add what queued meanwhile to the group (up to GROUP_MAX_ACKS)."""
         while len(jobs) < GROUP_MAX_ACKS:
             try:
                 job = self._queue.get_nowait()
@@ -95,7 +99,10 @@ class AckWriter:
         """Take one group of queued acks (waiting for the first), store it, answer each."""
         jobs = self._take_group()
         try:
-            results = store_with_retries([job.write for job in jobs])
+            with write_turn():
+                # What queued while this writer waited for its turn joins the group.
+                jobs = self._take_more(jobs)
+                results = store_with_retries([job.write for job in jobs])
         except BaseException as exc:
             if len(jobs) > 1 and _maybe_one_ack(exc):
                 self._one_by_one(jobs)

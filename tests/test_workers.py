@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import signal
 import time
 import urllib.request
@@ -92,6 +93,15 @@ def test_two_workers_serve_one_port(srv):
 
 def stat_mode(path: Path) -> int:
     return path.stat().st_mode & 0o777
+
+
+def test_every_worker_reports_the_serve_as_the_leader(srv):
+    """Background work runs in the primary only, but a health check that lands on any worker
+    sees the serve lead (one serve per SQLite store)."""
+    answers = [call(srv, "GET", "/v1/health/leader") for _ in range(12)]
+    assert {status for status, _, _ in answers} == {200}
+    assert {body["session_lock_held"] for _, _, body in answers} == {True}
+    assert len({(body["current_epoch"], body["holder_id"]) for _, _, body in answers}) == 1
 
 
 def test_every_worker_answers_from_the_same_state(srv):
@@ -259,3 +269,43 @@ def test_one_worker_is_one_process_without_worker_tags(tmp_path):
         time.sleep(0.2)
         assert " worker=" not in srv.logs()
         assert not (srv.data_dir / "workers").exists()
+
+
+def test_every_worker_speaks_mtls_and_enforces_the_crl(tmp_path, pki):
+    """Each worker serves the same TLS listener: a client certificate from the CA is accepted
+    by both, and a certificate revoked in the CRL file is refused by both without a restart."""
+    from tests.pki import get, refused
+
+    crl = tmp_path / "crl.pem"
+    shutil.copy(pki.crl_empty, crl)
+    args = [
+        "--tls-cert-file",
+        str(pki.server_cert),
+        "--tls-key-file",
+        str(pki.server_key),
+        "--tls-ca-file",
+        str(pki.ca),
+        "--tls-crl-file",
+        str(crl),
+    ]
+    srv = ServeProcess(
+        tmp_path / "data",
+        "--workers",
+        "2",
+        *args,
+        scheme="https",
+        ssl_context=pki.context("node-b"),
+    )
+    with srv:
+        url = srv.url("/v1/health")
+        for _ in range(20):  # new connections: both workers
+            assert get(url, pki.context("node-a"))[0] == 200
+        assert refused(url, pki.context())  # no client certificate
+        wait_until(lambda: len(workers_that_answered(srv)) == 2, what="both workers answered")
+        shutil.copy(pki.crl_revoking_a, crl)
+        wait_until(
+            lambda: all(refused(url, pki.context("node-a")) for _ in range(12)),
+            timeout=30,
+            what="node-a refused by every worker after the CRL changed",
+        )
+        assert get(url, pki.context("node-b"))[0] == 200

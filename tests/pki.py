@@ -200,6 +200,16 @@ class Pki:
     crl_other_ca: Path
     certs: dict[str, x509.Certificate]
 
+    def serve_args(self, *, ca: bool = True, crl: Path | None = None) -> list[str]:
+        """`serve`'s TLS flags for this PKI: the server certificate, the CA (mTLS) unless
+        `ca=False`, and `crl` when given."""
+        args = ["--tls-cert-file", str(self.server_cert), "--tls-key-file", str(self.server_key)]
+        if ca:
+            args += ["--tls-ca-file", str(self.ca)]
+        if crl is not None:
+            args += ["--tls-crl-file", str(crl)]
+        return args
+
     def client(self, name: str) -> tuple[Path, Path]:
         return self.dir / f"{name}.pem", self.dir / f"{name}.key"
 

@@ -349,14 +349,7 @@ def mtls(tmp_path_factory, pki):
         )
         key_path.chmod(0o600)
         certs[name] = (str(cert_path), str(key_path))
-    tls = [
-        "--tls-cert-file",
-        str(pki.server_cert),
-        "--tls-key-file",
-        str(pki.server_key),
-        "--tls-ca-file",
-        str(pki.ca),
-    ]
+    tls = pki.serve_args()
     srv = ServeProcess(
         tmp_path_factory.mktemp("mtls") / "data",
         *tls,

@@ -137,20 +137,19 @@ def _exposed_names(text: str) -> set[str]:
     return names
 
 
-def _tls_args(pki: Any, crl: Path) -> list[str]:
-    return [
-        "--tls-cert-file", str(pki.server_cert), "--tls-key-file", str(pki.server_key),
-        "--tls-ca-file", str(pki.ca), "--tls-crl-file", str(crl),
-    ]  # fmt: skip
-
-
 @pytest.mark.e2e
 def test_every_metric_of_the_dashboard_and_the_rules_is_exposed(tmp_path, pki):
     metrics_port = free_port()
     crl = tmp_path / "crl.pem"
     shutil.copy(pki.crl_empty, crl)
     ctx = pki.context("node-b")
-    args = [*_tls_args(pki, crl), "--auth", "off", "--metrics-addr", f"127.0.0.1:{metrics_port}"]
+    args = [
+        *pki.serve_args(crl=crl),
+        "--auth",
+        "off",
+        "--metrics-addr",
+        f"127.0.0.1:{metrics_port}",
+    ]
     with ServeProcess(tmp_path / "data", *args, scheme="https", ssl_context=ctx) as srv:
 
         def call(method: str, path: str, body: Any = None) -> int:

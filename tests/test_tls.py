@@ -17,15 +17,6 @@ from tests.pki import get, refused
 pytestmark = pytest.mark.e2e
 
 
-def _tls_args(pki, *, ca: bool = True, crl=None) -> list[str]:
-    args = ["--tls-cert-file", str(pki.server_cert), "--tls-key-file", str(pki.server_key)]
-    if ca:
-        args += ["--tls-ca-file", str(pki.ca)]
-    if crl is not None:
-        args += ["--tls-crl-file", str(crl)]
-    return args
-
-
 def _wait_for(predicate, timeout: float = 10.0, what: str = "condition") -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -37,7 +28,7 @@ def _wait_for(predicate, timeout: float = 10.0, what: str = "condition") -> None
 
 def test_plain_tls_serves_https(tmp_path, pki):
     srv = ServeProcess(
-        tmp_path / "data", *_tls_args(pki, ca=False), scheme="https", ssl_context=pki.context()
+        tmp_path / "data", *pki.serve_args(ca=False), scheme="https", ssl_context=pki.context()
     )
     with srv:
         status, body = get(srv.url("/v1/health"), pki.context())
@@ -66,7 +57,7 @@ def test_plain_tls_serves_https(tmp_path, pki):
 def test_mtls_accepts_our_ca_and_refuses_others(tmp_path, pki):
     srv = ServeProcess(
         tmp_path / "data",
-        *_tls_args(pki),
+        *pki.serve_args(),
         "--log-format",
         "json",
         scheme="https",
@@ -98,7 +89,7 @@ def test_revoked_cert_refused_after_crl_update_without_restart(tmp_path, pki):
     shutil.copy(pki.crl_empty, crl)
     srv = ServeProcess(
         tmp_path / "data",
-        *_tls_args(pki, crl=crl),
+        *pki.serve_args(crl=crl),
         scheme="https",
         ssl_context=pki.context("node-b"),
     )
@@ -161,9 +152,9 @@ def test_refuses_to_start_with_bad_tls_files(tmp_path, pki, case, needles):
     garbage.write_text("this is not a CRL\n")
     cert, key, ca = str(pki.server_cert), str(pki.server_key), str(pki.ca)
     args = {
-        "crl-missing": _tls_args(pki, crl=tmp_path / "nope.pem"),
-        "crl-garbage": _tls_args(pki, crl=garbage),
-        "crl-other-ca": _tls_args(pki, crl=pki.crl_other_ca),
+        "crl-missing": pki.serve_args(crl=tmp_path / "nope.pem"),
+        "crl-garbage": pki.serve_args(crl=garbage),
+        "crl-other-ca": pki.serve_args(crl=pki.crl_other_ca),
         "cert-without-key": ["--tls-cert-file", cert],
         "key-without-cert": ["--tls-key-file", key],
         "crl-without-ca": [
@@ -202,7 +193,7 @@ def test_warns_before_the_crl_next_update(tmp_path, pki):
     )
     srv = ServeProcess(
         tmp_path / "data",
-        *_tls_args(pki, crl=crl),
+        *pki.serve_args(crl=crl),
         scheme="https",
         ssl_context=pki.context("node-b"),
     )

@@ -278,21 +278,11 @@ def test_every_worker_speaks_mtls_and_enforces_the_crl(tmp_path, pki):
 
     crl = tmp_path / "crl.pem"
     shutil.copy(pki.crl_empty, crl)
-    args = [
-        "--tls-cert-file",
-        str(pki.server_cert),
-        "--tls-key-file",
-        str(pki.server_key),
-        "--tls-ca-file",
-        str(pki.ca),
-        "--tls-crl-file",
-        str(crl),
-    ]
     srv = ServeProcess(
         tmp_path / "data",
         "--workers",
         "2",
-        *args,
+        *pki.serve_args(crl=crl),
         scheme="https",
         ssl_context=pki.context("node-b"),
     )

@@ -147,14 +147,20 @@ def test_disable_autocheckpoint_is_added_once() -> None:
     assert options["init_command"] == "PRAGMA journal_mode=WAL;PRAGMA wal_autocheckpoint=0;"
 
 
-def test_the_checkpointer_copies_the_wal_that_writers_no_longer_do(tmp_path: Path) -> None:
+def _store_without_checkpoints(tmp_path: Path, *, rows: int) -> tuple[str, sqlite3.Connection]:
+    """A WAL store as serve's connections leave it (no automatic checkpoint), `rows` 8 KB rows."""
     path = str(tmp_path / "db.sqlite3")
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA wal_autocheckpoint=0")
     conn.execute("CREATE TABLE t (x BLOB)")
-    for _ in range(300):
+    for _ in range(rows):
         conn.execute("INSERT INTO t VALUES (randomblob(8000))")
+    return path, conn
+
+
+def test_the_checkpointer_copies_the_wal_that_writers_no_longer_do(tmp_path: Path) -> None:
+    path, conn = _store_without_checkpoints(tmp_path, rows=300)
     wal = Path(path + "-wal")
     grown = wal.stat().st_size
     assert grown > 2_000_000  # nobody checkpointed: the WAL keeps every page
@@ -174,13 +180,7 @@ def test_the_checkpointer_copies_the_wal_that_writers_no_longer_do(tmp_path: Pat
 
 
 def test_a_restart_checkpoint_when_the_wal_is_past_its_limit(tmp_path: Path) -> None:
-    path = str(tmp_path / "db.sqlite3")
-    conn = sqlite3.connect(path, isolation_level=None)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA wal_autocheckpoint=0")
-    conn.execute("CREATE TABLE t (x BLOB)")
-    for _ in range(50):
-        conn.execute("INSERT INTO t VALUES (randomblob(8000))")
+    path, _ = _store_without_checkpoints(tmp_path, rows=50)
     checkpointer = Checkpointer(path, restart_bytes=1)
     busy, frames, copied = checkpointer.run_once()
     assert busy == 0 and frames == copied > 0

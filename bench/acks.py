@@ -1,6 +1,7 @@
 """Benchmark node acks, `POST /v1/nodes/{node_id}/ack`, against this run's ceilings.
 
     python bench/acks.py [--seconds 10] [--connections 32] [--nodes 50000] [--rounds 3]
+                         [--workers 1]
 
 What a fleet does when a release reaches it: every node acks `pending`, then `active`. Measured
 in one run, in interleaved rounds (median of each), every server a fresh subprocess on
@@ -100,6 +101,7 @@ def main() -> int:
     parser.add_argument("--client-processes", type=int, default=2)
     parser.add_argument("--nodes", type=int, default=50_000, help="distinct node ids")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median)")
+    parser.add_argument("--workers", type=int, default=1, help="serve --workers N")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     add_auth_argument(parser)
     args = parser.parse_args()
@@ -125,7 +127,8 @@ def main() -> int:
     try:
         hello = start_hello_daphne(work)
         data = work / "data"
-        srv = start_orchestrator(data, log=work / "serve.log")
+        extra = ["--workers", str(args.workers)] if args.workers != 1 else []
+        srv = start_orchestrator(data, *extra, log=work / "serve.log")
         try:
             publish(srv.port, RELEASE)
             sent = 0  # requests so far: the next round continues with the next node ids

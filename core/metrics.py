@@ -95,13 +95,13 @@ def drop_django_latency_histograms(django_metrics: object) -> list[str]:
 
 def render() -> bytes:
     """The exposition text. Collectors may read the store (rollout phases): call it off the
-    event loop. Under `serve --workers N` the primary's text also counts the other workers'
+    event loop. Under `serve --workers N` every worker's text also counts the other workers'
     requests (their snapshots, `core.metricsmerge`); with one worker it is the registry's."""
     from django.db import connections
 
     try:
         directory = workers.directory()
-        if directory is not None and workers.is_primary():
+        if directory is not None:
             return metricsmerge.render(directory, workers.index(), REGISTRY, workers.count())
         return generate_latest(REGISTRY)
     finally:

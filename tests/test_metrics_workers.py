@@ -274,9 +274,13 @@ def test_render_with_one_worker_is_the_registry_s_exactly(tmp_path, monkeypatch,
     metricsmerge.write_snapshot(tmp_path, 2, third.registry)
     workers.configure(index=0, count=3, directory=tmp_path)
     assert value(metrics.render().decode(), "cp_http_requests_total", **labels) == 3
-    # Another worker (the main listener's /metrics may land there) serves only its own counts.
+    # Any worker merges (the main listener's /metrics may land on any of them): its own counts
+    # live, the others' from their snapshots (the primary writes one as well).
+    metricsmerge.write_snapshot(tmp_path, 0, primary.registry)
+    monkeypatch.setattr(metrics, "REGISTRY", second.registry)
+    second.request("/v1/health", "200", 0.005)  # live, not yet in its own snapshot
     workers.configure(index=1, count=3, directory=tmp_path)
-    assert value(metrics.render().decode(), "cp_http_requests_total", **labels) == 1
+    assert value(metrics.render().decode(), "cp_http_requests_total", **labels) == 4
 
 
 def test_merged_exposition_passes_promtool(tmp_path):

@@ -167,8 +167,7 @@ def test_gates_count_the_acks_of_every_worker(srv):
 
 
 def test_metrics_sum_the_requests_of_every_worker(srv):
-    def health_count() -> float:
-        url = f"http://127.0.0.1:{srv.metrics_port}/metrics"
+    def health_count(url: str = f"http://127.0.0.1:{srv.metrics_port}/metrics") -> float:
         with urllib.request.urlopen(url, timeout=5) as resp:
             text = resp.read().decode()
         return sum(
@@ -184,6 +183,12 @@ def test_metrics_sum_the_requests_of_every_worker(srv):
         assert call(srv, "GET", "/v1/health")[0] == 200
     # each worker's share arrives within its next snapshot (~1 s)
     wait_until(lambda: health_count() >= before + 40, timeout=10, what="40 more health requests")
+    # the main listener's /metrics, on whichever worker, has the same sum
+    wait_until(
+        lambda: all(health_count(srv.url("/metrics")) >= before + 40 for _ in range(6)),
+        timeout=10,
+        what="the same sum on the main listener",
+    )
 
 
 def test_a_killed_worker_is_started_again_and_serve_keeps_answering(tmp_path):

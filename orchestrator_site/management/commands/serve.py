@@ -537,7 +537,7 @@ class Command(BaseCommand):
             else:
                 leader.elector.leads_with_primary = True
             shared = workers.directory()
-            if shared is not None and metrics_listen is not None and not primary:
+            if shared is not None and metrics_listen is not None:
                 from core import metricsmerge
 
                 snapshots = metricsmerge.start_snapshots(shared, index)

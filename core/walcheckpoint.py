@@ -12,8 +12,10 @@ every second or so, and most of the time the write turn is held (docs/performanc
 without waiting for (or blocking) readers and writers. Durability is unchanged: commits still
 sync the WAL (synchronous=FULL). When the WAL has grown past `restart_bytes` anyway (readers
 kept it pinned), one RESTART checkpoint (which waits up to the busy timeout for the writers)
-lets the next writer start the WAL file again from its beginning. Imports nothing of this
-repository.
+lets the next writer start the WAL file again from its beginning, and `journal_size_limit`
+(4 MiB) has SQLite cut the file back whenever it starts over, so the WAL does not keep the size
+of its largest burst on disk (a store with a short `--events-retention` stays flat). Imports
+nothing of this repository.
 """
 
 from __future__ import annotations
@@ -28,12 +30,19 @@ logger = logging.getLogger("orchestrator.db")
 
 INTERVAL_SECONDS = 0.5
 RESTART_BYTES = 256 * 1024 * 1024
-AUTOCHECKPOINT_OFF = "PRAGMA wal_autocheckpoint=0;"
+# Without SQLite's automatic checkpoint the WAL file is only ever reused, never shortened: keep
+# what it occupies on disk at about what the automatic checkpoint left (1,000 pages), by having
+# SQLite truncate it to this size each time a writer starts it over.
+JOURNAL_SIZE_LIMIT_BYTES = 4 * 1024 * 1024
+AUTOCHECKPOINT_OFF = (
+    f"PRAGMA wal_autocheckpoint=0;PRAGMA journal_size_limit={JOURNAL_SIZE_LIMIT_BYTES};"
+)
 
 
 def disable_autocheckpoint(options: dict[str, object]) -> None:
-    """Add `wal_autocheckpoint=0` to a Django SQLite OPTIONS dict's init_command (idempotent);
-    connections opened afterwards leave checkpoints to `Checkpointer`."""
+    """Add `wal_autocheckpoint=0` (and the WAL's size limit) to a Django SQLite OPTIONS dict's
+    init_command (idempotent); connections opened afterwards leave checkpoints to
+    `Checkpointer`."""
     command = str(options.get("init_command") or "")
     if AUTOCHECKPOINT_OFF not in command:
         options["init_command"] = command + AUTOCHECKPOINT_OFF

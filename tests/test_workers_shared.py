@@ -144,7 +144,9 @@ def test_disable_autocheckpoint_is_added_once() -> None:
     options: dict[str, object] = {"init_command": "PRAGMA journal_mode=WAL;"}
     disable_autocheckpoint(options)
     disable_autocheckpoint(options)
-    assert options["init_command"] == "PRAGMA journal_mode=WAL;PRAGMA wal_autocheckpoint=0;"
+    assert options["init_command"] == (
+        "PRAGMA journal_mode=WAL;PRAGMA wal_autocheckpoint=0;PRAGMA journal_size_limit=4194304;"
+    )
 
 
 def _store_without_checkpoints(tmp_path: Path, *, rows: int) -> tuple[str, sqlite3.Connection]:

@@ -84,7 +84,11 @@ def _nonzero(counts: dict[str, int]) -> dict[str, int]:
 
 
 def test_plan_fleet_node_and_release_pages_show_the_apis_numbers(tmp_path, browser):  # noqa: F811
-    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+    from selenium.common.exceptions import (
+        NoSuchElementException,
+        StaleElementReferenceException,
+        WebDriverException,
+    )
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import Select, WebDriverWait
@@ -199,7 +203,12 @@ def test_plan_fleet_node_and_release_pages_show_the_apis_numbers(tmp_path, brows
             assert total.text.startswith(f"{fleet['total']} nodes")
             Select(browser.find_element(By.NAME, "ack_status")).select_by_value("failed")
             browser.find_element(By.CSS_SELECTOR, "#fleet-filters button").click()
-            wait.until(ec.text_to_be_present_in_element((By.ID, "fleet-total"), "1 node"))
+            # The click loads a new page: an element read while the old one goes away fails
+            # with a stale reference, or with Chrome's "does not belong to the document" (seen
+            # in CI); both mean "not there yet".
+            WebDriverWait(browser, TIMEOUT, ignored_exceptions=(WebDriverException,)).until(
+                ec.text_to_be_present_in_element((By.ID, "fleet-total"), "1 node")
+            )
             rows = browser.find_elements(By.CSS_SELECTOR, "#fleet-nodes tbody tr")
             assert [r.get_attribute("data-node-id") for r in rows] == ["b-2"]
             _screenshot(browser, "fleet-page")

@@ -13,7 +13,6 @@ import os
 import re
 import shutil
 import signal
-import time
 import urllib.request
 from collections import Counter
 from pathlib import Path
@@ -271,7 +270,7 @@ def test_one_worker_is_one_process_without_worker_tags(tmp_path):
         assert srv.proc is not None
         assert children(srv.proc.pid) == []
         assert call(srv, "GET", "/v1/health")[0] == 200
-        time.sleep(0.2)
+        wait_until(lambda: "GET /v1/health 200" in srv.logs(), what="the request's log line")
         assert " worker=" not in srv.logs()
         assert not (srv.data_dir / "workers").exists()
 

@@ -12,7 +12,7 @@ import re
 import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from django.db import connection
@@ -26,6 +26,9 @@ from core.errors import ApiError
 from core.params import format_rfc3339, param_error, seconds_before
 from releases.ackbook import ack_book as ack_book  # for rollouts: the in-process ack book
 from releases.models import FleetNode, FleetNodeAck, NodeAck, Release
+
+if TYPE_CHECKING:
+    from releases.services import StoredAck
 
 RELEASE_FIELDS = (
     "release_id",
@@ -54,7 +57,7 @@ def release_as_dict(release: Release) -> dict[str, Any]:
     }
 
 
-def ack_as_dict(ack: NodeAck, *, release_id: str | None = None) -> dict[str, Any]:
+def ack_as_dict(ack: NodeAck | StoredAck, *, release_id: str | None = None) -> dict[str, Any]:
     return {
         "node_id": ack.node_id,
         "release_id": release_id if release_id is not None else ack.release.release_id,

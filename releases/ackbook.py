@@ -170,6 +170,15 @@ class AckBook:
             return None
         return entry.statuses.get(node_id) == ACTIVE
 
+    def statuses(self, release_pk: int) -> dict[str, str] | None:
+        """node_id -> ack status of every ack of the release (a copy); None: ask the
+        database."""
+        entry = self._entry(release_pk)
+        if entry is None:
+            return None
+        with self._lock:
+            return dict(entry.statuses)
+
     def counts(
         self,
         release_pk: int,

@@ -244,3 +244,45 @@ def test_counts_are_cached_until_the_plan_or_its_acks_change(plan, monkeypatch):
         assert len(builds) == 2 and after_ack.plan_counts["active"] == 2
         assert progress.plan_progress(plan, max_age=0) is not after_ack  # the TTL
     progress.clear_cache()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_recount_reads_acks_from_the_ack_book_and_sees_nodes_join(plan, monkeypatch):
+    """SQLite outside a transaction (as `serve` reads): a recount takes the release's acks from
+    the in-process ack book instead of reading every ack row, and the fleet's node list from a
+    copy kept while the fleet table is unchanged; an ack stored by the writer and a node that
+    joins both show in the next recount, and an ack written around the writer (the book cannot
+    know it) is read from the database instead of being missed."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from releases.services import ack_write, acks_committed, node_acks_store
+
+    if connection.vendor != "sqlite":
+        pytest.skip("the ack book and the node-list copy serve the SQLite store only")
+    monkeypatch.setattr(progress, "REBUILD_COST_FACTOR", 0.0)  # every change is worth a recount
+    monkeypatch.setattr(progress, "BACKGROUND_BUILD_SECONDS", 1e9)  # recount in the request
+    progress.clear_cache()
+    first = progress.plan_progress(plan)
+    assert (first.known, first.stage_counts[-1]["targeted"]) == (9, 9)
+    assert first.plan_counts == counts(targeted=4, pending=1, active=1, failed=1, silent=1)
+
+    # the ack writer's two steps: store, then tell the book
+    acks_committed(
+        node_acks_store(writes=[ack_write(node_id="n-d", release_id="rel-new", status="active")])
+    )
+    EventFactory(node_id="n-new")  # joins the fleet (stage `all` takes everyone)
+    with CaptureQueriesContext(connection) as queries:
+        second = progress.plan_progress(plan)
+    assert (second.known, second.stage_counts[-1]["targeted"]) == (10, 10)
+    assert second.plan_counts == counts(targeted=4, pending=1, active=2, failed=1)
+    ack_rows = [q["sql"] for q in queries if '"status" FROM "releases_nodeack"' in q["sql"]]
+    assert ack_rows == []  # the acks came from the book
+
+    # an ack inserted around the writer: the book's count no longer matches the store's
+    NodeAck.objects.bulk_create(
+        [NodeAck(node_id="n-e", release=plan.release, status="failed", acked_at=T0, updated_at=T0)]
+    )
+    third = progress.plan_progress(plan)
+    assert third.stage_counts[-1]["failed"] == 2
+    progress.clear_cache()

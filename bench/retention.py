@@ -1,7 +1,7 @@
 """Events retention against the real `autonomy-orchestrator serve` (SQLite): what an event
 costs on disk, ingest latency while a large prune runs, and a store that stays flat.
 
-    python bench/retention.py [--events 1000000] [--seconds 30] [--clients 8]
+    python bench/retention.py [--events 1000000] [--seconds 30] [--baseline-seconds S] [--clients 8]
                               [--short-retention 10s] [--size-seconds 60]
 
 1. bytes per event: --bytes-events (50,000) events of ~400 bytes of JSON through
@@ -112,7 +112,7 @@ def prune_under_load(root: Path, args: argparse.Namespace) -> None:
             ingest_request,
             connections=args.clients,
             processes=args.client_processes,
-            seconds=args.seconds,
+            seconds=args.baseline_seconds or args.seconds,
         )
     finally:
         server.stop()
@@ -230,6 +230,13 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--client-processes", type=int, default=2)
     parser.add_argument("--prune-wait", type=float, default=3600.0)
+    parser.add_argument(
+        "--baseline-seconds",
+        type=float,
+        default=0.0,
+        help="the load window without retention (default: --seconds); a 10M-event prune needs "
+        "a long window while the baseline does not",
+    )
     parser.add_argument("--short-retention", default="10s", help="seconds, like 10s")
     parser.add_argument("--size-seconds", type=float, default=60.0)
     parser.add_argument("--size-rate", type=float, default=2000.0, help="events/s in part 3")

@@ -62,7 +62,7 @@ class FleetNode(models.Model):
 
     Maintained where the facts are written, never at read time: the events writer upserts the
     nodes of each committed group (`last_seen` = the arrival time of the node's newest event),
-    every ack write upserts its node (`releases.services.fleet_acks_refresh`). `last_heard` is
+    every group of acks upserts its nodes (`releases.services.node_acks_store`). `last_heard` is
     the newest of both (what `--fleet-forget-after` compares). Events pruned by retention leave
     the row as it is: a node's last_seen outlives its events.
     """
@@ -84,8 +84,9 @@ class FleetNode(models.Model):
 
 class FleetNodeAck(models.Model):
     """A node's newest ack (by `updated_at`, then insertion order) for a release of one
-    channel: the fleet view's `release_id`, `ack_status` and `sequence`. Rewritten from
-    `NodeAck` by `releases.services.fleet_acks_refresh` in the transaction of every ack write."""
+    channel: the fleet view's `release_id`, `ack_status` and `sequence`. Moved by every group of
+    acks in its transaction (`releases.services.node_acks_store`); rebuilt from `NodeAck` by
+    `releases.services.fleet_acks_refresh` (migrations, `migrate`, writes around the writer)."""
 
     node = models.ForeignKey(FleetNode, on_delete=models.CASCADE, related_name="channel_acks")
     channel = models.CharField(max_length=256)

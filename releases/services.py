@@ -1,6 +1,7 @@
 """Writes for releases and acks: `release_publish`, `node_ack_upsert` (through the ack writer,
 `releases.writer`), `node_acks_store` (the group commit of acks); the fleet view's tables
-(`fleet_nodes_seen` from the events writer, `fleet_acks_refresh` from every ack write)."""
+(`fleet_nodes_seen` from the events writer, `_FleetRows` from every group of acks,
+`fleet_acks_refresh` to rebuild them from the stored acks)."""
 
 from __future__ import annotations
 
@@ -211,7 +212,8 @@ def _ack_statements() -> tuple[str, str, str]:
         node, release = qn("node_id"), qn("release_id")
         columns = ", ".join(qn(c) for c in ("node_id", "release_id", *_ACK_COLUMNS))
         _ack_sql = (
-            f"SELECT {qn('id')}, {release} FROM {releases} WHERE {release} IN ",
+            f"SELECT {qn('id')}, {release}, {qn('channel')}, {qn('sequence')} FROM {releases} "
+            f"WHERE {release} IN ",
             # (node_id IN (...) AND release_id IN (...)): the unique index's lookups (a row-value
             # IN (VALUES ...) scans the table on SQLite); the caller drops extra pairs.
             f"SELECT {node}, {release} FROM {acks} WHERE {release} IN %s AND {node} IN ",
@@ -223,10 +225,13 @@ def _ack_statements() -> tuple[str, str, str]:
 def _ack_upsert_tail() -> str:
     qn = connection.ops.quote_name
     sets = ", ".join(f"{qn(c)} = excluded.{qn(c)}" for c in _ACK_COLUMNS)
-    tail = f" ON CONFLICT ({qn('node_id')}, {qn('release_id')}) DO UPDATE SET {sets}"
+    tail = (
+        f" ON CONFLICT ({qn('node_id')}, {qn('release_id')}) DO UPDATE SET {sets} "
+        f"RETURNING {qn('node_id')}, {qn('release_id')}, {qn('id')}"
+    )
     if connection.vendor == "postgresql":
         # xmax is 0 on a row this statement inserted, the updating transaction's id otherwise.
-        tail += f" RETURNING {qn('node_id')}, {qn('release_id')}, (xmax = 0)"
+        tail += ", (xmax = 0)"
     return tail
 
 
@@ -255,7 +260,8 @@ def node_acks_store(*, writes: list[AckWrite]) -> list[Outcome | ApiError]:
     A handful of statements per group, whatever its size: the releases, the keys already
     stored (SQLite; PostgreSQL tells inserted rows from updated ones by `xmax`), ONE multi-row
     upsert (`INSERT … ON CONFLICT (node_id, release_id) DO UPDATE`; a key acked twice in the
-    group goes to a second statement, in submission order), and the fleet view's refresh. Rows
+    group goes to a second statement, in submission order), and two upserts of the fleet
+    view's rows (`_FleetRows`). Rows
     are in (node_id, release_id) order, so concurrent groups on PostgreSQL lock rows in one
     order (no deadlocks)."""
     select_sql, existing_sql, insert_sql = _ack_statements()
@@ -266,7 +272,8 @@ def node_acks_store(*, writes: list[AckWrite]) -> list[Outcome | ApiError]:
     order = sorted(range(len(writes)), key=lambda n: (writes[n].node_id, writes[n].release_id))
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute(select_sql + f"({', '.join(['%s'] * len(wanted))})", wanted)
-        release_pks = {release_id: pk for pk, release_id in cursor.fetchall()}
+        release_rows = {row[1]: row for row in cursor.fetchall()}
+        release_pks = {release_id: row[0] for release_id, row in release_rows.items()}
         valid: list[int] = []
         for n in order:
             release_id = writes[n].release_id
@@ -277,6 +284,7 @@ def node_acks_store(*, writes: list[AckWrite]) -> list[Outcome | ApiError]:
                     404, f"release '{release_id}' not found", release_id=release_id
                 )
         stored: set[tuple[str, int]] = set()
+        newest = _FleetRows()
         for batch in _rounds(valid, writes):
             keys = [(writes[n].node_id, release_pks[writes[n].release_id]) for n in batch]
             if not postgres:
@@ -301,14 +309,16 @@ def node_acks_store(*, writes: list[AckWrite]) -> list[Outcome | ApiError]:
                 )
             rows = ", ".join(["(%s, %s, %s, %s, %s, %s, %s)"] * len(batch))
             cursor.execute(insert_sql + rows + _ack_upsert_tail(), params)
+            returned = {(row[0], row[1]): row[2:] for row in cursor.fetchall()}
             if postgres:
-                inserted = {(node_id, pk) for node_id, pk, new in cursor.fetchall() if new}
-                created = [key in inserted for key in keys]
+                created = [returned[key][1] for key in keys]
             else:
                 created = [key not in stored for key in keys]
                 stored.update(keys)
             for n, key, new in zip(batch, keys, created, strict=True):
                 write = writes[n]
+                _, _, channel, sequence = release_rows[write.release_id]
+                newest.note(write, channel, key[1], sequence, returned[key][0])
                 results[n] = Outcome(
                     StoredAck(
                         node_id=write.node_id,
@@ -317,10 +327,71 @@ def node_acks_store(*, writes: list[AckWrite]) -> list[Outcome | ApiError]:
                     ),
                     created=new,
                 )
-        stored_nodes = sorted({writes[n].node_id for n in valid})
-        if stored_nodes:
-            fleet_acks_refresh(node_ids=stored_nodes)  # the fleet view's tables, same transaction
+        newest.store(cursor)  # the fleet view's tables, same transaction
     return [result for result in results if result is not None]
+
+
+class _FleetRows:
+    """The fleet view's rows a group of acks moves, written as two multi-row upserts: each
+    node's `last_heard` and, per (node, channel), the newest ack (by `updated_at`, then the
+    ack's id: what `fleet_acks_refresh` chooses from all of a node's acks; a guard on the
+    update keeps a newer row already there, unless it is the same ack, whose row always takes
+    the ack's new values). The same rows as calling `fleet_acks_refresh` for the group's nodes,
+    without reading every ack of those nodes back; one difference, only when the server's clock
+    stepped back: an ack updated to an older `updated_at` than another ack of its channel stays
+    the node's row (the node's latest word) until a rebuild picks by time."""
+
+    def __init__(self) -> None:
+        self.heard: dict[str, datetime] = {}
+        self.acks: dict[tuple[str, str], tuple[datetime, int, int, str, int]] = {}
+
+    def note(
+        self, write: AckWrite, channel: str, release_pk: int, sequence: int, ack_pk: int
+    ) -> None:
+        updated_at = write.values["updated_at"]
+        heard = self.heard.get(write.node_id)
+        if heard is None or updated_at > heard:
+            self.heard[write.node_id] = updated_at
+        key = (write.node_id, channel)
+        row = (updated_at, ack_pk, release_pk, write.values["status"], sequence)
+        known = self.acks.get(key)
+        if known is None or row[:2] >= known[:2]:
+            self.acks[key] = row
+
+    def store(self, cursor: Any) -> None:
+        if not self.heard:
+            return
+        adapt = connection.ops.adapt_datetimefield_value
+        fleet, fleet_ack = _qn(FleetNode._meta.db_table), _qn(FleetNodeAck._meta.db_table)
+        node, heard = _qn("node_id"), _qn("last_heard")
+        nodes = sorted(self.heard)  # key order: concurrent PostgreSQL writers never deadlock
+        cursor.execute(
+            f"INSERT INTO {fleet} ({node}, {_qn('last_seen')}, {heard}) VALUES "
+            + ", ".join(["(%s, NULL, %s)"] * len(nodes))
+            + f" ON CONFLICT ({node}) DO UPDATE SET "
+            f"{heard} = {_greatest()}({fleet}.{heard}, excluded.{heard})",
+            [value for n in nodes for value in (n, adapt(self.heard[n]))],
+        )
+        columns = ("node_id", "channel", "release_id", "status", "sequence", "updated_at", "ack_pk")
+        updated, ack_pk = _qn("updated_at"), _qn("ack_pk")
+        params: list[Any] = []
+        for key in sorted(self.acks):
+            updated_at, pk, release_pk, status, sequence = self.acks[key]
+            params.extend((*key, release_pk, status, sequence, adapt(updated_at), pk))
+        cursor.execute(
+            f"INSERT INTO {fleet_ack} ({', '.join(_qn(c) for c in columns)}) VALUES "
+            + ", ".join(["(%s, %s, %s, %s, %s, %s, %s)"] * len(self.acks))
+            + f" ON CONFLICT ({node}, {_qn('channel')}) DO UPDATE SET "
+            + ", ".join(
+                f"{_qn(c)} = excluded.{_qn(c)}"
+                for c in ("release_id", "status", "sequence", "updated_at", "ack_pk")
+            )
+            + f" WHERE excluded.{ack_pk} = {fleet_ack}.{ack_pk} "
+            f"OR excluded.{updated} > {fleet_ack}.{updated} "
+            f"OR (excluded.{updated} = {fleet_ack}.{updated} "
+            f"AND excluded.{ack_pk} > {fleet_ack}.{ack_pk})",
+            params,
+        )
 
 
 # (node_id, release) pairs per "already stored?" select: two parameters each, far below
@@ -499,8 +570,9 @@ def fleet_nodes_seen(*, node_ids: Collection[str], received_at: Any) -> None:
 
 
 def fleet_acks_refresh(*, node_ids: Collection[str] | None, using: str = DEFAULT_DB_ALIAS) -> None:
-    """THE ack-side hook of the fleet view: call it in the transaction that wrote acks of these
-    nodes (after the writes), wherever acks are written. Two statements whatever the number of
+    """Rebuild the fleet view's rows of these nodes from their stored acks: call it in the
+    transaction that wrote acks around `node_acks_store` (which moves the rows itself, the
+    same way, without reading the acks back: `_FleetRows`). Two statements whatever the number of
     nodes: the nodes join the fleet (`last_heard` takes their newest ack's `updated_at`), and
     each node's newest ack per channel (by `updated_at`, then insertion order, as
     `GET /v1/fleet` has always chosen it) is copied from `NodeAck`. `node_ids=None` rebuilds

@@ -340,3 +340,76 @@ def test_a_busy_store_fails_the_group_at_once(monkeypatch):
     for future in futures:
         with pytest.raises(OperationalError):
             future.result()
+
+
+# --- in process: the fleet view's rows a group of acks writes equal a rebuild -----------------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_acks_keep_the_fleet_rows_a_rebuild_would_choose():
+    """Groups of acks (repeated keys, two channels, an older release acked after a newer one,
+    an unknown release among them) move `GET /v1/fleet`'s tables row by row; the result is what
+    `fleet_acks_refresh` chooses when it rebuilds them from every stored ack."""
+    from datetime import UTC, datetime, timedelta
+
+    from releases.models import FleetNode, FleetNodeAck
+
+    for release_id, channel in (("a-1", "a"), ("a-2", "a"), ("b-1", "b"), ("b-2", "b")):
+        release_services.release_publish(release_id=release_id, channel=channel)
+    rng = random.Random(11)
+    start = datetime(2026, 11, 30, tzinfo=UTC)
+    tick = 0
+
+    def group(count):
+        nonlocal tick
+        writes = []
+        for _ in range(count):
+            tick += 1
+            at = start + timedelta(seconds=tick // 3)  # some acks share their updated_at
+            writes.append(
+                AckWrite(
+                    node_id=f"n-{rng.randrange(40):03d}",
+                    release_id=rng.choice(["a-1", "a-2", "b-1", "b-2", "b-2", "missing"]),
+                    values={
+                        "status": rng.choice(["pending", "active", "failed"]),
+                        "lock_fingerprint": None,
+                        "message": None,
+                        "acked_at": at,
+                        "updated_at": at,
+                    },
+                )
+            )
+        results = node_acks_store(writes=writes)
+        assert sum(isinstance(r, Exception) for r in results) == sum(
+            w.release_id == "missing" for w in writes
+        )
+
+    def fleet_rows():
+        nodes = sorted(FleetNode.objects.values_list("node_id", "last_seen", "last_heard"))
+        acks = sorted(
+            FleetNodeAck.objects.values_list(
+                "node_id", "channel", "release_id", "status", "sequence", "updated_at", "ack_pk"
+            )
+        )
+        return nodes, acks
+
+    for size in (1, 30, 60, 5, 120):
+        group(size)
+    # a clock that stepped back: another release of a row's channel acked with an older time
+    # than the row's ack does not take the row (a rebuild chooses by time too)
+    row = FleetNodeAck.objects.select_related("release").order_by("node_id", "channel").first()
+    other = {"a-1": "a-2", "a-2": "a-1", "b-1": "b-2", "b-2": "b-1"}[row.release.release_id]
+    earlier = row.updated_at - timedelta(hours=1)
+    values = {"lock_fingerprint": None, "message": None, "acked_at": earlier}
+    node_acks_store(
+        writes=[
+            AckWrite(row.node_id, other, {**values, "status": "rejected", "updated_at": earlier})
+        ]
+    )
+    assert FleetNodeAck.objects.get(pk=row.pk).release_id == row.release_id
+    kept = fleet_rows()
+    assert len(kept[0]) == 40 and len(kept[1]) > 40
+    FleetNodeAck.objects.all().delete()
+    FleetNode.objects.all().delete()
+    release_services.fleet_acks_refresh(node_ids=None)
+    assert fleet_rows() == kept

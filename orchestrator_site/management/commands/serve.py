@@ -13,6 +13,7 @@ from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DatabaseError, connections
+from django.urls import get_resolver
 
 from access.services import Denial, DenialRecorder, edge_token_resolver
 from core import (
@@ -593,6 +594,9 @@ class Command(BaseCommand):
 
             metricsmerge.remove_snapshots(shared_dir)  # an earlier run's counts are not ours
             connections.close_all()  # every worker opens its own connections after the fork
+            # Import every route's views, serializers and schema now, once: the workers
+            # inherit them (shared pages) instead of each importing them at its first request.
+            get_resolver().url_patterns  # noqa: B018 - the lookup imports the URLconf
 
             def run_worker(index: int) -> int:
                 workers.configure(index=index, count=worker_count, directory=shared_dir)

@@ -42,6 +42,7 @@ from typing import Any
 from django.db import connection, transaction
 
 from core import pglock
+from core.dbthreads import write_turn
 
 logger = logging.getLogger("orchestrator.leader")
 
@@ -197,7 +198,10 @@ class Elector:
 
         close_old_connections()
         try:
-            with transaction.atomic(), connection.cursor() as cursor:
+            # The write turn first, as the events and ack writers take it: under a fleet's
+            # write load a renewal that went straight for SQLite's lock waited out the busy
+            # timeout ("database is locked", seen during a 10M-event prune) instead of queuing.
+            with write_turn(), transaction.atomic(), connection.cursor() as cursor:
                 if not self._leader:
                     self.campaigns += 1
                     token = secrets.token_hex(16)

@@ -12,7 +12,8 @@ A background thread (`start_pruner`, started by `serve`) prunes every PRUNE_INTE
   short transaction, with a pause between batches. On SQLite every batch runs on the events
   writer thread (`events.writer.run_on_writer`) between two ingest groups, so a prune never
   queues ingest behind SQLite's write lock for longer than one batch; after a round, free pages
-  go back to the file system in small `PRAGMA incremental_vacuum` steps, also on the writer;
+  go back to the file system in `PRAGMA incremental_vacuum` steps of ~20 ms each, also on the
+  writer, at most 10 % of its time (`vacuum_round`);
 - with several replicas of one PostgreSQL database only the leader prunes (`core.leader`).
 
 The fleet view keeps its nodes: their rows (`releases.FleetNode`) do not depend on the events.
@@ -42,7 +43,21 @@ BATCH_ROWS = 1000
 # Between two batches. On SQLite ingest does not need it to go first (the batches queue on the
 # writer behind the ingest groups that arrived meanwhile); it leaves the event loop some CPU.
 PAUSE_SECONDS = 0.005
-VACUUM_PAGES = 512  # pages returned to the file system per step (SQLite, 4 KiB each)
+# Free pages go back to the file system (SQLite, 4 KiB each) in steps sized to hold the writer
+# about VACUUM_STEP_SECONDS: a step moves live pages from the end of the file into free ones,
+# and after a large prune (the free pages at the start of the file, the live ones at its end)
+# that costs ~5 ms a page (measured after a 10M-event prune: 512 pages held ingest for 3 s).
+# The step size adapts (VACUUM_MIN_PAGES..VACUUM_MAX_PAGES), the pause after a step makes the
+# vacuum at most VACUUM_SHARE of the writer's time, and a round vacuums for at most
+# VACUUM_ROUND_SECONDS, the rest in later rounds. Ingest never needs it: SQLite reuses free
+# pages for new rows, so the file stops growing without it; it only shrinks a file that a
+# shorter retention (or a first prune) left mostly empty.
+VACUUM_MIN_PAGES = 1
+VACUUM_MAX_PAGES = 512
+VACUUM_FIRST_PAGES = 16
+VACUUM_STEP_SECONDS = 0.02
+VACUUM_SHARE = 0.1
+VACUUM_ROUND_SECONDS = 30.0
 WRITER_TIMEOUT_SECONDS = 60.0
 RECEIVED_AT_INDEX = "event_received_at_idx"  # events.models.Event.Meta.indexes
 FIRST_ROUND_SECONDS = 5.0
@@ -85,7 +100,7 @@ def delete_batch(*, cutoff: datetime, rows: int = BATCH_ROWS) -> int:
         return max(cursor.rowcount, 0)
 
 
-def vacuum_step(pages: int = VACUUM_PAGES) -> int:
+def vacuum_step(pages: int = VACUUM_FIRST_PAGES) -> int:
     """SQLite: give up to `pages` free pages back to the file system (incremental auto-vacuum);
     returns how many were free before. Nothing on a store without incremental auto-vacuum (see
     `ensure_incremental_vacuum`) or on PostgreSQL (autovacuum reuses the space)."""
@@ -139,20 +154,46 @@ def events_prune(
             break
         time.sleep(pause)
     vacuumed = 0
-    if deleted and connection.vendor == "sqlite":
-        before: int | None = None
-        while keep_going():
-            free = run(vacuum_step)
-            if free == 0 or (before is not None and free >= before):
-                break  # done, or nothing shrinks (never loop on a store that cannot)
-            vacuumed += min(free, VACUUM_PAGES)
-            if free <= VACUUM_PAGES:
-                break
-            before = free
-            time.sleep(pause)
+    if connection.vendor == "sqlite":
+        vacuumed = vacuum_round(run=run, keep_going=keep_going, pause=pause)
     return PruneResult(
         cutoff=cutoff, deleted=deleted, held_back_by_gate=held, vacuumed_pages=vacuumed
     )
+
+
+def vacuum_round(
+    *,
+    run: Callable[[Callable[[], Any]], Any],
+    keep_going: Callable[[], bool] = lambda: True,
+    pause: float = PAUSE_SECONDS,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> int:
+    """Give free pages back in steps of about VACUUM_STEP_SECONDS each, at most VACUUM_SHARE of
+    the time and VACUUM_ROUND_SECONDS in all (see VACUUM_STEP_SECONDS); the pages returned."""
+    pages = VACUUM_FIRST_PAGES
+    vacuumed = 0
+    before: int | None = None
+    ends = clock() + VACUUM_ROUND_SECONDS
+    while keep_going() and clock() < ends:
+
+        def step(size: int = pages) -> tuple[int, float]:
+            started = clock()
+            return vacuum_step(size), clock() - started
+
+        free, took = run(step)
+        if free == 0 or (before is not None and free >= before):
+            break  # done, or nothing shrinks (never loop on a store that cannot)
+        vacuumed += min(free, pages)
+        if free <= pages:
+            break
+        before = free
+        if took > 2 * VACUUM_STEP_SECONDS:
+            pages = max(VACUUM_MIN_PAGES, pages // 2)
+        elif took < VACUUM_STEP_SECONDS / 2:
+            pages = min(VACUUM_MAX_PAGES, pages * 2)
+        sleep(max(pause, took * (1 - VACUUM_SHARE) / VACUUM_SHARE))
+    return vacuumed
 
 
 def prepare_new_store() -> None:

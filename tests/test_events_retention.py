@@ -145,6 +145,54 @@ def _store_bytes(data_dir) -> int:
     )
 
 
+def test_vacuum_steps_stay_short_and_take_a_small_share_of_the_writer(monkeypatch):
+    """After a large prune every page given back costs ~5 ms (SQLite moves a live page from the
+    end of the file into a free one): a fixed 512-page step held ingest for 3 s. The steps
+    shrink until each holds the writer about VACUUM_STEP_SECONDS, the pauses keep the vacuum
+    at VACUUM_SHARE of the time, and a round stops after VACUUM_ROUND_SECONDS, leaving the
+    rest for the next round."""
+    from events import retention
+
+    now = [0.0]
+    free = [200_000]
+    steps: list[float] = []
+    slept: list[float] = []
+
+    def vacuum_step(pages):
+        before = free[0]
+        took = 0.005 * min(pages, before)  # 5 ms a page, on the fake clock
+        now[0] += took
+        steps.append(took)
+        free[0] -= min(pages, before)
+        return before
+
+    def sleep(seconds):
+        slept.append(seconds)
+        now[0] += seconds
+
+    monkeypatch.setattr(retention, "vacuum_step", vacuum_step)
+    returned = retention.vacuum_round(run=lambda task: task(), clock=lambda: now[0], sleep=sleep)
+    assert returned == 200_000 - free[0] > 0
+    assert free[0] > 0  # the rest is for the next rounds
+    assert max(steps) <= 0.005 * retention.VACUUM_FIRST_PAGES  # never longer than the first
+    settled = steps[5:]
+    assert max(settled) <= 2 * retention.VACUUM_STEP_SECONDS
+    assert sum(steps) <= retention.VACUUM_SHARE * 1.05 * now[0]
+    assert now[0] <= retention.VACUUM_ROUND_SECONDS + max(steps) + max(slept)
+
+    # a cheap store (pages at the end of the file already free): steps grow to the largest
+    now[0], free[0] = 0.0, 100_000
+    steps.clear()
+    monkeypatch.setattr(
+        retention,
+        "vacuum_step",
+        lambda pages: (free.__setitem__(0, free[0] - min(pages, free[0])), free[0] + pages)[1],
+    )
+    retention.vacuum_round(run=lambda task: task(), clock=lambda: now[0], sleep=sleep)
+    assert free[0] < 100_000 - retention.VACUUM_MAX_PAGES
+
+
+
 @pytest.mark.e2e
 def test_a_store_with_a_short_retention_stops_growing(tmp_path):
     data = tmp_path / "data"

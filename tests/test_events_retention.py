@@ -145,6 +145,45 @@ def _store_bytes(data_dir) -> int:
     )
 
 
+@pytest.mark.django_db
+def test_delete_batches_are_sized_to_hold_the_writer_briefly(monkeypatch):
+    """In a large store a row costs more to delete: the batches shrink until each holds the
+    writer about BATCH_SECONDS (ingest waits for at most about one), and grow again where rows
+    are cheap; every expired event still goes."""
+    from events import retention
+
+    now = [0.0]
+    expired = [60_000]
+    sizes: list[int] = []
+    cost = [0.0002]  # seconds a row, on the fake clock: 1,000 rows take 200 ms
+
+    def delete_batch(*, cutoff, rows):
+        sizes.append(rows)
+        gone = min(rows, expired[0])
+        expired[0] -= gone
+        now[0] += cost[0] * gone
+        return gone
+
+    def sleep(seconds):
+        now[0] += seconds
+
+    monkeypatch.setattr(retention, "delete_batch", delete_batch)
+    monkeypatch.setattr(retention, "vacuum_round", lambda **kwargs: 0)
+    result = retention.events_prune(
+        retention_seconds=HOUR, run=lambda task: task(), clock=lambda: now[0], sleep=sleep
+    )
+    assert result.deleted == 60_000 and expired[0] == 0
+    assert sizes[0] == retention.BATCH_ROWS
+    assert max(sizes[4:]) * cost[0] <= 2 * retention.BATCH_SECONDS  # settled near the target
+
+    expired[0], cost[0] = 60_000, 0.000001  # cheap rows: batches grow to the largest
+    sizes.clear()
+    retention.events_prune(
+        retention_seconds=HOUR, run=lambda task: task(), clock=lambda: now[0], sleep=sleep
+    )
+    assert max(sizes) == retention.BATCH_MAX_ROWS
+
+
 def test_vacuum_steps_stay_short_and_take_a_small_share_of_the_writer(monkeypatch):
     """After a large prune every page given back costs ~5 ms (SQLite moves a live page from the
     end of the file into a free one): a fixed 512-page step held ingest for 3 s. The steps
@@ -190,7 +229,6 @@ def test_vacuum_steps_stay_short_and_take_a_small_share_of_the_writer(monkeypatc
     )
     retention.vacuum_round(run=lambda task: task(), clock=lambda: now[0], sleep=sleep)
     assert free[0] < 100_000 - retention.VACUUM_MAX_PAGES
-
 
 
 @pytest.mark.e2e

@@ -40,27 +40,15 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parent.parent))
 
 from _common import machine_summary, start_orchestrator
+from ingest import DB_NAME
+from ingest import INSERT as INSERT_EVENT
 
-DB_NAME = "orchestrator.sqlite3"
-EVENT_COLUMNS = (
-    "event_id",
-    "event_type",
-    "node_id",
-    "timestamp",
-    "lock_fingerprint",
-    "release_id",
-    "payload",
-    "received_at",
-)
-INSERT_EVENT = (
-    f"INSERT INTO events_event ({', '.join(EVENT_COLUMNS)}) VALUES ({', '.join('?' * 8)}) "
-    "ON CONFLICT (node_id, event_id) DO NOTHING"
-)
 PAYLOAD = '{"cpu": 0.51, "mem_mb": 812, "uptime_s": 3600}'
 OLD = "2026-01-01 00:00:00.000000"
 
@@ -160,20 +148,26 @@ def ceiling_events(db: Path, groups: list) -> float:
     return took
 
 
-def server_events(groups: list) -> float:
+def timed_in_server(items: list, store: Any) -> float:
+    """Seconds `store(item)` took over all items, with serve's checkpointer (a PASSIVE checkpoint
+    every 50 transactions) untimed."""
     from django.db import connection
 
-    from events.services import events_store
-
     took = 0.0
-    for r, group in enumerate(groups):
+    for r, item in enumerate(items):
         started = time.perf_counter()
-        events_store(batches=group)
+        store(item)
         took += time.perf_counter() - started
         if r % 50 == 49:
             with connection.cursor() as cursor:
                 cursor.execute("PRAGMA wal_checkpoint(PASSIVE)")
     return took
+
+
+def server_events(groups: list) -> float:
+    from events.services import events_store
+
+    return timed_in_server(groups, lambda group: events_store(batches=group))
 
 
 def ack_groups(nodes: list[str], args: argparse.Namespace, rng: random.Random) -> list:
@@ -217,35 +211,20 @@ def ceiling_acks(db: Path, groups: list) -> float:
 
 
 def server_acks(groups: list) -> float:
-    from django.db import connection
     from django.utils import timezone
 
     from releases.services import AckWrite, node_acks_store
 
-    took = 0.0
-    for r, group in enumerate(groups):
+    def store(group: list) -> None:
         now = timezone.now()
-        writes = [
-            AckWrite(
-                node,
-                "rel-new",
-                {
-                    "status": status,
-                    "lock_fingerprint": None,
-                    "message": None,
-                    "acked_at": now,
-                    "updated_at": now,
-                },
-            )
-            for node, status in group
-        ]
-        started = time.perf_counter()
-        node_acks_store(writes=writes)
-        took += time.perf_counter() - started
-        if r % 50 == 49:
-            with connection.cursor() as cursor:
-                cursor.execute("PRAGMA wal_checkpoint(PASSIVE)")
-    return took
+        values = {"lock_fingerprint": None, "message": None, "acked_at": now, "updated_at": now}
+        node_acks_store(
+            writes=[
+                AckWrite(node, "rel-new", {**values, "status": status}) for node, status in group
+            ]
+        )
+
+    return timed_in_server(groups, store)
 
 
 def main() -> None:

@@ -261,9 +261,8 @@ def node_acks_store(*, writes: list[AckWrite]) -> list[Outcome | ApiError]:
     stored (SQLite; PostgreSQL tells inserted rows from updated ones by `xmax`), ONE multi-row
     upsert (`INSERT … ON CONFLICT (node_id, release_id) DO UPDATE`; a key acked twice in the
     group goes to a second statement, in submission order), and two upserts of the fleet
-    view's rows (`_FleetRows`). Rows
-    are in (node_id, release_id) order, so concurrent groups on PostgreSQL lock rows in one
-    order (no deadlocks)."""
+    view's rows (`_FleetRows`). Rows are in (node_id, release_id) order, so concurrent groups
+    on PostgreSQL lock rows in one order (no deadlocks)."""
     select_sql, existing_sql, insert_sql = _ack_statements()
     adapt = connection.ops.adapt_datetimefield_value
     postgres = connection.vendor == "postgresql"

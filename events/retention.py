@@ -170,10 +170,7 @@ def events_prune(
         batches += 1
         if count < rows:
             break
-        if took > 2 * BATCH_SECONDS:
-            rows = max(smallest, rows // 2)
-        elif took < BATCH_SECONDS / 2:
-            rows = min(BATCH_MAX_ROWS, rows * 2)
+        rows = resized(rows, took, BATCH_SECONDS, smallest, BATCH_MAX_ROWS)
         sleep(pause)
     vacuumed = 0
     if connection.vendor == "sqlite":
@@ -183,6 +180,16 @@ def events_prune(
     return PruneResult(
         cutoff=cutoff, deleted=deleted, held_back_by_gate=held, vacuumed_pages=vacuumed
     )
+
+
+def resized(size: int, took: float, target: float, smallest: int, largest: int) -> int:
+    """The next step's size: halved when the last took over twice `target`, doubled when it
+    took under half of it, within smallest..largest."""
+    if took > 2 * target:
+        return max(smallest, size // 2)
+    if took < target / 2:
+        return min(largest, size * 2)
+    return size
 
 
 def vacuum_round(
@@ -212,10 +219,7 @@ def vacuum_round(
         if free <= pages:
             break
         before = free
-        if took > 2 * VACUUM_STEP_SECONDS:
-            pages = max(VACUUM_MIN_PAGES, pages // 2)
-        elif took < VACUUM_STEP_SECONDS / 2:
-            pages = min(VACUUM_MAX_PAGES, pages * 2)
+        pages = resized(pages, took, VACUUM_STEP_SECONDS, VACUUM_MIN_PAGES, VACUUM_MAX_PAGES)
         sleep(max(pause, took * (1 - VACUUM_SHARE) / VACUUM_SHARE))
     return vacuumed
 

@@ -199,40 +199,37 @@ class StoredAck:
     updated_at: datetime
 
 
-_ack_sql: tuple[str, str, str] | None = None
+_ack_sql: tuple[str, str, str, str] | None = None
 
 
-def _ack_statements() -> tuple[str, str, str]:
-    """(select releases, select the existing keys of a group, upsert a group of acks): the
-    two group statements end in a placeholder list the caller repeats per ack."""
+def _ack_statements() -> tuple[str, str, str, str]:
+    """(select releases, select the existing keys of a group, upsert a group of acks: its head
+    and its tail), in this database's quoting, built once: the two group statements take one
+    placeholder list per ack between their parts."""
     global _ack_sql
     if _ack_sql is None:
         qn = connection.ops.quote_name
         acks, releases = qn(NodeAck._meta.db_table), qn(Release._meta.db_table)
         node, release = qn("node_id"), qn("release_id")
         columns = ", ".join(qn(c) for c in ("node_id", "release_id", *_ACK_COLUMNS))
+        sets = ", ".join(f"{qn(c)} = excluded.{qn(c)}" for c in _ACK_COLUMNS)
+        tail = (
+            f" ON CONFLICT ({node}, {release}) DO UPDATE SET {sets} "
+            f"RETURNING {node}, {release}, {qn('id')}"
+        )
+        if connection.vendor == "postgresql":
+            # xmax is 0 on a row this statement inserted, the updating transaction's id otherwise.
+            tail += ", (xmax = 0)"
         _ack_sql = (
             f"SELECT {qn('id')}, {release}, {qn('channel')}, {qn('sequence')} FROM {releases} "
             f"WHERE {release} IN ",
             # (node_id IN (...) AND release_id IN (...)): the unique index's lookups (a row-value
             # IN (VALUES ...) scans the table on SQLite); the caller drops extra pairs.
             f"SELECT {node}, {release} FROM {acks} WHERE {release} IN %s AND {node} IN ",
-            f"INSERT INTO {acks} ({columns}) VALUES ",  # then the rows and _ack_upsert_tail()
+            f"INSERT INTO {acks} ({columns}) VALUES ",
+            tail,
         )
     return _ack_sql
-
-
-def _ack_upsert_tail() -> str:
-    qn = connection.ops.quote_name
-    sets = ", ".join(f"{qn(c)} = excluded.{qn(c)}" for c in _ACK_COLUMNS)
-    tail = (
-        f" ON CONFLICT ({qn('node_id')}, {qn('release_id')}) DO UPDATE SET {sets} "
-        f"RETURNING {qn('node_id')}, {qn('release_id')}, {qn('id')}"
-    )
-    if connection.vendor == "postgresql":
-        # xmax is 0 on a row this statement inserted, the updating transaction's id otherwise.
-        tail += ", (xmax = 0)"
-    return tail
 
 
 def _rounds(order: list[int], writes: list[AckWrite]) -> list[list[int]]:
@@ -263,7 +260,7 @@ def node_acks_store(*, writes: list[AckWrite]) -> list[Outcome | ApiError]:
     group goes to a second statement, in submission order), and two upserts of the fleet
     view's rows (`_FleetRows`). Rows are in (node_id, release_id) order, so concurrent groups
     on PostgreSQL lock rows in one order (no deadlocks)."""
-    select_sql, existing_sql, insert_sql = _ack_statements()
+    select_sql, existing_sql, insert_sql, upsert_tail = _ack_statements()
     adapt = connection.ops.adapt_datetimefield_value
     postgres = connection.vendor == "postgresql"
     wanted = sorted({write.release_id for write in writes})
@@ -307,7 +304,7 @@ def node_acks_store(*, writes: list[AckWrite]) -> list[Outcome | ApiError]:
                     adapt(values[c]) if c in _TIME_COLUMNS else values[c] for c in _ACK_COLUMNS
                 )
             rows = ", ".join(["(%s, %s, %s, %s, %s, %s, %s)"] * len(batch))
-            cursor.execute(insert_sql + rows + _ack_upsert_tail(), params)
+            cursor.execute(insert_sql + rows + upsert_tail, params)
             returned = {(row[0], row[1]): row[2:] for row in cursor.fetchall()}
             if postgres:
                 created = [returned[key][1] for key in keys]
@@ -361,26 +358,39 @@ class _FleetRows:
         if not self.heard:
             return
         adapt = connection.ops.adapt_datetimefield_value
-        fleet, fleet_ack = _qn(FleetNode._meta.db_table), _qn(FleetNodeAck._meta.db_table)
-        node, heard = _qn("node_id"), _qn("last_heard")
+        nodes_head, nodes_tail, acks_head, acks_tail = _fleet_rows_sql()
         nodes = sorted(self.heard)  # key order: concurrent PostgreSQL writers never deadlock
         cursor.execute(
-            f"INSERT INTO {fleet} ({node}, {_qn('last_seen')}, {heard}) VALUES "
-            + ", ".join(["(%s, NULL, %s)"] * len(nodes))
-            + f" ON CONFLICT ({node}) DO UPDATE SET "
-            f"{heard} = {_greatest()}({fleet}.{heard}, excluded.{heard})",
+            nodes_head + ", ".join(["(%s, NULL, %s)"] * len(nodes)) + nodes_tail,
             [value for n in nodes for value in (n, adapt(self.heard[n]))],
         )
-        columns = ("node_id", "channel", "release_id", "status", "sequence", "updated_at", "ack_pk")
-        updated, ack_pk = _qn("updated_at"), _qn("ack_pk")
         params: list[Any] = []
         for key in sorted(self.acks):
             updated_at, pk, release_pk, status, sequence = self.acks[key]
             params.extend((*key, release_pk, status, sequence, adapt(updated_at), pk))
         cursor.execute(
-            f"INSERT INTO {fleet_ack} ({', '.join(_qn(c) for c in columns)}) VALUES "
-            + ", ".join(["(%s, %s, %s, %s, %s, %s, %s)"] * len(self.acks))
-            + f" ON CONFLICT ({node}, {_qn('channel')}) DO UPDATE SET "
+            acks_head + ", ".join(["(%s, %s, %s, %s, %s, %s, %s)"] * len(self.acks)) + acks_tail,
+            params,
+        )
+
+
+_fleet_sql: tuple[str, str, str, str] | None = None
+
+
+def _fleet_rows_sql() -> tuple[str, str, str, str]:
+    """`_FleetRows`' two upserts (head and tail each, the rows go between), built once."""
+    global _fleet_sql
+    if _fleet_sql is None:
+        fleet, fleet_ack = _qn(FleetNode._meta.db_table), _qn(FleetNodeAck._meta.db_table)
+        node, heard = _qn("node_id"), _qn("last_heard")
+        updated, ack_pk = _qn("updated_at"), _qn("ack_pk")
+        columns = ("node_id", "channel", "release_id", "status", "sequence", "updated_at", "ack_pk")
+        _fleet_sql = (
+            f"INSERT INTO {fleet} ({node}, {_qn('last_seen')}, {heard}) VALUES ",
+            f" ON CONFLICT ({node}) DO UPDATE SET "
+            f"{heard} = {_greatest()}({fleet}.{heard}, excluded.{heard})",
+            f"INSERT INTO {fleet_ack} ({', '.join(_qn(c) for c in columns)}) VALUES ",
+            f" ON CONFLICT ({node}, {_qn('channel')}) DO UPDATE SET "
             + ", ".join(
                 f"{_qn(c)} = excluded.{_qn(c)}"
                 for c in ("release_id", "status", "sequence", "updated_at", "ack_pk")
@@ -389,8 +399,8 @@ class _FleetRows:
             f"OR excluded.{updated} > {fleet_ack}.{updated} "
             f"OR (excluded.{updated} = {fleet_ack}.{updated} "
             f"AND excluded.{ack_pk} > {fleet_ack}.{ack_pk})",
-            params,
         )
+    return _fleet_sql
 
 
 # (node_id, release) pairs per "already stored?" select: two parameters each, far below

@@ -56,7 +56,14 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import AUTH, add_auth_argument, machine_summary, start_orchestrator, use_auth
+from _common import (
+    AUTH,
+    add_auth_argument,
+    free_port,
+    machine_summary,
+    start_orchestrator,
+    use_auth,
+)
 
 # Names of this run (a PostgreSQL database may already hold an earlier run's).
 RUN = time.strftime("%Y%m%d%H%M%S")
@@ -83,6 +90,8 @@ class Job:
 @dataclass
 class Stats:
     latencies: list[list[float]] = field(default_factory=lambda: [[] for _ in ROUTES])
+    # per route, parallel to `latencies`: seconds from the run's start to the request's due time
+    due: list[list[float]] = field(default_factory=lambda: [[] for _ in ROUTES])
     errors: list[int] = field(default_factory=lambda: [0 for _ in ROUTES])
     statuses: dict[str, int] = field(default_factory=dict)
 
@@ -291,6 +300,7 @@ class Fleet:
             stats.errors[job.route] += 1
             return
         stats.latencies[job.route].append((now - job.scheduled) * 1000)
+        stats.due[job.route].append(job.scheduled - self.t0)
         if job.route == 0:
             start = body.find(b'"release_id":"')
             if start < 0:
@@ -343,6 +353,7 @@ def _worker_main(
         t = os.times()
         return {
             "latencies": fleet.stats.latencies,
+            "due": fleet.stats.due,
             "errors": fleet.stats.errors,
             "statuses": fleet.stats.statuses,
             "timed_out": timed_out,
@@ -459,6 +470,25 @@ def _pct(data: list[float], p: float) -> float:
     return data[min(len(data) - 1, int(p / 100 * len(data)))]
 
 
+def write_turn_seconds(port: int) -> tuple[float, float, float]:
+    """(wait, held) seconds of SQLite's write turn so far and the turns taken, summed over the
+    server's workers, from its `/metrics` (`cp_store_write_turn_seconds_total`,
+    `cp_store_write_turns_total`); zeros on PostgreSQL or when unread."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
+            text = answer.read().decode()
+    except OSError:
+        return 0.0, 0.0, 0.0
+    found = {"wait": 0.0, "held": 0.0, "turns": 0.0}
+    for line in text.splitlines():
+        if line.startswith("cp_store_write_turn_seconds_total{"):
+            phase = line.split('phase="', 1)[1].split('"', 1)[0]
+            found[phase] = float(line.rsplit(" ", 1)[1])
+        elif line.startswith("cp_store_write_turns_total "):
+            found["turns"] = float(line.rsplit(" ", 1)[1])
+    return found["wait"], found["held"], found["turns"]
+
+
 def proc_tree(pid: int) -> list[int]:
     """`pid` and its descendants (serve --workers: the supervisor and its workers)."""
     found, todo = [], [pid]
@@ -564,6 +594,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--drain", type=float, default=15.0)
     parser.add_argument("--postgres-url", default=None, help="run serve on this PostgreSQL db")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    parser.add_argument(
+        "--timeline",
+        type=float,
+        default=0.0,
+        help="also print p99 per node route per window of this many seconds (by due time)",
+    )
     parser.add_argument("--serve-arg", action="append", default=[], help="extra serve argument")
     add_auth_argument(parser)
     args = parser.parse_args(argv)
@@ -588,6 +624,8 @@ def run(args: argparse.Namespace, emit: Callable[[dict[str, Any]], None]) -> dic
         extra += ["--workers", str(args.workers)]
     if args.postgres_url:
         extra += ["--postgres-url", args.postgres_url]
+    metrics_port = free_port()
+    extra += ["--metrics-addr", f"127.0.0.1:{metrics_port}"]
     srv = start_orchestrator(work / "data", *extra, log=work / "serve.log")
     summary: dict[str, Any] = {}
     try:
@@ -609,14 +647,23 @@ def run(args: argparse.Namespace, emit: Callable[[dict[str, Any]], None]) -> dic
         cpu_before = proc_cpu_seconds(srv.proc.pid)
         wait_before = proc_runqueue_wait_seconds(srv.proc.pid)
         began = time.time()
+        turn_before = turn = write_turn_seconds(metrics_port)
+        turn_busy: list[tuple[float, float]] = []  # (seconds into the run, held share of 5 s)
         peak_pss = proc_pss_mb(srv.proc.pid)
         processes = len(proc_tree(srv.proc.pid))
         while time.time() < start_at + args.seconds:  # sample the tree's PSS every 5 s
-            time.sleep(max(0.0, min(5.0, start_at + args.seconds - time.time())))
+            t = time.time()
+            time.sleep(max(0.0, min(5.0, start_at + args.seconds - t)))
             peak_pss = max(peak_pss, proc_pss_mb(srv.proc.pid))
+            now_turn = write_turn_seconds(metrics_port)
+            turn_busy.append((t - start_at, (now_turn[1] - turn[1]) / max(1e-3, time.time() - t)))
+            turn = now_turn
         cpu_window = proc_cpu_seconds(srv.proc.pid) - cpu_before
         wait_window = proc_runqueue_wait_seconds(srv.proc.pid) - wait_before
         window = time.time() - began
+        turn_wait = turn[0] - turn_before[0]
+        turn_held = turn[1] - turn_before[1]
+        turns = turn[2] - turn_before[2]
         stop.set()
         results = [out.get(timeout=args.drain + 120) for _ in procs]
         for proc in procs:
@@ -649,6 +696,13 @@ def run(args: argparse.Namespace, emit: Callable[[dict[str, Any]], None]) -> dic
                 route, lat, operator.errors[route], args.seconds, base, emit
             )
             total_errors += operator.errors[route]
+        if args.timeline > 0:
+            _timeline(results, args.timeline, base, emit)
+            print(
+                "write turn held, % of each 5 s: "
+                + " ".join(f"{at:.0f}s:{b * 100:.0f}" for at, b in turn_busy),
+                file=sys.stderr,
+            )
         generator_cpu = sum(r["cpu"] for r in results)
         figures = {
             "server_cpu_percent": (cpu_window / window * 100, "% of one core"),
@@ -657,6 +711,16 @@ def run(args: argparse.Namespace, emit: Callable[[dict[str, Any]], None]) -> dic
             "server_peak_pss_mb": (peak_pss, "MiB"),
             "server_processes": (processes, "processes"),
             "generator_cpu_percent": (generator_cpu / window * 100, "% of one core"),
+            # SQLite: the share of the window the one write lock was held, and the writers'
+            # summed wait for it (several writer threads may wait at once)
+            "write_turn_held_percent": (turn_held / window * 100, "% of wall time"),
+            "write_turn_peak_held_percent": (
+                max((b for _, b in turn_busy), default=0.0) * 100,
+                "% of a 5 s window",
+            ),
+            "write_turn_wait_percent": (turn_wait / window * 100, "% of wall time, summed"),
+            "write_turns_per_second": (turns / window, "turns/s"),
+            "write_turn_mean_held_ms": (turn_held / max(turns, 1) * 1000, "ms"),
             "errors_total": (total_errors, "requests"),
             "plan_stages_reached": (len(operator.stages_reached), "stages"),
         }
@@ -712,6 +776,32 @@ def _route_figures(
           f"{figures['p50_ms']:>9.1f}{figures['p95_ms']:>9.1f}{figures['p99_ms']:>9.1f}"
           f"{figures['max_ms']:>9.1f}", file=sys.stderr)  # fmt: skip
     return figures
+
+
+def _timeline(
+    results: list[dict[str, Any]],
+    window: float,
+    base: dict[str, Any],
+    emit: Callable[[dict[str, Any]], None],
+) -> None:
+    """p99 per node route per window of due time: where in the run a backlog builds (a stage
+    opening shows as a burst of acks)."""
+    buckets: dict[tuple[int, int], list[float]] = {}
+    for r in results:
+        for n in range(len(ROUTES)):
+            for due, ms in zip(r["due"][n], r["latencies"][n], strict=True):
+                buckets.setdefault((int(due // window), n), []).append(ms)
+    print(f"{'from s':>7}" + "".join(f"{route + ' n/p99':>22}" for route in ROUTES),
+          file=sys.stderr)  # fmt: skip
+    for w in sorted({w for w, _ in buckets}):
+        cells = []
+        for n, route in enumerate(ROUTES):
+            lat = sorted(buckets.get((w, n), []))
+            p99 = _pct(lat, 99)
+            cells.append(f"{len(lat):>10} {p99:>10.0f}ms")
+            emit({"figure": f"timeline.{route}.p99_ms", "from_s": w * window,
+                  "value": round(p99, 1), "answers": len(lat), "unit": "ms", **base})  # fmt: skip
+        print(f"{w * window:>7.0f}" + "".join(cells), file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:

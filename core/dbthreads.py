@@ -22,11 +22,13 @@ import contextvars
 import logging
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from django.db import DatabaseError, InterfaceError, OperationalError, connection
+from prometheus_client import Counter
 
 from core import dberrors, sharedstate
 
@@ -143,6 +145,15 @@ def inline_sqlite() -> sqlite3.Connection | None:
 _write_turn = threading.Lock()
 _turn_held = threading.local()
 
+# How busy the one write lock of a SQLite store is (docs/metrics.md; summed over `--workers`).
+WRITE_TURN_SECONDS = Counter(
+    "cp_store_write_turn_seconds_total",
+    "SQLite: seconds the writer threads spent waiting for the write turn and holding it.",
+    ["phase"],
+)
+WRITE_TURNS = Counter("cp_store_write_turns_total", "SQLite: write turns taken by writer threads.")
+_TURN_WAIT, _TURN_HELD = WRITE_TURN_SECONDS.labels("wait"), WRITE_TURN_SECONDS.labels("held")
+
 
 @contextlib.contextmanager
 def write_turn() -> Any:
@@ -157,13 +168,20 @@ def write_turn() -> Any:
         yield  # PostgreSQL, or this thread has the turn already (a writer holds it for a group)
         return
     _turn_held.held = True
+    asked = time.perf_counter()
     try:
         shared = sharedstate.state()
-        if shared is not None:  # serve --workers: the writers of every worker take turns
-            with shared.write_lock():
+        # serve --workers: the writers of every worker take turns
+        lock: contextlib.AbstractContextManager[Any] = (
+            shared.write_lock() if shared is not None else _write_turn
+        )
+        with lock:
+            got = time.perf_counter()
+            try:
                 yield
-        else:
-            with _write_turn:
-                yield
+            finally:
+                _TURN_WAIT.inc(got - asked)
+                _TURN_HELD.inc(time.perf_counter() - got)
+                WRITE_TURNS.inc()
     finally:
         _turn_held.held = False

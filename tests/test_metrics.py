@@ -73,6 +73,10 @@ def test_metrics_on_both_listeners_bounded_labels_and_promtool(tmp_path):
     assert _sample(text, "cp_events_ingested_total", result="inserted") == 1
     assert _sample(text, "cp_events_ingested_total", result="deduped") == 1
     assert _sample(text, "cp_http_requests_total", route="/v1/events", code="200") == 1
+    # The batch went through SQLite's one write turn: taken, and held for some time.
+    assert _sample(text, "cp_store_write_turns_total") >= 1
+    assert _sample(text, "cp_store_write_turn_seconds_total", phase="held") > 0
+    assert _sample(text, "cp_store_write_turn_seconds_total", phase="wait") >= 0
     # The gauge and, for the contract (API.md §5), the deprecated counter with the same values.
     assert "# TYPE cp_rollout_plans gauge" in text
     assert "# TYPE cp_rollout_plans_total counter" in text

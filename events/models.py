@@ -28,7 +28,6 @@ class Event(models.Model):
         indexes = [
             models.Index(fields=["node_id", "id"], name="event_node_id_idx"),
             models.Index(fields=["event_type", "id"], name="event_type_id_idx"),
-            models.Index(fields=["node_id", "event_type", "id"], name="event_node_type_id_idx"),
             # Retention deletes the oldest arrivals in small batches (events/retention.py).
             models.Index(fields=["received_at"], name="event_received_at_idx"),
         ]

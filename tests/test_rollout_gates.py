@@ -265,6 +265,34 @@ def test_event_threshold_counts_nodes_on_the_new_release_since_the_stage_opened(
     assert "app.crash" in after["history"][-1]["reason"]
 
 
+def test_event_threshold_sees_events_stored_after_its_earlier_passes(api, fake_clock):
+    # The gate reads the event type's index from the window's first event id on; that bound
+    # is taken on the first pass (here: before any event of the window exists) and must not
+    # hide what arrives later, nor let older events of the type in.
+    plan = plan_with(
+        [
+            {"kind": "event_threshold", "event_type": "app.crash", "max_ratio": 0.5},
+            {"kind": "manual"},
+        ]
+    )
+    for node in ("a", "b", "c", "d"):
+        ack(plan, node, "active")
+    EventFactory(node_id="a", event_type="app.crash", received_at=T0 - timedelta(seconds=1))
+    EventFactory(node_id="b", event_type="app.crash", received_at=T0 - timedelta(seconds=1))
+    EventFactory(node_id="c", event_type="app.crash", received_at=T0 - timedelta(seconds=1))
+    first = gates_of(api)["gates"][0]
+    assert first["passed"] is True
+    assert "0 of 4 stage nodes" in first["detail"]  # crashes before the stage opened
+    assert evaluate_open_stages() == []
+    EventFactory(node_id="a", event_type="app.crash", received_at=T0 + timedelta(seconds=2))
+    EventFactory(node_id="b", event_type="app.heartbeat", received_at=T0 + timedelta(seconds=2))
+    assert "1 of 4 stage nodes" in gates_of(api)["gates"][0]["detail"]
+    EventFactory(node_id="b", event_type="app.crash", received_at=T0 + timedelta(seconds=3))
+    EventFactory(node_id="c", event_type="app.crash", received_at=T0 + timedelta(seconds=3))
+    assert "3 of 4 stage nodes" in gates_of(api)["gates"][0]["detail"]
+    assert [o.action for _, o in evaluate_open_stages()] == ["halt"]
+
+
 def test_resume_after_a_halt_restarts_the_soak_and_the_event_window(api, fake_clock):
     plan = plan_with(
         [

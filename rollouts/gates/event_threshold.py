@@ -1,8 +1,12 @@
 """`event_threshold`: halts the plan when too many of the stage's nodes on the new release sent an
 event of one type since the stage opened.
 
-One aggregate read: the distinct reporting nodes among those on the new release (chunked
-`node_id IN (...)` on the (node_id, event_type, id) index).
+One aggregate read: the distinct nodes that sent an event of the type since the stage opened, on
+the (event_type, id) index, intersected in Python with the nodes on the new release. On SQLite
+the read starts at the first event id the window can hold (`_first_id_after`), so it never walks
+older events of the type: the gate's types are rare events (failures, crashes) and the stage's
+events are a small tail of the table. There is no (node_id, event_type, id) index: every stored
+event would pay for it at ingest (docs/performance.md, "The write turn per event").
 """
 
 from __future__ import annotations
@@ -10,6 +14,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
+
+from django.db import connection
 
 from core.jsonvalues import MAX_INT  # the JSON-values rule (docs/api.md)
 from events.models import Event
@@ -27,20 +33,71 @@ from rollouts.gates.base import (
 if TYPE_CHECKING:
     from rollouts.cohort import StageSnap
 
-_IN_CHUNK = 500
+TYPE_INDEX = "event_type_id_idx"  # events.models.Event.Meta.indexes
+RECEIVED_AT_INDEX = "event_received_at_idx"
+
+# SQLite: window start -> (the smallest event id that can have arrived after it, the largest id
+# when that was read, that row's key). Ids only grow (AUTOINCREMENT: never reused once committed,
+# every later insert gets a larger one), so a bound taken once stays true for every later pass
+# of the stage, whatever the clock did. It is used while the row it was read beside is still
+# there unchanged; a store rolled back or flushed since (tests) reads it again.
+_first_ids: dict[tuple[str, datetime], tuple[int, int, tuple[str, str] | None]] = {}
+_FIRST_IDS_MAX = 256
+
+
+def _first_id_after(since: datetime) -> int:
+    """SQLite: the smallest id of an event received after `since`, or, when there is none yet,
+    one more than the largest id (every event stored later has a larger id)."""
+    qn = connection.ops.quote_name
+    table, ident = qn(Event._meta.db_table), qn("id")
+    key_of_row = f"SELECT {qn('node_id')}, {qn('event_id')} FROM {table} WHERE {ident} = %s"
+    key = (str(connection.settings_dict.get("NAME")), since)
+    with connection.cursor() as cursor:
+        known = _first_ids.get(key)
+        if known is not None:
+            bound, largest, marker = known
+            cursor.execute(key_of_row, [largest])
+            row = cursor.fetchone()
+            if (tuple(row) if row else None) == marker:
+                return bound
+        # the largest id, its key, and the window's first id, in one read
+        cursor.execute(
+            f"SELECT {ident}, {qn('node_id')}, {qn('event_id')}, (SELECT min({ident}) FROM "
+            f"{table} INDEXED BY {qn(RECEIVED_AT_INDEX)} WHERE {qn('received_at')} > %s) "
+            f"FROM {table} ORDER BY {ident} DESC LIMIT 1",
+            [connection.ops.adapt_datetimefield_value(since)],
+        )
+        row = cursor.fetchone()
+    if row is None:  # no event yet: the first one stored will have an id of at least 1
+        largest, first, marker = 0, None, None
+    else:
+        largest, first, marker = int(row[0]), row[3], (row[1], row[2])
+    bound = largest + 1 if first is None else int(first)
+    if len(_first_ids) >= _FIRST_IDS_MAX:
+        _first_ids.clear()
+    _first_ids[key] = (bound, largest, marker)
+    return bound
 
 
 def _nodes_reporting(node_ids: Iterable[str], event_type: str, since: datetime) -> set[str]:
-    nodes = sorted(node_ids)
-    reporting: set[str] = set()
-    for start in range(0, len(nodes), _IN_CHUNK):
-        chunk = nodes[start : start + _IN_CHUNK]
-        reporting.update(
-            Event.objects.filter(node_id__in=chunk, event_type=event_type, received_at__gt=since)
-            .values_list("node_id", flat=True)
-            .distinct()
-        )
-    return reporting
+    """The nodes among `node_ids` that sent an `event_type` event received after `since`."""
+    wanted = set(node_ids)
+    if not wanted:
+        return set()
+    qn = connection.ops.quote_name
+    node, kind, received = qn("node_id"), qn("event_type"), qn("received_at")
+    sql = f"SELECT DISTINCT {node} FROM {qn(Event._meta.db_table)}"
+    params: list[Any] = [event_type, connection.ops.adapt_datetimefield_value(since)]
+    if connection.vendor == "sqlite":
+        # the type's index from the window's first id on, whatever the statistics say
+        sql += f" INDEXED BY {qn(TYPE_INDEX)}"
+        where = f" WHERE {kind} = %s AND {received} > %s AND {qn('id')} >= %s"
+        params.append(_first_id_after(since))
+    else:  # PostgreSQL: ids are taken before commit, so no id bound; the planner picks
+        where = f" WHERE {kind} = %s AND {received} > %s"
+    with connection.cursor() as cursor:
+        cursor.execute(sql + where, params)
+        return {row[0] for row in cursor.fetchall() if row[0] in wanted}
 
 
 class EventThreshold(GateKind):

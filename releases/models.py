@@ -40,7 +40,10 @@ class NodeAck(models.Model):
         REJECTED = "rejected"
 
     node_id = models.CharField(max_length=256)
-    release = models.ForeignKey(Release, on_delete=models.CASCADE, related_name="acks")
+    # no index of its own: (release, status) below starts with it (every ack would pay for two)
+    release = models.ForeignKey(
+        Release, on_delete=models.CASCADE, related_name="acks", db_index=False
+    )
     status = models.CharField(max_length=16, choices=Status.choices)
     lock_fingerprint = models.CharField(max_length=256, null=True, blank=True)
     message = models.TextField(null=True, blank=True)
@@ -88,9 +91,13 @@ class FleetNodeAck(models.Model):
     acks in its transaction (`releases.services.node_acks_store`); rebuilt from `NodeAck` by
     `releases.services.fleet_acks_refresh` (migrations, `migrate`, writes around the writer)."""
 
-    node = models.ForeignKey(FleetNode, on_delete=models.CASCADE, related_name="channel_acks")
+    # No index of their own (every ack moves these rows): (node, channel) below starts with
+    # `node`; `release` is only looked up when a release is deleted (a scan of this table).
+    node = models.ForeignKey(
+        FleetNode, on_delete=models.CASCADE, related_name="channel_acks", db_index=False
+    )
     channel = models.CharField(max_length=256)
-    release = models.ForeignKey(Release, on_delete=models.CASCADE, related_name="+")
+    release = models.ForeignKey(Release, on_delete=models.CASCADE, related_name="+", db_index=False)
     status = models.CharField(max_length=16, choices=NodeAck.Status.choices)
     sequence = models.PositiveBigIntegerField()
     updated_at = models.DateTimeField()

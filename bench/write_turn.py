@@ -37,6 +37,7 @@ import shutil
 import sqlite3
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -234,7 +235,21 @@ def main() -> None:
     parser.add_argument("--group", type=int, default=20, help="batches (or acks) per transaction")
     parser.add_argument("--event-ids", choices=("node", "uuid"), default="node")
     parser.add_argument("--rounds", type=int, default=300)
+    parser.add_argument(
+        "--busy-threads",
+        type=int,
+        default=0,
+        help="Python threads spinning meanwhile, as a busy event loop (they contend for the GIL)",
+    )
+    parser.add_argument(
+        "--switch-interval",
+        type=float,
+        default=None,
+        help="sys.setswitchinterval seconds for the run (Python's default 0.005)",
+    )
     args = parser.parse_args()
+    if args.switch_interval is not None:
+        sys.setswitchinterval(args.switch_interval)
     if args.nodes < args.group * args.rounds:
         parser.error("--nodes must be at least --group x --rounds (each node acks once)")
 
@@ -253,6 +268,17 @@ def main() -> None:
             shutil.copy(filled, root / name / DB_NAME)
             return root / name / DB_NAME
 
+        spinning = threading.Event()
+
+        def spin() -> None:  # pure Python, never blocks: holds the GIL until forced to drop it
+            x = 0
+            while not spinning.is_set():
+                for i in range(1000):
+                    x += i
+
+        spinners = [threading.Thread(target=spin, daemon=True) for _ in range(args.busy_threads)]
+        for thread in spinners:
+            thread.start()
         events = event_batches(nodes, args, random.Random(1))
         acks = ack_groups(nodes, args, random.Random(2))
         n_events = args.rounds * args.group * 10
@@ -272,7 +298,14 @@ def main() -> None:
             cursor.execute("PRAGMA wal_autocheckpoint=0")
         server_e = server_events(events) / n_events
         server_a = server_acks(acks) / n_acks
-        common = {"nodes": args.nodes, "group": args.group, "event_ids": args.event_ids}
+        spinning.set()
+        common = {
+            "nodes": args.nodes,
+            "group": args.group,
+            "event_ids": args.event_ids,
+            "busy_threads": args.busy_threads,
+            "switch_interval": sys.getswitchinterval(),
+        }
         emit(
             figure="event_turn_us",
             value=round(server_e * 1e6, 1),

@@ -11,6 +11,7 @@ import ipaddress
 import logging
 import signal
 import socket
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -519,9 +520,19 @@ def run_daphne(
 
     signal.signal(signal.SIGTERM, handle_signal)
     signal.signal(signal.SIGINT, handle_signal)
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_SECONDS)
     server.run()
     logger.info("stopped")
 
+
+# How long the thread holding the GIL keeps it once another thread asks for it (Python's default:
+# 5 ms). The writer threads hold SQLite's one write turn across their statements, and sqlite3
+# lets go of the GIL for every statement step, so while the event loop is busy each statement of
+# a turn waited up to 5 ms to get it back, and the turn stayed held meanwhile. Measured with
+# `bench/write_turn.py --busy-threads 1` (docs/performance.md, "The write turn under a busy
+# loop"): per stored ack 2,044 us of turn at 5 ms, 323 us at 0.5 ms; per event 106 -> 31 us. A
+# thread alone never switches, so an idle writer costs the loop nothing.
+GIL_SWITCH_INTERVAL_SECONDS = 0.0005
 
 # Callables (protocol, scope) -> None run before each request's application starts; the TLS
 # layer registers one that puts the verified client identity into scope["extensions"]["tls"].

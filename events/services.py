@@ -2,14 +2,20 @@
 insert itself, used directly by the in-process writer thread of the fast path).
 
 One short transaction per call (`BEGIN IMMEDIATE` on SQLite, set in settings), a raw
-`INSERT ... ON CONFLICT (node_id, event_id) DO NOTHING` through `cursor.executemany`, and the
-inserted count taken from the insert itself (`rowcount`, the sum over the batch on sqlite3 and
-psycopg 3). On PostgreSQL one `INSERT ... SELECT FROM unnest(...) ... RETURNING node_id, event_id`
-per group instead. The idempotency key is (node_id, event_id) (API.md §6: one node can never
-shadow another node's event). Duplicates, against stored events or inside the batch, are simply
-not inserted: the first copy wins and a stored event never changes. On PostgreSQL the events of a
-group are inserted sorted by (node_id, event_id) (one lock order for every replica: no deadlocks
-between concurrent ingests).
+`INSERT ... ON CONFLICT (node_id, event_id) DO NOTHING`, and the inserted count taken from the
+insert itself (`rowcount`). On SQLite the whole group goes in as multi-row statements of up to
+`CHUNK_ROWS` rows: when every event was new (the common case) each batch's count is its length;
+otherwise (a node resent events) the transaction is rolled back and the group inserted again
+one batch per `executemany`, which counts each batch. Few statements matter more than they seem:
+sqlite3 lets go of the GIL for every statement step (every row of an `executemany`), and while
+the event loop is busy each step waits to get it back, holding the write turn meanwhile
+(docs/performance.md, "The write turn per event"). On PostgreSQL one
+`INSERT ... SELECT FROM unnest(...) ... RETURNING node_id, event_id` per group instead. The
+idempotency key is (node_id, event_id) (API.md §6: one node can never shadow another node's
+event). Duplicates, against stored events or inside the batch, are simply not inserted: the
+first copy wins and a stored event never changes. On PostgreSQL the events of a group are
+inserted sorted by (node_id, event_id) (one lock order for every replica: no deadlocks between
+concurrent ingests).
 """
 
 from __future__ import annotations
@@ -58,6 +64,9 @@ def add_ingest_hook(hook: Callable[[int, int], None]) -> None:
 
 
 _INSERT_SQL: str | None = None
+# SQLite: rows per multi-row INSERT (8 parameters each; SQLite allows 32,766 per statement)
+CHUNK_ROWS = 250
+_chunk_sql: dict[int, str] = {}
 # The columns of an EventRow, in its order (received_at is added at insert time).
 _ROW_COLUMNS = (
     "event_id",
@@ -83,6 +92,33 @@ def _insert_sql() -> str:
     return _INSERT_SQL
 
 
+def _chunk_insert_sql(rows: int) -> str:
+    """SQLite: the insert of `_insert_sql()` with `rows` rows of values (cached per count)."""
+    sql = _chunk_sql.get(rows)
+    if sql is None:
+        head, _, tail = _insert_sql().partition(" VALUES ")
+        values, _, conflict = tail.partition(" ON CONFLICT ")
+        sql = f"{head} VALUES {', '.join([values] * rows)} ON CONFLICT {conflict}"
+        if len(_chunk_sql) < 64:
+            _chunk_sql[rows] = sql
+    return sql
+
+
+class _SomeStoredAlready(Exception):
+    """The group's multi-row insert stored fewer events than it carried."""
+
+
+def _insert_group(cursor: Any, batches: list[list[EventRow]], received_at: Any) -> None:
+    """SQLite: insert every event of the group in multi-row statements; raises
+    `_SomeStoredAlready` (the caller rolls the transaction back) unless every one was new."""
+    rows = [(*row, received_at) for batch in batches for row in batch]
+    for start in range(0, len(rows), CHUNK_ROWS):
+        chunk = rows[start : start + CHUNK_ROWS]
+        cursor.execute(_chunk_insert_sql(len(chunk)), [value for row in chunk for value in row])
+        if cursor.rowcount != len(chunk):
+            raise _SomeStoredAlready
+
+
 def events_ingest(*, events: list[Any]) -> IngestResult:
     """Validate a batch (400 naming index and field on the first bad event) and store it."""
     rows = validate_events(events)
@@ -101,18 +137,26 @@ def events_store(*, batches: list[list[EventRow]]) -> list[IngestResult]:
         return _store_in_key_order(batches, received_at)
     from releases.services import fleet_nodes_seen_at
 
-    sql = _insert_sql()
-    results: list[IngestResult] = []
-    with transaction.atomic(), connection.cursor() as cursor:
-        for rows in batches:
-            if not rows:
-                results.append(IngestResult(received=0, inserted=0))
-                continue
-            cursor.executemany(sql, [(*row, received_at) for row in rows])
-            results.append(IngestResult(received=len(rows), inserted=max(cursor.rowcount, 0)))
-        if any(result.inserted for result in results):
-            # The fleet view's last_seen of the nodes stored now (one statement).
-            fleet_nodes_seen_at(received_at=received_at)
+    try:
+        with transaction.atomic(), connection.cursor() as cursor:
+            _insert_group(cursor, batches, received_at)
+            results = [IngestResult(received=len(rows), inserted=len(rows)) for rows in batches]
+            if any(result.inserted for result in results):
+                # The fleet view's last_seen of the nodes stored now (one statement).
+                fleet_nodes_seen_at(received_at=received_at)
+    except _SomeStoredAlready:  # rolled back: count batch by batch
+        sql = _insert_sql()
+        results = []
+        with transaction.atomic(), connection.cursor() as cursor:
+            for rows in batches:
+                if not rows:
+                    results.append(IngestResult(received=0, inserted=0))
+                    continue
+                cursor.executemany(sql, [(*row, received_at) for row in rows])
+                inserted = max(cursor.rowcount, 0)
+                results.append(IngestResult(received=len(rows), inserted=inserted))
+            if any(result.inserted for result in results):
+                fleet_nodes_seen_at(received_at=received_at)
     _after_commit(results)
     return results
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import orjson
 from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, IntegrityError, connection, connections, transaction
 from django.db.models import Max
@@ -213,23 +214,42 @@ def _ack_statements() -> tuple[str, str, str, str]:
         node, release = qn("node_id"), qn("release_id")
         columns = ", ".join(qn(c) for c in ("node_id", "release_id", *_ACK_COLUMNS))
         sets = ", ".join(f"{qn(c)} = excluded.{qn(c)}" for c in _ACK_COLUMNS)
-        tail = (
-            f" ON CONFLICT ({node}, {release}) DO UPDATE SET {sets} "
-            f"RETURNING {node}, {release}, {qn('id')}"
-        )
+        tail = f" ON CONFLICT ({node}, {release}) DO UPDATE SET {sets}"
         if connection.vendor == "postgresql":
             # xmax is 0 on a row this statement inserted, the updating transaction's id otherwise.
-            tail += ", (xmax = 0)"
+            tail += f" RETURNING {node}, {release}, {qn('id')}, (xmax = 0)"
         _ack_sql = (
             f"SELECT {qn('id')}, {release}, {qn('channel')}, {qn('sequence')} FROM {releases} "
             f"WHERE {release} IN ",
             # (node_id IN (...) AND release_id IN (...)): the unique index's lookups (a row-value
             # IN (VALUES ...) scans the table on SQLite); the caller drops extra pairs.
-            f"SELECT {node}, {release} FROM {acks} WHERE {release} IN %s AND {node} IN ",
+            # On SQLite all in ONE row, a JSON array of [node_id, release_id, id] (see
+            # _sqlite_keys); PostgreSQL does not read it (xmax tells new rows).
+            f"SELECT json_group_array(json_array({node}, {release}, {qn('id')})) FROM {acks} "
+            f"WHERE {release} IN %s AND {node} IN ",
             f"INSERT INTO {acks} ({columns}) VALUES ",
             tail,
         )
     return _ack_sql
+
+
+def _sqlite_keys(
+    cursor: Any, sql: str, pks: list[int], nodes: list[str], with_ids: bool = False
+) -> list[tuple[Any, ...]]:
+    """SQLite: the stored acks of these releases and nodes, as (node_id, release pk) or, with
+    `with_ids`, (node_id, release pk, id) (every pair of the two lists; the caller keeps the
+    ones it asked for). Read as ONE row of JSON: sqlite3 lets go of the GIL for every row it
+    steps through, and while the event loop is busy each step waits to get it back, holding
+    the write turn meanwhile (docs/performance.md, "The write turn per event")."""
+    cursor.execute(
+        sql.replace("%s", f"({', '.join(['%s'] * len(pks))})", 1)
+        + f"({', '.join(['%s'] * len(nodes))})",
+        [*pks, *nodes],
+    )
+    rows = orjson.loads(cursor.fetchone()[0])
+    if with_ids:
+        return [(row[0], row[1], row[2]) for row in rows]
+    return [(row[0], row[1]) for row in rows]
 
 
 def _rounds(order: list[int], writes: list[AckWrite]) -> list[list[int]]:
@@ -289,13 +309,9 @@ def node_acks_store(*, writes: list[AckWrite]) -> list[Outcome | ApiError]:
                     chunk = pending[start : start + _KEYS_PER_SELECT]
                     pks = sorted({pk for _, pk in chunk})
                     nodes = sorted({node_id for node_id, _ in chunk})
-                    cursor.execute(
-                        existing_sql.replace("%s", f"({', '.join(['%s'] * len(pks))})")
-                        + f"({', '.join(['%s'] * len(nodes))})",
-                        [*pks, *nodes],
-                    )
                     wanted_keys = set(chunk)
-                    stored.update(key for key in cursor.fetchall() if tuple(key) in wanted_keys)
+                    found = _sqlite_keys(cursor, existing_sql, pks, nodes)
+                    stored.update(key for key in found if key in wanted_keys)
             params: list[Any] = []
             for n, key in zip(batch, keys, strict=True):
                 values = writes[n].values
@@ -305,7 +321,16 @@ def node_acks_store(*, writes: list[AckWrite]) -> list[Outcome | ApiError]:
                 )
             rows = ", ".join(["(%s, %s, %s, %s, %s, %s, %s)"] * len(batch))
             cursor.execute(insert_sql + rows + upsert_tail, params)
-            returned = {(row[0], row[1]): row[2:] for row in cursor.fetchall()}
+            if postgres:
+                returned = {(row[0], row[1]): row[2:] for row in cursor.fetchall()}
+            else:  # the rows' ids, read back in one row (see _sqlite_keys)
+                returned = {}
+                for start in range(0, len(keys), _KEYS_PER_SELECT):
+                    chunk = keys[start : start + _KEYS_PER_SELECT]
+                    pks = sorted({pk for _, pk in chunk})
+                    nodes = sorted({node_id for node_id, _ in chunk})
+                    for node_id, pk, ident in _sqlite_keys(cursor, existing_sql, pks, nodes, True):
+                        returned[(node_id, pk)] = (ident,)
             if postgres:
                 created = [returned[key][1] for key in keys]
             else:

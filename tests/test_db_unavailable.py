@@ -208,6 +208,25 @@ def test_a_group_keeps_per_batch_counts() -> None:
     assert [(r.received, r.inserted) for r in results] == [(3, 2), (3, 1), (0, 0)]
 
 
+@pytest.mark.django_db(transaction=True)
+def test_a_group_larger_than_one_statement_keeps_counts_and_stores_each_event_once() -> None:
+    """SQLite inserts a group in statements of CHUNK_ROWS rows; a duplicate found in a later
+    statement undoes the earlier ones and the group is counted batch by batch."""
+    from events.models import Event
+    from events.services import CHUNK_ROWS
+
+    first = [[_row(f"g1-{b}-{k}") for k in range(10)] for b in range(CHUNK_ROWS // 10 + 5)]
+    assert [(r.received, r.inserted) for r in events_store(batches=first)] == [(10, 10)] * len(
+        first
+    )
+    second = [[_row(f"g2-{b}-{k}") for k in range(10)] for b in range(CHUNK_ROWS // 10 + 5)]
+    second[-1][3] = _row("g1-0-0")  # stored by the first group, in the second statement
+    results = events_store(batches=second)
+    assert [(r.received, r.inserted) for r in results] == [(10, 10)] * (len(second) - 1) + [(10, 9)]
+    assert Event.objects.count() == 10 * len(first) + 10 * len(second) - 1
+    assert Event.objects.filter(event_id="g1-0-0").count() == 1
+
+
 # --- readiness (the store in use: SQLite here, PostgreSQL in the PostgreSQL run) ----------------
 
 

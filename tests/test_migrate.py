@@ -474,3 +474,32 @@ def test_the_source_alias_cannot_write(store: Path, live: bool):
     assert "attempt to write a readonly database" in result.stderr
     assert pg.file_digest(db) == before
     assert len(pg.rows_of(Event, sqlite=db)) == 325
+
+
+def test_ctrl_c_inside_a_driver_call_is_still_reported_as_an_interrupt(monkeypatch, tmp_path):
+    """Ctrl-C can land inside psycopg (in a COPY): the rollback that follows fails on the
+    half-done call ("can't change 'autocommit' now"), but what happened is the interrupt, and
+    the user must read the interrupt's line (a re-run finishes), not a database error."""
+    from django.db import DatabaseError
+
+    from orchestrator_site import pgmigrate
+
+    def interrupted_in_copy(_source):
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            raise DatabaseError(
+                "can't change 'autocommit' now: connection in transaction"
+            ) from None
+
+    monkeypatch.setattr(pgmigrate, "open_source", interrupted_in_copy)
+    args = ["--sqlite-dir", str(tmp_path), "--postgres-url", "postgresql://x/y"]
+    with pytest.raises(CommandError, match=r"^interrupted: the batches copied so far are kept"):
+        call_command("migrate_to_pg", *args, stdout=StringIO())
+
+    def plain_failure(_source):
+        raise DatabaseError("disk full")
+
+    monkeypatch.setattr(pgmigrate, "open_source", plain_failure)
+    with pytest.raises(CommandError, match=r"^database error: disk full$"):
+        call_command("migrate_to_pg", *args, stdout=StringIO())

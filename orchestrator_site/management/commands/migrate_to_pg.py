@@ -78,6 +78,28 @@ class Progress:
         self.out.flush()
 
 
+INTERRUPTED = (
+    "interrupted: the batches copied so far are kept; run the same command again "
+    "to finish (it never copies a row twice)"
+)
+
+
+def _while_interrupted(exc: BaseException) -> bool:
+    """True when `exc` was raised while a KeyboardInterrupt was being handled (anywhere in its
+    chain of causes and contexts)."""
+    seen: set[int] = set()
+    pending: list[BaseException | None] = [exc]
+    while pending:
+        current = pending.pop()
+        if current is None or id(current) in seen:
+            continue
+        if isinstance(current, KeyboardInterrupt):
+            return True
+        seen.add(id(current))
+        pending.extend((current.__cause__, current.__context__))
+    return False
+
+
 class Command(BaseCommand):
     help = "Copy all data from the SQLite store to PostgreSQL (see docs/migrate.md)."
     requires_system_checks: list[str] = []
@@ -144,11 +166,12 @@ class Command(BaseCommand):
         except pgmigrate.MigrateError as exc:
             raise CommandError(str(exc)) from None
         except KeyboardInterrupt:
-            raise CommandError(
-                "interrupted: the batches copied so far are kept; run the same command again "
-                "to finish (it never copies a row twice)"
-            ) from None
+            raise CommandError(INTERRUPTED) from None
         except DatabaseError as exc:
+            if _while_interrupted(exc):
+                # Ctrl-C landed inside a driver call (a COPY, a rollback): the cleanup failed
+                # on the half-done call, and the interrupt is still what happened.
+                raise CommandError(INTERRUPTED) from None
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise CommandError(f"database error: {first}") from None
         finally:

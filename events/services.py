@@ -9,7 +9,7 @@ otherwise (a node resent events) the transaction is rolled back and the group in
 one batch per `executemany`, which counts each batch. Few statements matter more than they seem:
 sqlite3 lets go of the GIL for every statement step (every row of an `executemany`), and while
 the event loop is busy each step waits to get it back, holding the write turn meanwhile
-(docs/performance.md, "The write turn per event"). On PostgreSQL one
+(docs/performance.md, "The write turn under a busy loop"). On PostgreSQL one
 `INSERT ... SELECT FROM unnest(...) ... RETURNING node_id, event_id` per group instead. The
 idempotency key is (node_id, event_id) (API.md §6: one node can never shadow another node's
 event). Duplicates, against stored events or inside the batch, are simply not inserted: the

@@ -200,13 +200,12 @@ class StoredAck:
     updated_at: datetime
 
 
-_ack_sql: tuple[str, str, str, str] | None = None
+_ack_sql: tuple[str, str, str] | None = None
 
 
-def _ack_statements() -> tuple[str, str, str, str]:
-    """(select releases, select the existing keys of a group, upsert a group of acks: its head
-    and its tail), in this database's quoting, built once: the two group statements take one
-    placeholder list per ack between their parts."""
+def _ack_statements() -> tuple[str, str, str]:
+    """(select releases, upsert a group of acks: its head and its tail), in this database's
+    quoting, built once: the upsert takes one placeholder list per ack between its parts."""
     global _ack_sql
     if _ack_sql is None:
         qn = connection.ops.quote_name
@@ -221,35 +220,66 @@ def _ack_statements() -> tuple[str, str, str, str]:
         _ack_sql = (
             f"SELECT {qn('id')}, {release}, {qn('channel')}, {qn('sequence')} FROM {releases} "
             f"WHERE {release} IN ",
-            # (node_id IN (...) AND release_id IN (...)): the unique index's lookups (a row-value
-            # IN (VALUES ...) scans the table on SQLite); the caller drops extra pairs.
-            # On SQLite all in ONE row, a JSON array of [node_id, release_id, id] (see
-            # _sqlite_keys); PostgreSQL does not read it (xmax tells new rows).
-            f"SELECT json_group_array(json_array({node}, {release}, {qn('id')})) FROM {acks} "
-            f"WHERE {release} IN %s AND {node} IN ",
             f"INSERT INTO {acks} ({columns}) VALUES ",
             tail,
         )
     return _ack_sql
 
 
-def _sqlite_keys(
-    cursor: Any, sql: str, pks: list[int], nodes: list[str], with_ids: bool = False
-) -> list[tuple[Any, ...]]:
-    """SQLite: the stored acks of these releases and nodes, as (node_id, release pk) or, with
-    `with_ids`, (node_id, release pk, id) (every pair of the two lists; the caller keeps the
-    ones it asked for). Read as ONE row of JSON: sqlite3 lets go of the GIL for every row it
-    steps through, and while the event loop is busy each step waits to get it back, holding
-    the write turn meanwhile (docs/performance.md, "The write turn per event")."""
+def _sqlite_group_state(
+    cursor: Any, release_ids: list[str], nodes: list[str], ids: dict[tuple[str, int], int]
+) -> tuple[dict[str, tuple[Any, ...]], int]:
+    """SQLite, ONE read before a group's upsert: the releases named (release_id -> (pk,
+    release_id, channel, sequence)), the acks already stored for them by these nodes (into
+    `ids`: (node_id, release pk) -> id; every pair of the two lists, the caller looks up the
+    ones it writes), and the largest ack id (every row the upsert inserts gets a larger one:
+    AUTOINCREMENT, and the group holds the write lock). All as single values, JSON for the
+    lists: sqlite3 lets go of the GIL for every row it steps through (see node_acks_store)."""
+    qn = connection.ops.quote_name
+    acks, releases = qn(NodeAck._meta.db_table), qn(Release._meta.db_table)
+    node, release, ident = qn("node_id"), qn("release_id"), qn("id")
+    named = f"({', '.join(['%s'] * len(release_ids))})"
+    release_rows: dict[str, tuple[Any, ...]] = {}
+    largest = 0
+    # node_id IN (...) AND release_id IN (...): the unique index's lookups (a row-value
+    # IN (VALUES ...) scans the table on SQLite)
+    for start in range(0, max(len(nodes), 1), _KEYS_PER_SELECT):
+        chunk = nodes[start : start + _KEYS_PER_SELECT]
+        stored = (
+            f"(SELECT json_group_array(json_array({node}, {release}, {ident})) FROM {acks} "
+            f"WHERE {release} IN (SELECT {ident} FROM {releases} WHERE {release} IN {named}) "
+            f"AND {node} IN ({', '.join(['%s'] * len(chunk))}))"
+        )
+        if start == 0:
+            cursor.execute(
+                f"SELECT (SELECT json_group_array(json_array({ident}, {release}, "
+                f"{qn('channel')}, {qn('sequence')})) FROM {releases} WHERE {release} IN "
+                f"{named}), {stored}, (SELECT coalesce(max({ident}), 0) FROM {acks})",
+                [*release_ids, *release_ids, *chunk],
+            )
+            found_releases, found, largest = cursor.fetchone()
+            release_rows = {row[1]: tuple(row) for row in orjson.loads(found_releases)}
+        else:
+            cursor.execute(f"SELECT {stored}", [*release_ids, *chunk])
+            found = cursor.fetchone()[0]
+        ids.update(((row[0], row[1]), row[2]) for row in orjson.loads(found))
+    return release_rows, int(largest)
+
+
+def _sqlite_ids_above(cursor: Any, largest: int, ids: dict[tuple[str, int], int]) -> int:
+    """SQLite: add the acks with an id above `largest` (the rows this transaction's upserts
+    inserted since) to `ids`, in one read; returns the new largest id."""
+    qn = connection.ops.quote_name
+    node, release, ident = qn("node_id"), qn("release_id"), qn("id")
     cursor.execute(
-        sql.replace("%s", f"({', '.join(['%s'] * len(pks))})", 1)
-        + f"({', '.join(['%s'] * len(nodes))})",
-        [*pks, *nodes],
+        f"SELECT json_group_array(json_array({node}, {release}, {ident})) "
+        f"FROM {qn(NodeAck._meta.db_table)} WHERE {ident} > %s",
+        [largest],
     )
-    rows = orjson.loads(cursor.fetchone()[0])
-    if with_ids:
-        return [(row[0], row[1], row[2]) for row in rows]
-    return [(row[0], row[1]) for row in rows]
+    for node_id, pk, row_id in orjson.loads(cursor.fetchone()[0]):
+        ids[(node_id, pk)] = row_id
+        largest = max(largest, row_id)
+    return largest
 
 
 def _rounds(order: list[int], writes: list[AckWrite]) -> list[list[int]]:
@@ -274,21 +304,31 @@ def node_acks_store(*, writes: list[AckWrite]) -> list[Outcome | ApiError]:
     (node, release) row is new), or the ApiError 404 of an unknown release (that write stores
     nothing, the others still do).
 
-    A handful of statements per group, whatever its size: the releases, the keys already
-    stored (SQLite; PostgreSQL tells inserted rows from updated ones by `xmax`), ONE multi-row
-    upsert (`INSERT … ON CONFLICT (node_id, release_id) DO UPDATE`; a key acked twice in the
-    group goes to a second statement, in submission order), and two upserts of the fleet
-    view's rows (`_FleetRows`). Rows are in (node_id, release_id) order, so concurrent groups
-    on PostgreSQL lock rows in one order (no deadlocks)."""
-    select_sql, existing_sql, insert_sql, upsert_tail = _ack_statements()
+    A handful of statements per group, whatever its size: the releases (on SQLite in the same
+    read as the keys already stored, their ids and the largest id: `_sqlite_group_state`;
+    PostgreSQL tells inserted rows from updated ones by `xmax`), ONE multi-row upsert
+    (`INSERT … ON CONFLICT (node_id, release_id) DO UPDATE`; a key acked twice in the group goes
+    to a second statement, in submission order), on SQLite the ids of the rows it inserted
+    (those above the largest id before it), and two upserts of the fleet view's rows
+    (`_FleetRows`). Rows are in (node_id, release_id) order, so concurrent groups on PostgreSQL
+    lock rows in one order (no deadlocks). On SQLite every statement counts: each waits for the
+    GIL once while the event loop is busy, holding the write turn (docs/performance.md, "The
+    write turn under a busy loop")."""
+    select_sql, insert_sql, upsert_tail = _ack_statements()
     adapt = connection.ops.adapt_datetimefield_value
     postgres = connection.vendor == "postgresql"
     wanted = sorted({write.release_id for write in writes})
     results: list[Outcome | ApiError | None] = [None] * len(writes)
     order = sorted(range(len(writes)), key=lambda n: (writes[n].node_id, writes[n].release_id))
     with transaction.atomic(), connection.cursor() as cursor:
-        cursor.execute(select_sql + f"({', '.join(['%s'] * len(wanted))})", wanted)
-        release_rows = {row[1]: row for row in cursor.fetchall()}
+        ids: dict[tuple[str, int], int] = {}  # SQLite: (node, release pk) -> the row's id
+        largest = 0
+        if postgres:
+            cursor.execute(select_sql + f"({', '.join(['%s'] * len(wanted))})", wanted)
+            release_rows = {row[1]: tuple(row) for row in cursor.fetchall()}
+        else:
+            nodes = sorted({write.node_id for write in writes})
+            release_rows, largest = _sqlite_group_state(cursor, wanted, nodes, ids)
         release_pks = {release_id: row[0] for release_id, row in release_rows.items()}
         valid: list[int] = []
         for n in order:
@@ -299,19 +339,9 @@ def node_acks_store(*, writes: list[AckWrite]) -> list[Outcome | ApiError]:
                 results[n] = ApiError(
                     404, f"release '{release_id}' not found", release_id=release_id
                 )
-        stored: set[tuple[str, int]] = set()
         newest = _FleetRows()
         for batch in _rounds(valid, writes):
             keys = [(writes[n].node_id, release_pks[writes[n].release_id]) for n in batch]
-            if not postgres:
-                pending = [key for key in keys if key not in stored]
-                for start in range(0, len(pending), _KEYS_PER_SELECT):
-                    chunk = pending[start : start + _KEYS_PER_SELECT]
-                    pks = sorted({pk for _, pk in chunk})
-                    nodes = sorted({node_id for node_id, _ in chunk})
-                    wanted_keys = set(chunk)
-                    found = _sqlite_keys(cursor, existing_sql, pks, nodes)
-                    stored.update(key for key in found if key in wanted_keys)
             params: list[Any] = []
             for n, key in zip(batch, keys, strict=True):
                 values = writes[n].values
@@ -322,24 +352,17 @@ def node_acks_store(*, writes: list[AckWrite]) -> list[Outcome | ApiError]:
             rows = ", ".join(["(%s, %s, %s, %s, %s, %s, %s)"] * len(batch))
             cursor.execute(insert_sql + rows + upsert_tail, params)
             if postgres:
-                returned = {(row[0], row[1]): row[2:] for row in cursor.fetchall()}
-            else:  # the rows' ids, read back in one row (see _sqlite_keys)
-                returned = {}
-                for start in range(0, len(keys), _KEYS_PER_SELECT):
-                    chunk = keys[start : start + _KEYS_PER_SELECT]
-                    pks = sorted({pk for _, pk in chunk})
-                    nodes = sorted({node_id for node_id, _ in chunk})
-                    for node_id, pk, ident in _sqlite_keys(cursor, existing_sql, pks, nodes, True):
-                        returned[(node_id, pk)] = (ident,)
-            if postgres:
+                returned = {(row[0], row[1]): (row[2], row[3]) for row in cursor.fetchall()}
                 created = [returned[key][1] for key in keys]
+                ids.update((key, returned[key][0]) for key in keys)
             else:
-                created = [key not in stored for key in keys]
-                stored.update(keys)
+                created = [key not in ids for key in keys]
+                if any(created):  # the rows this statement inserted: ids above the largest
+                    largest = _sqlite_ids_above(cursor, largest, ids)
             for n, key, new in zip(batch, keys, created, strict=True):
                 write = writes[n]
                 _, _, channel, sequence = release_rows[write.release_id]
-                newest.note(write, channel, key[1], sequence, returned[key][0])
+                newest.note(write, channel, key[1], sequence, ids[key])
                 results[n] = Outcome(
                     StoredAck(
                         node_id=write.node_id,

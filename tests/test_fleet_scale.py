@@ -359,6 +359,7 @@ def test_acks_keep_the_fleet_rows_a_rebuild_would_choose():
     rng = random.Random(11)
     start = datetime(2026, 11, 30, tzinfo=UTC)
     tick = 0
+    acked: set[tuple[str, str]] = set()
 
     def group(count):
         nonlocal tick
@@ -383,6 +384,13 @@ def test_acks_keep_the_fleet_rows_a_rebuild_would_choose():
         assert sum(isinstance(r, Exception) for r in results) == sum(
             w.release_id == "missing" for w in writes
         )
+        # created: the first ack of its (node, release) ever, also within one group (201)
+        expected = []
+        for write in writes:
+            if write.release_id != "missing":
+                expected.append((write.node_id, write.release_id) not in acked)
+                acked.add((write.node_id, write.release_id))
+        assert [r.created for r in results if not isinstance(r, Exception)] == expected
 
     def fleet_rows():
         nodes = sorted(FleetNode.objects.values_list("node_id", "last_seen", "last_heard"))

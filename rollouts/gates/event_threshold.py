@@ -6,7 +6,7 @@ the (event_type, id) index, intersected in Python with the nodes on the new rele
 the read starts at the first event id the window can hold (`_first_id_after`), so it never walks
 older events of the type: the gate's types are rare events (failures, crashes) and the stage's
 events are a small tail of the table. There is no (node_id, event_type, id) index: every stored
-event would pay for it at ingest (docs/performance.md, "The write turn per event").
+event would pay for it at ingest (docs/performance.md, "The write turn under a busy loop").
 """
 
 from __future__ import annotations

@@ -2,6 +2,7 @@
 
     python bench/write_turn.py [--nodes 50000] [--events-per-node 20] [--group 20]
                                [--event-ids node|uuid] [--rounds 300]
+                               [--busy-threads 0] [--switch-interval SECONDS]
 
 At fleet scale every `serve` worker's writers take turns on one SQLite write lock, so the time a
 group of events or acks holds it decides how many a second the store takes (docs/performance.md,
@@ -21,6 +22,11 @@ size of a fleet:
    group's nodes) through the ack writer's function (`releases.services.node_acks_store`: the
    upsert, the fleet view's rows, the commit); ceiling: the same rows as one plain sqlite3
    multi-row upsert per group, without the fleet view.
+
+`--busy-threads 1` runs a Python thread that never blocks beside the writers, as a busy event
+loop beside `serve`'s writer threads: sqlite3 lets go of the GIL at every statement step, and the
+writer then waits for it back (up to `--switch-interval`, Python's default 5 ms; `serve` sets
+0.5 ms), so this shows what each statement of a turn costs under load.
 
 Figures: µs of write turn per event / per ack (wall time of the transaction, commit included;
 the WAL checkpoints run elsewhere in `serve` and are not counted), and the ratio to the ceiling.

@@ -1,5 +1,10 @@
 from django.db import models
 
+# Index names that raw SQL names in `INDEXED BY` (SQLite) so statistics never pick a scan:
+# retention's prune, the fleet view's last_seen, the event_threshold gate.
+TYPE_INDEX = "event_type_id_idx"
+RECEIVED_AT_INDEX = "event_received_at_idx"
+
 
 class Event(models.Model):
     """A telemetry event, stored exactly as a node sent it.
@@ -27,9 +32,9 @@ class Event(models.Model):
     class Meta:
         indexes = [
             models.Index(fields=["node_id", "id"], name="event_node_id_idx"),
-            models.Index(fields=["event_type", "id"], name="event_type_id_idx"),
+            models.Index(fields=["event_type", "id"], name=TYPE_INDEX),
             # Retention deletes the oldest arrivals in small batches (events/retention.py).
-            models.Index(fields=["received_at"], name="event_received_at_idx"),
+            models.Index(fields=["received_at"], name=RECEIVED_AT_INDEX),
         ]
         constraints = [
             models.UniqueConstraint(fields=["event_id", "node_id"], name="event_node_event_key"),

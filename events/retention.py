@@ -35,7 +35,7 @@ from django.utils import timezone
 
 from core import dberrors, leader
 from core.params import seconds_before
-from events.models import Event
+from events.models import RECEIVED_AT_INDEX, Event
 
 logger = logging.getLogger("orchestrator.events")
 
@@ -68,7 +68,6 @@ VACUUM_STEP_SECONDS = 0.02
 VACUUM_SHARE = 0.1
 VACUUM_ROUND_SECONDS = 30.0
 WRITER_TIMEOUT_SECONDS = 60.0
-RECEIVED_AT_INDEX = "event_received_at_idx"  # events.models.Event.Meta.indexes
 FIRST_ROUND_SECONDS = 5.0
 
 

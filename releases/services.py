@@ -575,15 +575,12 @@ def _greatest() -> str:
     return "GREATEST" if connection.vendor == "postgresql" else "MAX"
 
 
-RECEIVED_AT_INDEX = "event_received_at_idx"  # events.models.Event.Meta.indexes
-
-
 def fleet_nodes_seen_at(*, received_at: Any) -> None:
     """SQLite events writer: the nodes of the events stored with this `received_at` (this
     transaction's inserts; the time has microseconds, and a group that happened to share it saw
     its nodes at that time too) were seen then. ONE statement on the received_at index, inside
     the writer's transaction; `received_at` already adapted for the store."""
-    from events.models import Event
+    from events.models import RECEIVED_AT_INDEX, Event
 
     fleet, events = _qn(FleetNode._meta.db_table), _qn(Event._meta.db_table)
     node, seen, heard = _qn("node_id"), _qn("last_seen"), _qn("last_heard")

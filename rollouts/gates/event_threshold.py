@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from django.db import connection
 
 from core.jsonvalues import MAX_INT  # the JSON-values rule (docs/api.md)
-from events.models import Event
+from events.models import RECEIVED_AT_INDEX, TYPE_INDEX, Event
 from rollouts.gates.base import (
     AckCounts,
     GateKind,
@@ -32,9 +32,6 @@ from rollouts.gates.base import (
 
 if TYPE_CHECKING:
     from rollouts.cohort import StageSnap
-
-TYPE_INDEX = "event_type_id_idx"  # events.models.Event.Meta.indexes
-RECEIVED_AT_INDEX = "event_received_at_idx"
 
 # SQLite: window start -> (the smallest event id that can have arrived after it, the largest id
 # when that was read, that row's key). Ids only grow (AUTOINCREMENT: never reused once committed,

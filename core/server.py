@@ -530,9 +530,9 @@ def run_daphne(
 # lets go of the GIL for every statement step, so while the event loop is busy each statement of
 # a turn waited up to 5 ms to get it back, and the turn stayed held meanwhile. Measured with
 # `bench/write_turn.py --busy-threads 1` (docs/performance.md, "The write turn under a busy
-# loop"): per stored ack 2,044 us of turn at 5 ms, 323 us at 0.5 ms; per event 106 -> 31 us. A
-# thread alone never switches, so an idle writer costs the loop nothing.
-GIL_SWITCH_INTERVAL_SECONDS = 0.0005
+# loop"): per stored ack 2,044 us of turn at 5 ms, 323 us at 0.5 ms, 132 us at 0.1 ms; per event
+# 106 -> 31 -> 19 us. A thread alone never switches, so an idle writer costs the loop nothing.
+GIL_SWITCH_INTERVAL_SECONDS = 0.0001
 
 # Callables (protocol, scope) -> None run before each request's application starts; the TLS
 # layer registers one that puts the verified client identity into scope["extensions"]["tls"].

@@ -89,6 +89,50 @@ def test_the_validity_follows_the_setting(api, settings):
     assert (expires - issued).total_seconds() == 45
 
 
+def test_a_repeated_poll_reuses_its_signature_until_a_quarter_of_the_validity_passed(
+    api, monkeypatch
+):
+    """The per-node signature cache keeps only the signature and the second it was issued; the
+    statement rebuilt from them must be the very bytes that were signed, and a node must never
+    get an answer with less than 3/4 of its validity left."""
+    publish(api, release_id="r1")
+    keys = pinned_keys(api)
+    clock = [1_900_000_000.0]
+    monkeypatch.setattr(desired_state.time, "time", lambda: clock[0])
+
+    def answer(node: str) -> tuple[dict[str, Any], str]:
+        got = api.get(f"/v1/releases/latest?channel=stable&node_id={node}")
+        assert got.status_code == 200
+        return verified_statement(got, keys), got["X-Autonomy-Desired-State-Signature"]
+
+    first, signature = answer("n1")
+    assert first["issued_at"] == "2030-03-17T17:46:40Z"
+    assert first["expires_at"] == "2030-03-17T17:51:40Z"  # 300 s
+    clock[0] += 74  # within a quarter of 300 s: the same statement and signature
+    assert answer("n1") == (first, signature)
+    other, other_signature = answer("n2")  # another node: its own statement
+    assert other["node_id"] == "n2" and other_signature != signature
+    clock[0] += 1  # 75 s: signed again, valid for 300 s from now
+    again, new_signature = answer("n1")
+    assert again["issued_at"] == "2030-03-17T17:47:55Z" and new_signature != signature
+    # a new release: a new statement at once
+    publish(api, release_id="r2")
+    latest, _ = answer("n1")
+    assert latest["release_id"] == "r2" and latest["issued_at"] == "2030-03-17T17:47:55Z"
+    assert latest != again
+
+
+def test_the_signature_cache_is_bounded(api, monkeypatch):
+    publish(api, release_id="r1")
+    keys = pinned_keys(api)
+    monkeypatch.setattr(desired_state, "MAX_CACHED", 3)
+    for node in ("a", "b", "c", "d", "e", "a"):
+        got = api.get(f"/v1/releases/latest?channel=stable&node_id={node}")
+        assert verified_statement(got, keys)["node_id"] == node
+        assert desired_state._cached <= 3
+        assert sum(len(nodes) for nodes in desired_state._cache.values()) == desired_state._cached
+
+
 # --- the keyring --------------------------------------------------------------------------------
 
 

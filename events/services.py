@@ -28,6 +28,7 @@ from typing import Any
 from django.db import connection, transaction
 from django.utils import timezone
 
+from core.dbthreads import execute
 from events.models import Event
 from events.validation import EventRow, validate_events
 
@@ -114,7 +115,7 @@ def _insert_group(cursor: Any, batches: list[list[EventRow]], received_at: Any) 
     rows = [(*row, received_at) for batch in batches for row in batch]
     for start in range(0, len(rows), CHUNK_ROWS):
         chunk = rows[start : start + CHUNK_ROWS]
-        cursor.execute(_chunk_insert_sql(len(chunk)), [value for row in chunk for value in row])
+        execute(cursor, _chunk_insert_sql(len(chunk)), [value for row in chunk for value in row])
         if cursor.rowcount != len(chunk):
             raise _SomeStoredAlready
 

@@ -21,6 +21,7 @@ from access.models import AuditRecord
 from access.services import audit_write
 from core import jsonvalues
 from core.auth import Principal, acting
+from core.dbthreads import execute
 from core.errors import ApiError
 from releases import release_signing
 from releases.ackbook import ack_book
@@ -251,7 +252,8 @@ def _sqlite_group_state(
             f"AND {node} IN ({', '.join(['%s'] * len(chunk))}))"
         )
         if start == 0:
-            cursor.execute(
+            execute(
+                cursor,
                 f"SELECT (SELECT json_group_array(json_array({ident}, {release}, "
                 f"{qn('channel')}, {qn('sequence')})) FROM {releases} WHERE {release} IN "
                 f"{named}), {stored}, (SELECT coalesce(max({ident}), 0) FROM {acks})",
@@ -260,7 +262,7 @@ def _sqlite_group_state(
             found_releases, found, largest = cursor.fetchone()
             release_rows = {row[1]: tuple(row) for row in orjson.loads(found_releases)}
         else:
-            cursor.execute(f"SELECT {stored}", [*release_ids, *chunk])
+            execute(cursor, f"SELECT {stored}", [*release_ids, *chunk])
             found = cursor.fetchone()[0]
         ids.update(((row[0], row[1]), row[2]) for row in orjson.loads(found))
     return release_rows, int(largest)
@@ -271,7 +273,8 @@ def _sqlite_ids_above(cursor: Any, largest: int, ids: dict[tuple[str, int], int]
     inserted since) to `ids`, in one read; returns the new largest id."""
     qn = connection.ops.quote_name
     node, release, ident = qn("node_id"), qn("release_id"), qn("id")
-    cursor.execute(
+    execute(
+        cursor,
         f"SELECT json_group_array(json_array({node}, {release}, {ident})) "
         f"FROM {qn(NodeAck._meta.db_table)} WHERE {ident} > %s",
         [largest],
@@ -350,7 +353,7 @@ def node_acks_store(*, writes: list[AckWrite]) -> list[Outcome | ApiError]:
                     adapt(values[c]) if c in _TIME_COLUMNS else values[c] for c in _ACK_COLUMNS
                 )
             rows = ", ".join(["(%s, %s, %s, %s, %s, %s, %s)"] * len(batch))
-            cursor.execute(insert_sql + rows + upsert_tail, params)
+            execute(cursor, insert_sql + rows + upsert_tail, params)
             if postgres:
                 returned = {(row[0], row[1]): (row[2], row[3]) for row in cursor.fetchall()}
                 created = [returned[key][1] for key in keys]
@@ -408,7 +411,8 @@ class _FleetRows:
         adapt = connection.ops.adapt_datetimefield_value
         nodes_head, nodes_tail, acks_head, acks_tail = _fleet_rows_sql()
         nodes = sorted(self.heard)  # key order: concurrent PostgreSQL writers never deadlock
-        cursor.execute(
+        execute(
+            cursor,
             nodes_head + ", ".join(["(%s, NULL, %s)"] * len(nodes)) + nodes_tail,
             [value for n in nodes for value in (n, adapt(self.heard[n]))],
         )
@@ -416,7 +420,8 @@ class _FleetRows:
         for key in sorted(self.acks):
             updated_at, pk, release_pk, status, sequence = self.acks[key]
             params.extend((*key, release_pk, status, sequence, adapt(updated_at), pk))
-        cursor.execute(
+        execute(
+            cursor,
             acks_head + ", ".join(["(%s, %s, %s, %s, %s, %s, %s)"] * len(self.acks)) + acks_tail,
             params,
         )
@@ -585,7 +590,8 @@ def fleet_nodes_seen_at(*, received_at: Any) -> None:
     fleet, events = _qn(FleetNode._meta.db_table), _qn(Event._meta.db_table)
     node, seen, heard = _qn("node_id"), _qn("last_seen"), _qn("last_heard")
     with connection.cursor() as cursor:
-        cursor.execute(
+        execute(
+            cursor,
             f"INSERT INTO {fleet} ({node}, {seen}, {heard}) "
             # INDEXED BY: with statistics of a store whose old events share few arrival
             # times, the planner would otherwise scan the whole table (measured: 1.5 s).

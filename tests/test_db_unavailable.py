@@ -328,3 +328,23 @@ def test_concurrent_groups_in_opposite_orders_never_deadlock() -> None:
     from events.models import Event
 
     assert Event.objects.filter(event_id__startswith="dl-").count() == rounds * 150
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_writers_execute_raises_djangos_errors_and_keeps_djangos_percent_rules() -> None:
+    """`core.dbthreads.execute` (the writers' long statements skip Django's per-call `%s`
+    rewrite on SQLite): a constraint failure is still Django's IntegrityError, which the
+    writers classify, and a text with a literal `%%` still means one `%`, as through Django."""
+    from django.db import IntegrityError, connection
+
+    from core.dbthreads import execute
+
+    with connection.cursor() as cursor:
+        cursor.execute("CREATE TEMPORARY TABLE percent_rules (k TEXT PRIMARY KEY, v TEXT)")
+        execute(cursor, "INSERT INTO percent_rules VALUES (%s, %s), (%s, %s)", ["a", "5%", "b", ""])
+        with pytest.raises(IntegrityError):
+            execute(cursor, "INSERT INTO percent_rules VALUES (%s, %s)", ["a", "again"])
+        execute(cursor, "UPDATE percent_rules SET v = v || '%%' WHERE k = %s", ["b"])
+        cursor.execute("SELECT k, v FROM percent_rules ORDER BY k")
+        assert cursor.fetchall() == [("a", "5%"), ("b", "%")]
+        cursor.execute("DROP TABLE percent_rules")

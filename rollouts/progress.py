@@ -26,12 +26,17 @@ cache hit costs one small aggregate query. New acks alone rebuild the counts at 
 (5 s): counting costs at most ~10 % of a core; the counts of a large fleet may lag its acks by a
 few seconds (a small fleet's by milliseconds), never a plan's change. When a build takes long
 (`BACKGROUND_BUILD_SECONDS`, a large fleet), the recount for new acks runs on a thread of its
-own and readers get the previous counts meanwhile, so no status read waits for a recount.
+own and readers get the previous counts meanwhile, so no status read waits for a recount; and
+a plan's change (a promotion, an action) that leaves every node where it was (the same stages,
+the same stages counting silent nodes: `_for_new_version`) is answered from the last count
+under the new version and current stage at once, instead of recounting the fleet in the
+request.
 """
 
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import logging
 import threading
 import time
@@ -151,6 +156,9 @@ class PlanProgress:
     node_ids: list[str] = field(repr=False)
     entries: list[int] = field(repr=False)
     states: list[str] = field(repr=False)
+    # What every node's stage and state were derived from besides its ack (`_shape`): a later
+    # version of the plan with the same shape places every node the same way.
+    shape: tuple[object, ...] = field(default=(), repr=False, compare=False)
 
     @property
     def plan_counts(self) -> dict[str, int]:
@@ -234,6 +242,31 @@ def _buckets_of(plan_id: str) -> dict[str, float]:
     return known
 
 
+def _silent_from(snap: PlanSnapshot, now: datetime, silent_after: float) -> list[bool]:
+    """Per stage: whether its nodes without an ack count as silent now (it opened at least
+    `silent_after` seconds ago)."""
+    cutoff = now - timedelta(seconds=silent_after)
+    return [s.opened_at is not None and s.opened_at <= cutoff for s in snap.stages]
+
+
+def _shape(snap: PlanSnapshot, silent_from: list[bool]) -> tuple[object, ...]:
+    """Everything besides the acks that places a node: the stages' ids, percents and listed
+    nodes, and which stages count unacked nodes as silent."""
+    return (
+        snap.plan_id,
+        snap.release_pk,
+        tuple((stage.stage_id, stage.percent, stage.nodes) for stage in snap.stages),
+        tuple(silent_from),
+    )
+
+
+def _position(snap: PlanSnapshot) -> int:
+    return next(
+        (s.position for s in snap.stages if s.stage_id == snap.current_stage_id),
+        len(snap.stages) - 1,
+    )
+
+
 class _Cohort:
     """What placing a node in a plan's stages needs, computed once per plan."""
 
@@ -245,8 +278,7 @@ class _Cohort:
         for stage in snap.stages:
             for node in stage.nodes:
                 self.first_listed.setdefault(node, stage.position)
-        cutoff = now - timedelta(seconds=silent_after)
-        self.silent_from = [s.opened_at is not None and s.opened_at <= cutoff for s in snap.stages]
+        self.silent_from = _silent_from(snap, now, silent_after)
         self.buckets = _buckets_of(snap.plan_id)
 
     def place(self, node_id: str, ack_status: str | None) -> tuple[int, str] | None:
@@ -309,15 +341,12 @@ def compute(
         for key, value in entered.items():
             running[key] = running.get(key, 0) + value
         stage_counts.append({"targeted": sum(running.values()), **running})
-    position = next(
-        (s.position for s in stages if s.stage_id == snap.current_stage_id), len(stages) - 1
-    )
     return PlanProgress(
         plan_id=snap.plan_id,
         release_pk=snap.release_pk,
         version=snap.version,
         stage_ids=tuple(stage.stage_id for stage in stages),
-        current_position=position,
+        current_position=_position(snap),
         generated_at=now,
         silent_after=silent_after,
         known=known_count,
@@ -325,6 +354,7 @@ def compute(
         node_ids=node_ids,
         entries=entries,
         states=states,
+        shape=_shape(snap, cohort.silent_from),
     )
 
 
@@ -368,6 +398,10 @@ def plan_progress(
         # Young enough: acks that arrived since show at the next rebuild. Under a fleet's acks
         # every read would otherwise recount (O(nodes), ~0.3 s at 50,000 nodes).
         return entry[2]
+    if entry is not None and entry[0][0] != plan.version:
+        reused = _for_new_version(plan.pk, entry, snap, silent_after, max_age)
+        if reused is not None:
+            return reused
     key = (plan.version, _ack_fingerprint(snap.release_pk), silent_after)
     if entry is not None and entry[0] == key and time.monotonic() - entry[1] < max_age:
         return entry[2]
@@ -384,6 +418,34 @@ def plan_progress(
         _rebuild_in_background(plan.pk, key, snap, silent_after)
         return entry[2]
     return _rebuild(plan.pk, key, snap, silent_after, max_age)
+
+
+def _for_new_version(
+    plan_pk: int,
+    entry: tuple[tuple[object, ...], float, PlanProgress],
+    snap: PlanSnapshot,
+    silent_after: float,
+    max_age: float,
+) -> PlanProgress | None:
+    """A plan's change (an operator's action, a promotion) on a large fleet, answered without
+    recounting the fleet in the request (~0.3 s at 50,000 nodes, the operator's p99): when the
+    last count is young and used the same shape (`_shape`: the same stages, and the same
+    stages count unacked nodes as silent), every node has the same stage and state, so the
+    counts are that count's, under the new version and current stage. Acks that arrived since
+    show as for acks alone (the next rebuild). None: recount as before (a small fleet, whose
+    counts are cheap and exact; another shape; counts too old)."""
+    key, built_at, previous = entry
+    if (
+        key[2] != silent_after
+        or time.monotonic() - built_at >= max_age
+        or _build_seconds.get(plan_pk, 0.0) < BACKGROUND_BUILD_SECONDS
+        or _shape(snap, _silent_from(snap, clock.now(), silent_after)) != previous.shape
+    ):
+        return None
+    progress = dataclasses.replace(previous, version=snap.version, current_position=_position(snap))
+    with _cache_lock:
+        _cache[plan_pk] = ((snap.version, key[1], silent_after), built_at, progress)
+    return progress
 
 
 def _rebuild(

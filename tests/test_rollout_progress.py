@@ -214,10 +214,24 @@ def test_a_slow_recount_for_new_acks_runs_behind_the_readers(plan, monkeypatch):
         time.sleep(0.05)
     recounted = progress.plan_progress(plan)
     assert recounted is not first and len(builds) == 2
-    plan.version += 1  # an operator's action: never answered from the older counts
+    # An operator's action that leaves every node where it was (same stages, same silent
+    # stages): the new version and current stage at once, from the last count, no recount.
+    progress._build_seconds[plan.pk] = progress.BACKGROUND_BUILD_SECONDS  # still a large fleet
+    plan.version += 1
+    plan.current_stage_id = "all"
     plan.save()
     changed = progress.plan_progress(plan)
-    assert changed.version == plan.version and builds[2] == threading.current_thread().name
+    assert changed.version == plan.version and len(builds) == 2
+    assert changed.current_position == 1 and changed.plan_counts == recounted.stage_counts[1]
+    assert changed.stage_counts == recounted.stage_counts
+    assert progress.plan_progress(plan) is changed
+    # A change that moves nodes (the `all` stage opened 11 minutes ago: its unacked nodes are
+    # silent now) recounts in the reader's request.
+    plan.stages.filter(stage_id="all").update(opened_at=T0)
+    plan.version += 1
+    plan.save()
+    moved = progress.plan_progress(plan)
+    assert moved.version == plan.version and builds[2] == threading.current_thread().name
 
 
 def test_counts_are_cached_until_the_plan_or_its_acks_change(plan, monkeypatch):

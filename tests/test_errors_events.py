@@ -13,6 +13,7 @@ from django.db import OperationalError
 from django.db.backends.utils import CursorWrapper
 
 from core import dberrors
+from events import services as events_services
 from events.models import Event
 from tests.liveserver import ServeProcess, run_serve_expect_exit
 
@@ -25,8 +26,11 @@ def post(api, body):
 
 def _raise_on_executemany(monkeypatch, message: str) -> None:
     """The database driver fails the insert with `message` (on SQLite and PostgreSQL alike:
-    SQLite inserts with executemany, PostgreSQL with one INSERT ... SELECT FROM unnest)."""
+    SQLite inserts with multi-row statements through `core.dbthreads.execute`, which skips
+    Django's cursor wrapper there, or executemany; PostgreSQL with one INSERT ... SELECT FROM
+    unnest through Django's cursor)."""
     execute = CursorWrapper.execute
+    writers_execute = events_services.execute
 
     def executemany(self, query, param_list):
         raise OperationalError(message)
@@ -36,8 +40,14 @@ def _raise_on_executemany(monkeypatch, message: str) -> None:
             raise OperationalError(message)
         return execute(self, sql, params)
 
+    def writers_insert(cursor, sql, params):
+        if sql.lstrip().upper().startswith("INSERT"):
+            raise OperationalError(message)
+        return writers_execute(cursor, sql, params)
+
     monkeypatch.setattr(CursorWrapper, "executemany", executemany)
     monkeypatch.setattr(CursorWrapper, "execute", execute_insert)
+    monkeypatch.setattr(events_services, "execute", writers_insert)
 
 
 @pytest.mark.django_db

@@ -21,7 +21,8 @@ The cache holds one small tuple per node: the 64 signature bytes and the second 
 issued, with the answer's body, plan and key id (objects every node's entry shares). The
 statement is built again for each answer from those (~5 us, the same bytes: it is canonical
 JSON); keeping the statement and its headers instead cost ~1.2 KB per node, 62 MB per worker at
-50,000 nodes (docs/performance.md, "Memory at 50,000 nodes").
+50,000 nodes (docs/performance.md, "Memory, the switch interval, and two designs that did
+not help").
 """
 
 from __future__ import annotations

@@ -6,6 +6,7 @@ import re
 
 import pytest
 
+from core.params import parse_rfc3339
 from releases.models import NodeAck
 from tests.factories import NodeAckFactory, ReleaseFactory
 
@@ -52,7 +53,7 @@ def test_first_ack_is_201_then_200_upsert(api, monkeypatch):
         None,
     )
     assert RFC3339_Z.fullmatch(body2["acked_at"]) and body2["acked_at"] != "2026-04-07T10:00:00Z"
-    assert body2["updated_at"] >= body["updated_at"]
+    assert parse_rfc3339(body2["updated_at"]) >= parse_rfc3339(body["updated_at"])  # as times
     assert NodeAck.objects.count() == 1
     assert len(pokes) == 2  # rollout gates re-evaluate after every ack
 

@@ -8,6 +8,7 @@ import hashlib
 import orjson
 import pytest
 
+from core.params import parse_rfc3339
 from rollouts.models import RolloutPlan
 from tests.factories import EventFactory, NodeAckFactory, ReleaseFactory, RolloutPlanFactory
 
@@ -474,7 +475,9 @@ def test_transition_table(api, phase, action):
     assert response.status_code == 200, response.content
     assert response.json()["phase"] == expected
     assert after["phase"] == expected
-    assert after["updated_at"] > before["updated_at"]
+    # as times: compared as text, `…:30Z` sorts after `…:30.022393Z` (a fraction is written
+    # only when there is one)
+    assert parse_rfc3339(after["updated_at"]) > parse_rfc3339(before["updated_at"])
     entry = after["history"][-1]
     assert entry["operator"] == "carol"
     assert entry["reason"] == "table test"
@@ -515,7 +518,8 @@ def test_halt_marks_the_stage_and_resume_reopens_it(api):
     resumed = do(api, "p1", "resume").json()
     assert resumed["phase"] == "active"
     assert resumed["stages"][1]["phase"] == "open"
-    assert resumed["stages"][1]["opened_at"] > opened_before  # the soak restarts
+    # the soak restarts
+    assert parse_rfc3339(resumed["stages"][1]["opened_at"]) > parse_rfc3339(opened_before)
 
 
 def test_skip_failed_skips_the_current_stage(api):

@@ -26,7 +26,7 @@ size of a fleet:
 `--busy-threads 1` runs a Python thread that never blocks beside the writers, as a busy event
 loop beside `serve`'s writer threads: sqlite3 lets go of the GIL at every statement step, and the
 writer then waits for it back (up to `--switch-interval`, Python's default 5 ms; `serve` sets
-0.5 ms), so this shows what each statement of a turn costs under load.
+0.1 ms), so this shows what each statement of a turn costs under load.
 
 Figures: µs of write turn per event / per ack (wall time of the transaction, commit included;
 the WAL checkpoints run elsewhere in `serve` and are not counted), and the ratio to the ceiling.

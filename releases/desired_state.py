@@ -114,19 +114,19 @@ def signed_headers(
     now = int(time.time())
     nodes = _cache.get(channel)
     entry = nodes.get(node_id) if nodes is not None else None
-    if (
-        entry is not None
-        and entry[2] == key.key_id
+    if entry is not None and not (
+        entry[2] == key.key_id
         and entry[3] == ttl
         and entry[1] == plan
         and 0 <= now - entry[4] < ttl * RESIGN_FRACTION
         and entry[0] == body
     ):
-        body, issued, signature = entry[0], entry[4], entry[5]
-        raw = _statement(channel, node_id, body, plan, key.key_id, issued, ttl)
+        entry = None  # another answer, key or validity, or signed too long ago: sign again
+    issued = now if entry is None else entry[4]
+    raw = _statement(channel, node_id, body, plan, key.key_id, issued, ttl)
+    if entry is not None:
+        signature = entry[5]
     else:
-        issued = now
-        raw = _statement(channel, node_id, body, plan, key.key_id, issued, ttl)
         signature = key.sign_bytes(raw)
         with _lock:
             if _cached >= MAX_CACHED:

@@ -189,6 +189,34 @@ class _Watch:
         self.deadline: float | None = None
         self.why = ""
 
+    def arm(self, seconds: float, why: str) -> None:
+        """A deadline `seconds` from now (none when `seconds` is 0)."""
+        if seconds > 0:
+            self.deadline = time.monotonic() + seconds
+            self.why = why
+        else:
+            self.deadline = None
+
+
+def client_opened(client: str) -> bool:
+    """Count a new connection of `client`; False (and noted) when it is over the cap: close it
+    at once."""
+    if client and _OPEN_PER_CLIENT.get(client, 0) >= _LIMITS.max_connections_per_client:
+        _CLOSED.note("over the per-client connection cap", client)
+        return False
+    if client:
+        _OPEN_PER_CLIENT[client] = _OPEN_PER_CLIENT.get(client, 0) + 1
+    return True
+
+
+def client_closed(client: str) -> None:
+    """A connection counted by `client_opened` closed."""
+    left = _OPEN_PER_CLIENT.get(client, 1) - 1
+    if left > 0:
+        _OPEN_PER_CLIENT[client] = left
+    else:
+        _OPEN_PER_CLIENT.pop(client, None)
+
 
 _WATCHED: set[_Watch] = set()
 _SWEEPER: list[Any] = []
@@ -228,14 +256,7 @@ def _guard_connection(protocol: Any, client: str) -> None:
             transport.abortConnection()
 
     watch = _Watch(client, abort)
-    monotonic = time.monotonic
-
-    def arm(seconds: float, why: str) -> None:
-        if seconds > 0:
-            watch.deadline = monotonic() + seconds
-            watch.why = why
-        else:
-            watch.deadline = None
+    arm = watch.arm
 
     def cancel() -> None:
         watch.deadline = None
@@ -257,11 +278,7 @@ def _guard_connection(protocol: Any, client: str) -> None:
 
     def connection_lost(reason: Any) -> Any:
         _WATCHED.discard(watch)
-        left = _OPEN_PER_CLIENT.get(client, 1) - 1
-        if left > 0:
-            _OPEN_PER_CLIENT[client] = left
-        else:
-            _OPEN_PER_CLIENT.pop(client, None)
+        client_closed(client)
         return original_lost(reason)
 
     protocol.connectionLost = connection_lost
@@ -280,8 +297,7 @@ class _TaggingFactory:
 
     def buildProtocol(self, addr: Any) -> Any:
         client = str(getattr(addr, "host", "") or "")
-        if client and _OPEN_PER_CLIENT.get(client, 0) >= _LIMITS.max_connections_per_client:
-            _CLOSED.note("over the per-client connection cap", client)
+        if not client_opened(client):
             return _refused()
         protocol = self._factory.buildProtocol(addr)
         if protocol is not None:
@@ -291,8 +307,9 @@ class _TaggingFactory:
             if inner is not None:
                 inner._orchestrator_listener = self._listener
             if client:
-                _OPEN_PER_CLIENT[client] = _OPEN_PER_CLIENT.get(client, 0) + 1
                 _guard_connection(protocol, client)
+        elif client:
+            client_closed(client)
         return protocol
 
     def __getattr__(self, name: str) -> Any:
@@ -315,6 +332,8 @@ class _PreboundEndpoint:
     def listen(self, factory: Any) -> Any:
         from twisted.internet import defer
 
+        if self.listener.scheme == "http" and self.listener.wrap_factory is None:
+            return self._listen_http1()
         factory = _TaggingFactory(factory, self.listener)
         if self.listener.wrap_factory is not None:
             factory = self.listener.wrap_factory(factory)
@@ -328,8 +347,28 @@ class _PreboundEndpoint:
         self.listener.sock.close()  # Twisted holds its own duplicate of the descriptor
         return defer.succeed(port)
 
+    def _listen_http1(self) -> Any:
+        """Plain HTTP: served by `core.http1` on the reactor's asyncio loop."""
+        import asyncio
+
+        from twisted.internet import defer
+
+        from core import http1
+
+        app = self.listener.application or _MAIN_APPLICATION[0]
+        # The reactor's loop: daphne makes it the current loop only after its endpoints listen.
+        loop = self.reactor._asyncioEventloop
+        future = asyncio.ensure_future(http1.listen(app, self.listener.sock), loop=loop)
+
+        def listening(port: Any) -> Any:
+            self.listener.port = port
+            return port
+
+        return defer.Deferred.fromFuture(future).addCallback(listening)
+
 
 _ENDPOINTS: dict[str, Listener] = {}
+_MAIN_APPLICATION: list[Any] = [None]  # what run_daphne serves (plain listeners: core.http1)
 
 
 def _no_form_parsing_in_twisted() -> None:
@@ -428,6 +467,9 @@ def run_daphne(
     # daphne builds endpoints with serverFromString(); ours are pre-bound sockets.
     daphne_server.serverFromString = _server_from_string
     _no_form_parsing_in_twisted()
+    from core import http1
+
+    _MAIN_APPLICATION[0] = application
 
     class OrchestratorServer(daphne_server.Server):
         application: Any  # set by daphne.Server.__init__
@@ -456,6 +498,7 @@ def run_daphne(
             ]
             for future in pending:
                 future.cancel()
+            pending += http1.cancel_all()
             if pending:
                 logger.info("cancelled %d unfinished requests at shutdown", len(pending))
             import asyncio
@@ -484,8 +527,9 @@ def run_daphne(
 
     def in_flight() -> int:
         # A request counts from its first line (a body still uploading is in flight) until its
-        # response is finished or the client went away.
-        return sum(1 for d in server.connections.values() if "disconnected" not in d)
+        # response is finished or the client went away (plain HTTP: from its headers).
+        daphne = sum(1 for d in server.connections.values() if "disconnected" not in d)
+        return daphne + len(http1.IN_FLIGHT)
 
     stopping = {"started": 0.0}
 

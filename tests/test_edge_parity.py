@@ -7,7 +7,8 @@ Headers are compared as a sorted list with lower-cased names (HTTP field names a
 case-insensitive and the order of different fields carries no meaning); nothing else is ignored.
 Both paths sit behind `core.requestid.with_request_id` as in asgi.py, and every request carries
 the same `X-Request-ID` (`REQUEST_ID`), so the echoed id is compared too.
-`Date` and `Server` do not appear at the ASGI level: daphne adds them to both paths alike.
+`Date` and `Server` do not appear at the ASGI level: the HTTP engine (`core.http1`, or daphne on
+TLS) adds them to both paths alike.
 The one documented difference is not exercised: the fast path accepts any `Content-Type` on
 `POST /v1/events`, the DRF path wants JSON (docs/events.md), so every body here is sent as JSON.
 """

@@ -13,7 +13,10 @@ Open loop: every request has a scheduled time (the node's cadence) and its laten
 from that time, not from when a connection got round to sending it, so a slow server shows up as
 latency instead of hiding behind fewer requests. Requests go over keep-alive HTTP/1.1
 connections (asyncio protocols, no HTTP library), spread over `--client-processes` forked
-workers; each worker owns a share of the nodes.
+workers; each worker owns a share of the nodes. A request sent just as serve closed its idle
+kept-alive connection (no byte of an answer came back) is sent once more on another connection,
+as HTTP clients do for idempotent requests; the output counts these ("resent after a keep-alive
+close") and their latency counts from the first schedule.
 
 An operator (this process) publishes the baseline release before the run and, `--plan-at`
 seconds in, a new release with a staged plan (`--stages`, default 1/10/50/100 %): every stage
@@ -85,6 +88,7 @@ class Job:
     scheduled: float  # perf_counter time the request was due
     request: bytes
     node: int = -1
+    resent: bool = False
 
 
 @dataclass
@@ -115,6 +119,7 @@ class Conn(asyncio.Protocol):
         self.status = 0
         self.body_at = 0
         self.job: Job | None = None
+        self.answers = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -146,6 +151,7 @@ class Conn(asyncio.Protocol):
             self.buf = self.buf[self.need :]
             self.need = None
             job, self.job = self.job, None
+            self.answers += 1
             if job is not None:
                 self.fleet.answered(job, self.status, body)
             self.fleet.idle.append(self)
@@ -155,9 +161,17 @@ class Conn(asyncio.Protocol):
         self.transport = None
         if self in self.fleet.idle:
             self.fleet.idle.remove(self)
-        if self.job is not None:
-            self.fleet.failed(self.job, "connection lost")
-            self.job = None
+        job, self.job = self.job, None
+        if job is not None:
+            if self.answers and not self.buf and self.need is None and not job.resent:
+                # serve closed this kept-alive connection (its idle deadline) as the request
+                # went out, before any byte of an answer. As HTTP clients do for idempotent
+                # requests (every request of a node is: events by event_id, acks are upserts),
+                # send it once more on another connection; its latency still counts from its
+                # scheduled time, and the output counts these.
+                self.fleet.resend(job)
+            else:
+                self.fleet.failed(job, "connection lost")
         self.fleet.lost += 1
         self.fleet.conns.remove(self)
         self.fleet.reconnect()
@@ -318,6 +332,13 @@ class Fleet:
                 self.later_seq += 1
                 final = b"failed" if self.fails[i] else b"active"
                 heapq.heappush(self.later, (now + delay, self.later_seq, i, final))
+
+    def resend(self, job: Job) -> None:
+        job.resent = True
+        key = f"{ROUTES[job.route]} resent after a keep-alive close"
+        self.stats.statuses[key] = self.stats.statuses.get(key, 0) + 1
+        self.queue.appendleft(job)
+        self.kick()
 
     def failed(self, job: Job, reason: str) -> None:
         self.outstanding -= 1

@@ -1,7 +1,11 @@
 """Simulate a fleet of edge nodes against a real `serve`, open loop, and report per-route latency.
 
-    python bench/fleet.py [--nodes 50000] [--seconds 180] [--cadence 60] [--connections 64]
-                          [--failed-share 0.01] [--postgres-url URL] [--auth none|token]
+    python bench/fleet.py [--nodes 50000] [--seconds 180] [--cadence 60] [--connections 256]
+                          [--workers N] [--failed-share 0.01] [--postgres-url URL]
+                          [--auth none|token]
+
+`serve` runs with one worker per CPU on SQLite (`--workers`, docs/serve.md: one per core), one
+on PostgreSQL.
 
 N virtual nodes with distinct ids (`node-000000` ...). Each node has a random phase in the cadence
 and, once per cadence, polls `GET /v1/releases/latest?channel=fleet&node_id=<id>` and (half a
@@ -588,7 +592,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--connections",
         type=int,
-        default=48,
+        default=256,
         help="keep-alive connections in all (serve allows 64 per client address by default)",
     )
     parser.add_argument("--client-processes", type=int, default=2)
@@ -599,7 +603,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="connections per loopback source address (serve allows 64 per client address)",
     )
     parser.add_argument(
-        "--workers", type=int, default=1, help="serve --workers N (serving processes, SQLite)"
+        "--workers",
+        type=int,
+        default=None,
+        help="serve --workers N (serving processes, SQLite; default: one per CPU, as "
+        "docs/serve.md advises; PostgreSQL: 1)",
     )
     parser.add_argument("--failed-share", type=float, default=0.01)
     parser.add_argument(
@@ -639,6 +647,8 @@ def run(args: argparse.Namespace, emit: Callable[[dict[str, Any]], None]) -> dic
     work = Path(tempfile.mkdtemp(prefix="bench-fleet-"))
     use_auth(args.auth, work)
     store = "postgresql" if args.postgres_url else "sqlite"
+    if args.workers is None:
+        args.workers = 1 if args.postgres_url else (os.cpu_count() or 1)
     print(f"machine: {machine_summary()}; store {store}; work dir {work}", file=sys.stderr)
     extra = list(args.serve_arg)
     if args.workers != 1:

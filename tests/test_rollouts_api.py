@@ -280,6 +280,19 @@ def test_a_misspelt_dry_run_flag_publishes_nothing(api):
     assert RolloutPlan.objects.count() == 0
 
 
+@pytest.mark.parametrize("query", ["dry_run=", "dry_run=%20"])
+def test_an_empty_dry_run_flag_is_a_400_not_false(api, query):
+    # Found by the schema fuzzer (`?raw=` on the spec route): the schema says boolean, and an
+    # empty value is neither true nor false, so it is refused as a misspelling is.
+    ReleaseFactory(release_id="rel-1")
+    response = post_json(
+        api, f"/v1/rollouts?{query}", {"release_id": "rel-1", "stages": THREE_STAGES}
+    )
+    assert response.status_code == 400
+    assert response.json()["field"] == "dry_run"
+    assert RolloutPlan.objects.count() == 0
+
+
 def test_dry_run_reports_the_same_errors(api):
     response = post_json(
         api, "/v1/rollouts?dry_run=true", {"release_id": "nope", "stages": THREE_STAGES}

@@ -54,10 +54,14 @@ def _actor(request: Request, body: dict[str, Any]) -> tuple[Principal, str | Non
 
 
 def _flag(request: Request, name: str) -> bool:
-    """A boolean query parameter; anything but true/false/1/0/yes/no is a 400 (a misspelt
-    `dry_run=ture` must not publish)."""
-    raw = (request.query_params.get(name) or "").strip().lower()
-    if raw in ("", "0", "false", "no", "off"):
+    """A boolean query parameter; absent is false, anything but true/false/1/0/yes/no/on/off
+    is a 400 (a misspelt `dry_run=ture` must not publish), an empty value too (the schema says
+    boolean: `?raw=` is neither)."""
+    value = request.query_params.get(name)
+    if value is None:
+        return False
+    raw = value.strip().lower()
+    if raw in ("0", "false", "no", "off"):
         return False
     if raw in ("1", "true", "yes", "on"):
         return True

@@ -18,9 +18,9 @@ from that time, not from when a connection got round to sending it, so a slow se
 latency instead of hiding behind fewer requests. Requests go over keep-alive HTTP/1.1
 connections (asyncio protocols, no HTTP library), spread over `--client-processes` forked
 workers; each worker owns a share of the nodes. A request sent just as serve closed its idle
-kept-alive connection (no byte of an answer came back) is sent once more on another connection,
-as HTTP clients do for idempotent requests; the output counts these ("resent after a keep-alive
-close") and their latency counts from the first schedule.
+connection (no byte of an answer came back) is sent again on another connection (up to
+MAX_RESENDS times), as HTTP clients do for idempotent requests; the output counts these
+("resent after a keep-alive close") and their latency counts from the first schedule.
 
 An operator (this process) publishes the baseline release before the run and, `--plan-at`
 seconds in, a new release with a staged plan (`--stages`, default 1/10/50/100 %): every stage
@@ -92,7 +92,7 @@ class Job:
     scheduled: float  # perf_counter time the request was due
     request: bytes
     node: int = -1
-    resent: bool = False
+    resent: int = 0  # times sent again after serve closed the idle connection it went out on
 
 
 @dataclass
@@ -102,6 +102,9 @@ class Stats:
     due: list[list[float]] = field(default_factory=lambda: [[] for _ in ROUTES])
     errors: list[int] = field(default_factory=lambda: [0 for _ in ROUTES])
     statuses: dict[str, int] = field(default_factory=dict)
+
+
+MAX_RESENDS = 3
 
 
 def _request(method: str, path: str, body: bytes | None = None) -> bytes:
@@ -123,7 +126,6 @@ class Conn(asyncio.Protocol):
         self.status = 0
         self.body_at = 0
         self.job: Job | None = None
-        self.answers = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -155,7 +157,6 @@ class Conn(asyncio.Protocol):
             self.buf = self.buf[self.need :]
             self.need = None
             job, self.job = self.job, None
-            self.answers += 1
             if job is not None:
                 self.fleet.answered(job, self.status, body)
             self.fleet.idle.append(self)
@@ -167,12 +168,12 @@ class Conn(asyncio.Protocol):
             self.fleet.idle.remove(self)
         job, self.job = self.job, None
         if job is not None:
-            if self.answers and not self.buf and self.need is None and not job.resent:
-                # serve closed this kept-alive connection (its idle deadline) as the request
-                # went out, before any byte of an answer. As HTTP clients do for idempotent
-                # requests (every request of a node is: events by event_id, acks are upserts),
-                # send it once more on another connection; its latency still counts from its
-                # scheduled time, and the output counts these.
+            if not self.buf and self.need is None and job.resent < MAX_RESENDS:
+                # serve closed this idle connection (its header deadline) as the request went
+                # out, before any byte of an answer. As HTTP clients do for idempotent requests
+                # (every request of a node is: events by event_id, acks are upserts), send it
+                # again on another connection (a sweep may close several at once); its latency
+                # still counts from its scheduled time, and the output counts these.
                 self.fleet.resend(job)
             else:
                 self.fleet.failed(job, "connection lost")
@@ -338,7 +339,7 @@ class Fleet:
                 heapq.heappush(self.later, (now + delay, self.later_seq, i, final))
 
     def resend(self, job: Job) -> None:
-        job.resent = True
+        job.resent += 1
         key = f"{ROUTES[job.route]} resent after a keep-alive close"
         self.stats.statuses[key] = self.stats.statuses.get(key, 0) + 1
         self.queue.appendleft(job)

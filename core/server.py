@@ -2,7 +2,8 @@
 
 This module never imports models. `serve` builds a `ServeConfig`, binds the sockets itself (so a
 bad address or a port in use is one clear error line before anything starts), and hands daphne
-ready-made Twisted endpoints.
+ready-made endpoints: TLS listeners through Twisted, plain-HTTP listeners through
+`core.http1` on the same loop. The client limits (`ClientLimits`) here apply to both.
 """
 
 from __future__ import annotations

@@ -30,7 +30,9 @@ own and readers get the previous counts meanwhile, so no status read waits for a
 a plan's change (a promotion, an action) that leaves every node where it was (the same stages,
 the same stages counting silent nodes: `_for_new_version`) is answered from the last count
 under the new version and current stage at once, instead of recounting the fleet in the
-request.
+request. A large fleet's plan read in the last `KEEP_WARM_SECONDS` is recounted by a thread of
+its own (`_warm_once`) shortly before its counts reach `CACHE_TTL_SECONDS`, so no reader finds
+them too old (under `serve --workers` a worker may go longer than the TTL without a read).
 """
 
 from __future__ import annotations
@@ -72,6 +74,15 @@ REBUILD_COST_FACTOR = 10.0
 # (a small fleet) is done in the reader's request, so small fleets see each ack at once.
 BACKGROUND_BUILD_SECONDS = 0.05
 _build_seconds: dict[int, float] = {}  # plan pk -> seconds its last build took
+# A large fleet's plan (a build of at least BACKGROUND_BUILD_SECONDS) that was read in the last
+# KEEP_WARM_SECONDS is recounted by a thread of this process before its counts reach
+# CACHE_TTL_SECONDS (`_warm_once`, every WARM_TICK_SECONDS), so a reader never finds them too
+# old and recounts in its request: the operator's reads spread over `serve --workers`, and a
+# worker may go longer than the TTL without one.
+KEEP_WARM_SECONDS = 60.0
+WARM_TICK_SECONDS = 1.0
+_read_at: dict[int, float] = {}  # plan pk -> monotonic time of its last cached read
+_warmer: threading.Thread | None = None
 
 
 def known_node_ids() -> set[str]:
@@ -387,6 +398,7 @@ def plan_progress(
         snap = snapshot_of(plan)
     if not _cacheable():
         return _build(snap, silent_after)
+    _read_at[plan.pk] = time.monotonic()
     entry = _cache.get(plan.pk)
     if (
         entry is not None
@@ -463,11 +475,13 @@ def _rebuild(
         fingerprint = key[1]
         expected = fingerprint[0] if isinstance(fingerprint, tuple) else None
         progress = _build(snap, silent_after, expected)
-        _build_seconds[plan_pk] = time.monotonic() - built_at
+        _build_seconds[plan_pk] = took = time.monotonic() - built_at
         with _cache_lock:
             if len(_cache) >= _CACHE_MAX:
                 _cache.clear()
             _cache[plan_pk] = (key, built_at, progress)
+    if took >= BACKGROUND_BUILD_SECONDS:
+        _start_warmer()
     return progress
 
 
@@ -493,6 +507,63 @@ def _rebuild_in_background(
             connection.close()
 
     threading.Thread(target=run, name="rollout-progress", daemon=True).start()
+
+
+def _due(plan_pk: int, now: float) -> bool:
+    """Whether the warmer should recount the plan now: a large fleet's, read recently, whose
+    counts would reach CACHE_TTL_SECONDS before the next tick and a recount are done."""
+    took = _build_seconds.get(plan_pk, 0.0)
+    if took < BACKGROUND_BUILD_SECONDS:
+        return False
+    entry = _cache.get(plan_pk)
+    return entry is None or now - entry[1] + 2 * took + WARM_TICK_SECONDS >= CACHE_TTL_SECONDS
+
+
+def _warm_once() -> list[int]:
+    """One pass of the warmer: recount each due plan (`_due`) from the store now; forget plans
+    not read for KEEP_WARM_SECONDS or no longer live. The plans recounted."""
+    from rollouts.models import LIVE_PHASES
+
+    now = time.monotonic()
+    warmed = []
+    for plan_pk, read_at in list(_read_at.items()):
+        if now - read_at > KEEP_WARM_SECONDS:
+            _read_at.pop(plan_pk, None)
+            continue
+        if not _due(plan_pk, now):
+            continue
+        plan = RolloutPlan.objects.filter(pk=plan_pk, phase__in=LIVE_PHASES).first()
+        if plan is None:  # gone or finished: its counts no longer move
+            _read_at.pop(plan_pk, None)
+            continue
+        snap = snapshot_of(plan)
+        silent_after = silent_after_seconds()
+        key = (plan.version, _ack_fingerprint(snap.release_pk), silent_after)
+        # A max_age of 0: recount even when nothing moved (nodes turn silent, nodes join).
+        _rebuild(plan_pk, key, snap, silent_after, max_age=0.0)
+        warmed.append(plan_pk)
+    return warmed
+
+
+def _start_warmer() -> None:
+    """Start this process's warmer thread (once; a fork's child starts its own)."""
+    global _warmer
+    with _cache_lock:
+        if _warmer is not None and _warmer.is_alive():
+            return
+        _warmer = threading.Thread(target=_warm_forever, name="rollout-progress-warm", daemon=True)
+        _warmer.start()
+
+
+def _warm_forever() -> None:
+    while True:
+        time.sleep(WARM_TICK_SECONDS)
+        try:
+            if not _warm_once() and not _read_at:
+                connection.close()  # idle: no connection held open
+        except Exception:  # a lost database: readers recount as before, the next tick retries
+            logger.debug("warming rollout counts failed", exc_info=True)
+            connection.close()
 
 
 def _ack_statuses(release_pk: int, expected: int | None = None) -> dict[str, str]:
@@ -525,6 +596,7 @@ def clear_cache() -> None:
         _cache.clear()
         _buckets.clear()
         _build_seconds.clear()
+        _read_at.clear()
 
 
 def counts_dict(counts: dict[str, int]) -> dict[str, int]:

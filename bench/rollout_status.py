@@ -12,7 +12,12 @@ store, as nodes acking over hours would). Reported:
   acks, a bucket per node, hashed once per plan and process), while the ack's gate evaluation
   runs in the same process; and once after the cache's 10 s lifetime with nothing written;
 - warm: the next calls within the cache's lifetime (one aggregate query + the answer);
-- a page of 100 silent/waiting nodes of the last stage, and a `/metrics` scrape.
+- a page of 100 silent/waiting nodes of the last stage, and a `/metrics` scrape;
+- an operator watching: `--watch` reads, one every `--watch-every` seconds on a new connection,
+  each after a new ack, as a dashboard over a rollout in progress. With `--workers 2` the reads
+  land on either worker, so a worker may go longer than the counts' 10 s lifetime without one
+  (the warmer in `rollouts.progress` recounts before that; before it, such a read recounted
+  the fleet in its request).
 Figures go to docs/operating.md ("Cost at 50,000 nodes"). Not a CI test.
 """
 
@@ -97,13 +102,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nodes", type=int, default=50_000)
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--workers", type=int, default=1, help="serve --workers")
+    parser.add_argument("--watch", type=int, default=30, help="the operator's reads (0: none)")
+    parser.add_argument("--watch-every", type=float, default=2.0, help="seconds between reads")
     args = parser.parse_args()
     print(machine_summary())
     with tempfile.TemporaryDirectory(prefix="bench-status-") as tmp:
         data_dir = Path(tmp) / "data"
         metrics_port = free_port()
         server = start_orchestrator(
-            data_dir, "--metrics-addr", f"127.0.0.1:{metrics_port}", "--silent-after", "1s"
+            data_dir,
+            "--metrics-addr",
+            f"127.0.0.1:{metrics_port}",
+            "--silent-after",
+            "1s",
+            "--workers",
+            str(args.workers),
         )
         try:
             t0 = time.perf_counter()
@@ -122,7 +136,7 @@ def main() -> None:
                 cold.append(seconds)
                 for _ in range(3):
                     warm.append(call(server.port, "GET", f"/v1/rollouts/{PLAN}/status")[0])
-            time.sleep(10.5)  # past the cache's lifetime: a recount with nothing changed
+            time.sleep(10.5)  # past the cache's lifetime, nothing written: the warmer recounted
             expired, _ = call(server.port, "GET", f"/v1/rollouts/{PLAN}/status")
             status = json.loads(body)
             print("plan nodes:", status["nodes"], "known:", status["known_nodes"])
@@ -135,7 +149,7 @@ def main() -> None:
                 f"status cold (recount): median {statistics.median(cold) * 1000:.0f} ms, "
                 f"max {max(cold) * 1000:.0f} ms over {len(cold)}"
             )
-            print(f"status after the cache expired (recount, no write): {expired * 1000:.0f} ms")
+            print(f"status after 10.5 s without a read or a write: {expired * 1000:.0f} ms")
             print(
                 f"status warm (cached):  median {statistics.median(warm) * 1000:.1f} ms, "
                 f"max {max(warm) * 1000:.1f} ms over {len(warm)}"
@@ -144,8 +158,31 @@ def main() -> None:
                 f"nodes page of {json.loads(page)['count']}: {page_s * 1000:.1f} ms; "
                 f"/metrics scrape: {scrape_s * 1000:.1f} ms"
             )
+            if args.watch:
+                watch(server.port, args.watch, args.watch_every, args.workers)
         finally:
             server.stop()
+
+
+def watch(port: int, reads: int, every: float, workers: int) -> None:
+    """An operator's dashboard: a status read every `every` s, each after one new ack."""
+    took = []
+    for n in range(reads):
+        started = time.monotonic()
+        call(
+            port,
+            "POST",
+            f"/v1/nodes/node-watch-{n}/ack",
+            {"release_id": "rel-new", "status": "active"},
+        )
+        took.append(call(port, "GET", f"/v1/rollouts/{PLAN}/status")[0] * 1000)
+        time.sleep(max(0.0, every - (time.monotonic() - started)))
+    took.sort()
+    print(
+        f"operator watching ({reads} reads every {every:g} s, {workers} worker(s)): median "
+        f"{statistics.median(took):.0f} ms, p95 {took[int(len(took) * 0.95) - 1]:.0f} ms, max "
+        f"{took[-1]:.0f} ms; {sum(1 for t in took if t >= 100)} over 100 ms"
+    )
 
 
 if __name__ == "__main__":

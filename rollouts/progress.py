@@ -398,7 +398,8 @@ def plan_progress(
         snap = snapshot_of(plan)
     if not _cacheable():
         return _build(snap, silent_after)
-    _read_at[plan.pk] = time.monotonic()
+    if max_age <= CACHE_TTL_SECONDS:  # a status read, not a scrape (counts up to 30 s old)
+        _read_at[plan.pk] = time.monotonic()
     entry = _cache.get(plan.pk)
     if (
         entry is not None

@@ -76,12 +76,16 @@ class _Entry:
         self.pending: list[tuple[str, str]] = []  # acks applied while loading, in commit order
         self.statuses: dict[str, str] = {}
         self.trackers: dict[Hashable, _Tracker] = {}
+        # key -> node_id -> status of the acks that changed since the watcher last looked
+        self.watchers: dict[Hashable, dict[str, str]] = {}
 
     def set(self, node: str, status: str) -> None:
         old = self.statuses.get(node)
         self.statuses[node] = status
         for tracker in self.trackers.values():
             tracker.move(node, old, status)
+        for changed in self.watchers.values():
+            changed[node] = status
 
 
 class AckBook:
@@ -170,14 +174,33 @@ class AckBook:
             return None
         return entry.statuses.get(node_id) == ACTIVE
 
-    def statuses(self, release_pk: int) -> dict[str, str] | None:
-        """node_id -> ack status of every ack of the release (a copy); None: ask the
+    def watch(self, release_pk: int, key: Hashable) -> dict[str, str] | None:
+        """node_id -> ack status of every ack of the release (a copy), and from now on the
+        book keeps each of its acks that changes for `changes(release_pk, key)`; None: ask the
         database."""
         entry = self._entry(release_pk)
         if entry is None:
             return None
         with self._lock:
+            entry.watchers[key] = {}
             return dict(entry.statuses)
+
+    def changes(self, release_pk: int, key: Hashable) -> tuple[dict[str, str], int] | None:
+        """(node_id -> status of the release's acks that changed since `watch` or the last
+        `changes` with this key, how many acks the release has now); None: the book cannot
+        tell (not usable here, or it forgot the release since: `watch` again)."""
+        if not self.usable():
+            return None
+        self.sync()
+        entry = self._entries.get(release_pk)
+        if entry is None or not entry.ready:
+            return None
+        with self._lock:
+            changed = entry.watchers.get(key)
+            if changed is None:
+                return None
+            entry.watchers[key] = {}
+            return changed, len(entry.statuses)
 
     def counts(
         self,

@@ -18,21 +18,23 @@ binary search over the stage percents) and the release's acks: O(nodes + acks), 
 SQLite at 50,000 nodes when both are read from the database (bench/rollout_status.py,
 docs/operating.md). On SQLite the acks come from the in-process ack book (a dict copy) and the
 sorted node ids from a copy kept while the fleet table's (newest rowid, row count) is unchanged,
-which leaves mostly the pass itself. The result is cached per
-plan, keyed by (plan version, the release's ack count and newest ack update, silent_after) and
-at most `CACHE_TTL_SECONDS` old (new nodes and nodes turning silent show within that time); a
-cache hit costs one small aggregate query. New acks alone rebuild the counts at most every
-`REBUILD_COST_FACTOR` (10) x the last build's duration, and at most every `MIN_REBUILD_SECONDS`
-(5 s): counting costs at most ~10 % of a core; the counts of a large fleet may lag its acks by a
-few seconds (a small fleet's by milliseconds), never a plan's change. When a build takes long
-(`BACKGROUND_BUILD_SECONDS`, a large fleet), the recount for new acks runs on a thread of its
-own and readers get the previous counts meanwhile, so no status read waits for a recount; and
-a plan's change (a promotion, an action) that leaves every node where it was (the same stages,
-the same stages counting silent nodes: `_for_new_version`) is answered from the last count
-under the new version and current stage at once, instead of recounting the fleet in the
-request. A large fleet's plan read in the last `KEEP_WARM_SECONDS` is recounted by a thread of
-its own (`_warm_once`) shortly before its counts reach `CACHE_TTL_SECONDS`, so no reader finds
-them too old (under `serve --workers` a worker may go longer than the TTL without a read).
+which leaves mostly the pass itself; and when only acks changed since the last count (the same
+plan version, known nodes and silent stages), the book's list of the acks that changed since is
+applied to that count instead (`_updated`: O(changed acks x log nodes), milliseconds). The
+result is cached per plan, keyed by (plan version, the release's ack count and newest ack
+update, silent_after) and at most `CACHE_TTL_SECONDS` old (new nodes and nodes turning silent
+show within that time); a cache hit costs one small aggregate query. New acks alone rebuild the
+counts at most every `REBUILD_COST_FACTOR` (10) x the last build's duration, and at most every
+`MIN_REBUILD_SECONDS` (5 s): counting costs at most ~10 % of a core; the counts of a large fleet
+may lag its acks by a few seconds (a small fleet's by milliseconds), never a plan's change. When
+a build takes long (`BACKGROUND_BUILD_SECONDS`, a large fleet), the recount for new acks runs on
+a thread of its own and readers get the previous counts meanwhile, so no status read waits for a
+recount; and a plan's change (a promotion, an action) that leaves every node where it was (the
+same stages, the same stages counting silent nodes: `_for_new_version`) is answered from the
+last count under the new version and current stage at once, instead of recounting the fleet in
+the request. A large fleet's plan read in the last `KEEP_WARM_SECONDS` is recounted by a thread
+of its own (`_warm_once`) shortly before its counts reach `CACHE_TTL_SECONDS`, so no reader
+finds them too old (under `serve --workers` a worker may go longer than the TTL without a read).
 """
 
 from __future__ import annotations
@@ -170,6 +172,8 @@ class PlanProgress:
     # What every node's stage and state were derived from besides its ack (`_shape`): a later
     # version of the plan with the same shape places every node the same way.
     shape: tuple[object, ...] = field(default=(), repr=False, compare=False)
+    # The known node ids it counted over, sorted (`_updated` applies to the same ones only).
+    known_ids: list[str] = field(default_factory=list, repr=False, compare=False)
 
     @property
     def plan_counts(self) -> dict[str, int]:
@@ -336,7 +340,8 @@ def compute(
     entries: list[int] = []
     states: list[str] = []
     known_count = 0
-    for node_id in sorted(known):
+    ordered = sorted(known)
+    for node_id in ordered:
         known_count += 1
         placed = cohort.place(node_id, acks.get(node_id))
         if placed is None:
@@ -346,12 +351,6 @@ def compute(
         node_ids.append(node_id)
         entries.append(entry)
         states.append(state)
-    stage_counts = []
-    running = dict.fromkeys(STATES, 0)
-    for entered in by_entry:
-        for key, value in entered.items():
-            running[key] = running.get(key, 0) + value
-        stage_counts.append({"targeted": sum(running.values()), **running})
     return PlanProgress(
         plan_id=snap.plan_id,
         release_pk=snap.release_pk,
@@ -361,11 +360,79 @@ def compute(
         generated_at=now,
         silent_after=silent_after,
         known=known_count,
-        stage_counts=tuple(stage_counts),
+        stage_counts=_cumulative(by_entry),
         node_ids=node_ids,
         entries=entries,
         states=states,
         shape=_shape(snap, cohort.silent_from),
+        known_ids=ordered,
+    )
+
+
+def _cumulative(by_entry: list[dict[str, int]]) -> tuple[dict[str, int], ...]:
+    """Per stage: the counts of the nodes that entered at it or before (a prefix sum)."""
+    stage_counts = []
+    running = dict.fromkeys(STATES, 0)
+    for entered in by_entry:
+        for key, value in entered.items():
+            running[key] = running.get(key, 0) + value
+        stage_counts.append({"targeted": sum(running.values()), **running})
+    return tuple(stage_counts)
+
+
+def _updated(
+    previous: PlanProgress,
+    snap: PlanSnapshot,
+    changed: dict[str, str],
+    *,
+    now: datetime,
+    silent_after: float,
+) -> PlanProgress:
+    """`previous` with the acks in `changed` (node_id -> new status) moved: what `compute`
+    would count over the same known nodes, the same plan version and shape, and the acks of
+    `previous` updated by `changed`, in O(changed x log nodes) instead of a pass over the fleet
+    (the lists are copied, as readers may be paging through `previous`)."""
+    cohort = _Cohort(snap, now, silent_after)
+    known = previous.known_ids
+    node_ids, entries, states = (
+        list(previous.node_ids),
+        list(previous.entries),
+        list(previous.states),
+    )
+    by_entry = [dict.fromkeys(STATES, 0) for _ in snap.stages]
+    before: dict[str, int] = {}
+    for position, stage in enumerate(previous.stage_counts):
+        for state in STATES:
+            by_entry[position][state] = stage[state] - before.get(state, 0)
+        before = stage
+    for node_id, status in changed.items():
+        at = bisect.bisect_left(known, node_id)
+        if at == len(known) or known[at] != node_id:
+            continue  # not a known node (yet): `compute` does not count it either
+        index = bisect.bisect_left(node_ids, node_id)
+        present = index < len(node_ids) and node_ids[index] == node_id
+        if present:
+            by_entry[entries[index]][states[index]] -= 1
+        placed = cohort.place(node_id, status)
+        if placed is None:
+            if present:
+                del node_ids[index], entries[index], states[index]
+            continue
+        entry, state = placed
+        by_entry[entry][state] += 1
+        if present:
+            entries[index], states[index] = entry, state
+        else:
+            node_ids.insert(index, node_id)
+            entries.insert(index, entry)
+            states.insert(index, state)
+    return dataclasses.replace(
+        previous,
+        generated_at=now,
+        stage_counts=_cumulative(by_entry),
+        node_ids=node_ids,
+        entries=entries,
+        states=states,
     )
 
 
@@ -475,15 +542,47 @@ def _rebuild(
         built_at = time.monotonic()
         fingerprint = key[1]
         expected = fingerprint[0] if isinstance(fingerprint, tuple) else None
-        progress = _build(snap, silent_after, expected)
-        _build_seconds[plan_pk] = took = time.monotonic() - built_at
+        progress = _update(entry[2] if entry else None, snap, silent_after, expected)
+        if progress is None:  # a count over the whole fleet: its time sizes the next decisions
+            progress = _build(snap, silent_after, expected)
+            _build_seconds[plan_pk] = time.monotonic() - built_at
         with _cache_lock:
             if len(_cache) >= _CACHE_MAX:
                 _cache.clear()
             _cache[plan_pk] = (key, built_at, progress)
-    if took >= BACKGROUND_BUILD_SECONDS:
+    if _build_seconds.get(plan_pk, 0.0) >= BACKGROUND_BUILD_SECONDS:
         _start_warmer()
     return progress
+
+
+def _update(
+    previous: PlanProgress | None, snap: PlanSnapshot, silent_after: float, expected: int | None
+) -> PlanProgress | None:
+    """The last count with the acks that changed since moved (`_updated`, SQLite: the ack book
+    keeps the changes), when nothing else moved: the same plan version and `--silent-after`,
+    no stage's nodes turned silent, the same known nodes, and the book holds as many acks as
+    the database counted (`expected`). None: count the whole fleet."""
+    from releases.ackbook import ack_book
+
+    if (
+        previous is None
+        or previous.version != snap.version
+        or previous.silent_after != silent_after
+    ):
+        return None
+    now = clock.now()
+    if _shape(snap, _silent_from(snap, now, silent_after)) != previous.shape:
+        return None
+    got = ack_book.changes(snap.release_pk, _watch_key(snap))
+    if got is None or (expected is not None and got[1] != expected):
+        return None
+    if known_node_ids_sorted() != previous.known_ids:
+        return None
+    return _updated(previous, snap, got[0], now=now, silent_after=silent_after)
+
+
+def _watch_key(snap: PlanSnapshot) -> tuple[str, str]:
+    return ("rollouts.progress", snap.plan_id)
 
 
 _background: set[int] = set()  # plans being recounted on a thread now
@@ -567,14 +666,16 @@ def _warm_forever() -> None:
             connection.close()
 
 
-def _ack_statuses(release_pk: int, expected: int | None = None) -> dict[str, str]:
+def _ack_statuses(snap: PlanSnapshot, expected: int | None = None) -> dict[str, str]:
     """node_id -> status of the release's acks: from the in-process ack book when it holds
     them (SQLite; a copy of a dict instead of reading 50,000 rows) and holds as many as the
     database counted (`expected`, the cache key's count: a book that missed a write made
-    around the ack writer is not trusted), else the database."""
+    around the ack writer is not trusted), else the database. The book keeps the acks that
+    change from now on for the next count (`_update`)."""
     from releases.ackbook import ack_book
 
-    statuses = ack_book.statuses(release_pk)
+    release_pk = snap.release_pk
+    statuses = ack_book.watch(release_pk, _watch_key(snap))
     if statuses is not None and (expected is None or len(statuses) == expected):
         return statuses
     return dict(NodeAck.objects.filter(release_id=release_pk).values_list("node_id", "status"))
@@ -586,7 +687,7 @@ def _build(
     return compute(
         snap,
         known=known_node_ids_sorted(),
-        acks=_ack_statuses(snap.release_pk, expected_acks),
+        acks=_ack_statuses(snap, expected_acks),
         now=clock.now(),
         silent_after=silent_after,
     )

@@ -351,10 +351,83 @@ def test_a_recount_reads_acks_from_the_ack_book_and_sees_nodes_join(plan, monkey
     ack_rows = [q["sql"] for q in queries if '"status" FROM "releases_nodeack"' in q["sql"]]
     assert ack_rows == []  # the acks came from the book
 
+    # acks alone (no node joined, no stage turned silent): the last count with those acks
+    # moved, not a pass over the fleet; the same counts as a full count
+    full_counts = []
+    real_compute = progress.compute
+    monkeypatch.setattr(
+        progress, "compute", lambda *a, **k: full_counts.append(1) or real_compute(*a, **k)
+    )
+    acks_committed(
+        node_acks_store(
+            writes=[
+                ack_write(node_id="n-c", release_id="rel-new", status="failed"),
+                ack_write(node_id="n-new", release_id="rel-new", status="pending"),
+            ]
+        )
+    )
+    moved = progress.plan_progress(plan)
+    assert full_counts == []
+    assert moved.plan_counts == counts(targeted=4, active=2, failed=2)
+    assert moved.stage_counts[-1] == counts(targeted=10, active=2, failed=2, pending=1, waiting=5)
+    progress.clear_cache()
+    recounted = progress.plan_progress(plan)
+    assert full_counts == [1] and recounted.stage_counts == moved.stage_counts
+    assert (recounted.node_ids, recounted.states) == (moved.node_ids, moved.states)
+
     # an ack inserted around the writer: the book's count no longer matches the store's
     NodeAck.objects.bulk_create(
         [NodeAck(node_id="n-e", release=plan.release, status="failed", acked_at=T0, updated_at=T0)]
     )
     third = progress.plan_progress(plan)
-    assert third.stage_counts[-1]["failed"] == 2
+    assert third.stage_counts[-1]["failed"] == 3 and full_counts == [1, 1]
+    # a book that forgot the release (acks changed around the writer) cannot tell what moved
+    from releases.ackbook import ack_book
+    from rollouts.cohort import snapshot_of
+
+    ack_book.invalidate()
+    assert ack_book.changes(plan.release.pk, progress._watch_key(snapshot_of(plan))) is None
     progress.clear_cache()
+
+
+def test_moving_acks_counts_what_a_full_count_counts(fake_clock):
+    """`_updated` (the last count with the changed acks moved) equals `compute` over the same
+    nodes with the new acks, through rounds of random acks: nodes taken in only by an `active`
+    ack and dropped again, listed nodes, unknown nodes, silent and waiting nodes."""
+    import random
+
+    from rollouts.cohort import snapshot_of
+
+    release = ReleaseFactory(release_id="rel-moved")
+    listed = [f"m-{n:03d}" for n in range(0, 400, 37)]
+    plan = RolloutPlanFactory(
+        plan_id="p-moved",
+        release=release,
+        stages=[
+            {"stage_id": "canary", "percent": 5, "nodes": listed},
+            {"stage_id": "half", "percent": 40},
+        ],
+    )
+    snap = snapshot_of(plan)
+    known = sorted(f"m-{n:03d}" for n in range(400))
+    rng = random.Random(13)
+    now, silent_after = T0 + timedelta(minutes=11), 600.0
+    acks = {node: rng.choice(progress.ACK_STATES) for node in rng.sample(known, 150)}
+    counted = progress.compute(snap, known=known, acks=acks, now=now, silent_after=silent_after)
+    assert 0 < counted.stage_counts[-1]["targeted"] < len(known)
+    for _ in range(30):
+        changed = {
+            rng.choice(known): rng.choice(progress.ACK_STATES) for _ in range(rng.randint(0, 25))
+        }
+        # nodes not known to the fleet (yet), e.g. acking `active`: not counted
+        changed[rng.choice(["m-unknown", "zz-unknown"])] = rng.choice(progress.ACK_STATES)
+        acks.update(changed)
+        moved = progress._updated(counted, snap, changed, now=now, silent_after=silent_after)
+        full = progress.compute(snap, known=known, acks=acks, now=now, silent_after=silent_after)
+        assert moved.stage_counts == full.stage_counts
+        assert (moved.node_ids, moved.entries, moved.states) == (
+            full.node_ids,
+            full.entries,
+            full.states,
+        )
+        counted = moved

@@ -11,7 +11,10 @@ ack of the release per evaluation pass. The book answers both from memory:
   (`releases.writer`), which calls `ack_book.apply` with every ack it committed before it
   answers the request (so a poll right after an ack's 200 sees it);
 - per (release, tracker key): the count of each status among the acks a membership rule counts
-  (`counts`), computed once from the statuses and then moved by each applied ack.
+  (`counts`), computed once from the statuses and then moved by each applied ack;
+- per (release, watcher key): the acks that changed since the watcher last asked (`watch`,
+  `changes`), so the rollout status counts (`rollouts.progress`) move those nodes instead of
+  recounting the fleet.
 
 Only for the SQLite store, where one `serve` owns the database, so every ack passes through it.
 Under `serve --workers N` each worker has its own book, and the acks committed by any worker

@@ -34,7 +34,9 @@ same stages, the same stages counting silent nodes: `_for_new_version`) is answe
 last count under the new version and current stage at once, instead of recounting the fleet in
 the request. A large fleet's plan read in the last `KEEP_WARM_SECONDS` is recounted by a thread
 of its own (`_warm_once`) shortly before its counts reach `CACHE_TTL_SECONDS`, so no reader
-finds them too old (under `serve --workers` a worker may go longer than the TTL without a read).
+finds them too old (under `serve --workers` a worker may go longer than the TTL without a read);
+on a fleet of `LARGE_FLEET_NODES` or more it also counts each live plan the process has not
+counted yet, so a plan's first read in each process does not count the fleet either.
 """
 
 from __future__ import annotations
@@ -83,8 +85,27 @@ _build_seconds: dict[int, float] = {}  # plan pk -> seconds its last build took
 # worker may go longer than the TTL without one.
 KEEP_WARM_SECONDS = 60.0
 WARM_TICK_SECONDS = 1.0
+# A plan that counted at least LARGE_FLEET_NODES known nodes is a large fleet's whatever its
+# last count took (`_large`: that time varies with the machine's load). On such a fleet the
+# warmer also counts each live plan this process has no count of yet (a plan just published, a
+# worker just started), so the first status read of a plan in each process does not count the
+# fleet in its request either.
+LARGE_FLEET_NODES = 5_000
+# Moving acks in the last count (`_update`) trusts the ack book; a full count at least this
+# often bounds what a write the book could not see (raw SQL, a bulk insert) would leave wrong.
+FULL_COUNT_SECONDS = 60.0
+_full_at: dict[int, float] = {}  # plan pk -> monotonic time of its last full count
 _read_at: dict[int, float] = {}  # plan pk -> monotonic time of its last cached read
 _warmer: threading.Thread | None = None
+
+
+def _large(plan_pk: int) -> bool:
+    """Whether the plan's counts are a large fleet's: its last full count took
+    BACKGROUND_BUILD_SECONDS or more, or counted LARGE_FLEET_NODES known nodes or more."""
+    entry = _cache.get(plan_pk)
+    return _build_seconds.get(plan_pk, 0.0) >= BACKGROUND_BUILD_SECONDS or (
+        entry is not None and entry[2].known >= LARGE_FLEET_NODES
+    )
 
 
 def known_node_ids() -> set[str]:
@@ -490,7 +511,7 @@ def plan_progress(
         and entry[0][0] == plan.version
         and entry[0][2] == silent_after
         and time.monotonic() - entry[1] < max_age
-        and _build_seconds.get(plan.pk, 0.0) >= BACKGROUND_BUILD_SECONDS
+        and _large(plan.pk)
     ):
         # A large fleet and only new acks: answer with the counts we have (at most max_age
         # old) and recount on a thread of its own, instead of holding this reader for the
@@ -518,7 +539,7 @@ def _for_new_version(
     if (
         key[2] != silent_after
         or time.monotonic() - built_at >= max_age
-        or _build_seconds.get(plan_pk, 0.0) < BACKGROUND_BUILD_SECONDS
+        or not _large(plan_pk)
         or _shape(snap, _silent_from(snap, clock.now(), silent_after)) != previous.shape
     ):
         return None
@@ -542,39 +563,46 @@ def _rebuild(
         built_at = time.monotonic()
         fingerprint = key[1]
         expected = fingerprint[0] if isinstance(fingerprint, tuple) else None
-        progress = _update(entry[2] if entry else None, snap, silent_after, expected)
+        progress = _update(plan_pk, entry[2] if entry else None, snap, silent_after, expected)
         if progress is None:  # a count over the whole fleet: its time sizes the next decisions
             progress = _build(snap, silent_after, expected)
             _build_seconds[plan_pk] = time.monotonic() - built_at
+            _full_at[plan_pk] = built_at
         with _cache_lock:
             if len(_cache) >= _CACHE_MAX:
                 _cache.clear()
             _cache[plan_pk] = (key, built_at, progress)
-    if _build_seconds.get(plan_pk, 0.0) >= BACKGROUND_BUILD_SECONDS:
-        _start_warmer()
+    if _large(plan_pk):
+        start_warmer()
     return progress
 
 
 def _update(
-    previous: PlanProgress | None, snap: PlanSnapshot, silent_after: float, expected: int | None
+    plan_pk: int,
+    previous: PlanProgress | None,
+    snap: PlanSnapshot,
+    silent_after: float,
+    expected: int | None,
 ) -> PlanProgress | None:
     """The last count with the acks that changed since moved (`_updated`, SQLite: the ack book
     keeps the changes), when nothing else moved: the same plan version and `--silent-after`,
-    no stage's nodes turned silent, the same known nodes, and the book holds as many acks as
-    the database counted (`expected`). None: count the whole fleet."""
+    no stage's nodes turned silent, the same known nodes, the book holds at least as many acks
+    as the database counted when the caller asked (`expected`; more: acks committed since),
+    and the last full count is less than FULL_COUNT_SECONDS old. None: count the whole fleet."""
     from releases.ackbook import ack_book
 
     if (
         previous is None
         or previous.version != snap.version
         or previous.silent_after != silent_after
+        or time.monotonic() - _full_at.get(plan_pk, 0.0) >= FULL_COUNT_SECONDS
     ):
         return None
     now = clock.now()
     if _shape(snap, _silent_from(snap, now, silent_after)) != previous.shape:
         return None
     got = ack_book.changes(snap.release_pk, _watch_key(snap))
-    if got is None or (expected is not None and got[1] != expected):
+    if got is None or (expected is not None and got[1] < expected):
         return None
     if known_node_ids_sorted() != previous.known_ids:
         return None
@@ -612,20 +640,36 @@ def _rebuild_in_background(
 def _due(plan_pk: int, now: float) -> bool:
     """Whether the warmer should recount the plan now: a large fleet's, read recently, whose
     counts would reach CACHE_TTL_SECONDS before the next tick and a recount are done."""
-    took = _build_seconds.get(plan_pk, 0.0)
-    if took < BACKGROUND_BUILD_SECONDS:
+    if not _large(plan_pk):
         return False
+    took = _build_seconds.get(plan_pk, 0.0)
     entry = _cache.get(plan_pk)
     return entry is None or now - entry[1] + 2 * took + WARM_TICK_SECONDS >= CACHE_TTL_SECONDS
 
 
 def _warm_once() -> list[int]:
-    """One pass of the warmer: recount each due plan (`_due`) from the store now; forget plans
-    not read for KEEP_WARM_SECONDS or no longer live. The plans recounted."""
+    """One pass of the warmer: count each live plan of a large fleet that this process has no
+    count of (LARGE_FLEET_NODES) and recount each due plan (`_due`) from the store now; forget
+    plans not read for KEEP_WARM_SECONDS or no longer live. The plans counted."""
     from rollouts.models import LIVE_PHASES
 
     now = time.monotonic()
     warmed = []
+    uncounted = [
+        pk
+        for pk in RolloutPlan.objects.filter(phase__in=LIVE_PHASES).values_list("pk", flat=True)
+        if pk not in _cache
+    ]
+    if uncounted and FleetNode.objects.count() >= LARGE_FLEET_NODES:
+        for plan_pk in uncounted:
+            plan = RolloutPlan.objects.filter(pk=plan_pk).first()
+            if plan is None:
+                continue
+            snap = snapshot_of(plan)
+            silent_after = silent_after_seconds()
+            key = (plan.version, _ack_fingerprint(snap.release_pk), silent_after)
+            _rebuild(plan_pk, key, snap, silent_after)
+            warmed.append(plan_pk)
     for plan_pk, read_at in list(_read_at.items()):
         if now - read_at > KEEP_WARM_SECONDS:
             _read_at.pop(plan_pk, None)
@@ -645,8 +689,9 @@ def _warm_once() -> list[int]:
     return warmed
 
 
-def _start_warmer() -> None:
-    """Start this process's warmer thread (once; a fork's child starts its own)."""
+def start_warmer() -> None:
+    """Start this process's warmer thread (once; a fork's child starts its own): `serve` in
+    each worker, and the first slow count of a process that did not."""
     global _warmer
     with _cache_lock:
         if _warmer is not None and _warmer.is_alive():
@@ -659,9 +704,8 @@ def _warm_forever() -> None:
     while True:
         time.sleep(WARM_TICK_SECONDS)
         try:
-            if not _warm_once() and not _read_at:
-                connection.close()  # idle: no connection held open
-        except Exception:  # a lost database: readers recount as before, the next tick retries
+            _warm_once()
+        except Exception:  # a lost database: readers count as before, the next tick retries
             logger.debug("warming rollout counts failed", exc_info=True)
             connection.close()
 
@@ -698,6 +742,7 @@ def clear_cache() -> None:
         _cache.clear()
         _buckets.clear()
         _build_seconds.clear()
+        _full_at.clear()
         _read_at.clear()
 
 

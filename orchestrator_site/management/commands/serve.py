@@ -417,6 +417,7 @@ class Command(BaseCommand):
         from notifications.dispatcher import start_dispatcher, stop_dispatcher
         from rollouts.evaluator import configure as configure_evaluator
         from rollouts.evaluator import start_background_evaluator
+        from rollouts.progress import start_warmer as start_rollout_counts_warmer
 
         # asgi.py runs django.setup() again, whose dictConfig resets the loggers we tuned
         # (django.request "Not Found" lines would duplicate the access log): apply ours again.
@@ -519,6 +520,8 @@ class Command(BaseCommand):
             recorder.start()
             # Background work a store has once: in the primary worker only (--workers).
             configure_evaluator(stuck_after=stuck_after)
+            # Every worker: a large fleet's rollout counts made ahead of the operator's reads.
+            start_rollout_counts_warmer()
             pruner = syncer = snapshots = checkpointer = None
             if primary and not using_postgres:
                 checkpointer = Checkpointer(str(settings.DATABASES["default"]["NAME"])).start()

@@ -36,7 +36,8 @@ the request. A large fleet's plan read in the last `KEEP_WARM_SECONDS` is recoun
 of its own (`_warm_once`) shortly before its counts reach `CACHE_TTL_SECONDS`, so no reader
 finds them too old (under `serve --workers` a worker may go longer than the TTL without a read);
 on a fleet of `LARGE_FLEET_NODES` or more it also counts each live plan the process has not
-counted yet, so a plan's first read in each process does not count the fleet either.
+counted yet, so a plan's first read in each process does not count the fleet either. Moved
+counts trust the ack book; the fleet is counted in full at least every `FULL_COUNT_SECONDS`.
 """
 
 from __future__ import annotations

@@ -37,7 +37,8 @@ of its own (`_warm_once`) shortly before its counts reach `CACHE_TTL_SECONDS`, s
 finds them too old (under `serve --workers` a worker may go longer than the TTL without a read);
 on a fleet of `LARGE_FLEET_NODES` or more it also counts each live plan the process has not
 counted yet, so a plan's first read in each process does not count the fleet either. Moved
-counts trust the ack book; the fleet is counted in full at least every `FULL_COUNT_SECONDS`.
+counts trust the ack book; the fleet is counted in full at least every `FULL_COUNT_SECONDS`,
+on a large fleet by the warmer a little before that falls due (`_due`).
 """
 
 from __future__ import annotations
@@ -556,7 +557,12 @@ def _rebuild(
     snap: PlanSnapshot,
     silent_after: float,
     max_age: float = CACHE_TTL_SECONDS,
+    *,
+    full: bool = False,
 ) -> PlanProgress:
+    """Count the plan (under the build lock; `full`: over the whole fleet, never by moving the
+    acks of the last count) and cache it, unless a count of `key` younger than `max_age` is
+    there already."""
     with _build_lock:  # one build at a time: concurrent readers of a cold plan wait for it
         entry = _cache.get(plan_pk)
         if entry is not None and entry[0] == key and time.monotonic() - entry[1] < max_age:
@@ -564,7 +570,11 @@ def _rebuild(
         built_at = time.monotonic()
         fingerprint = key[1]
         expected = fingerprint[0] if isinstance(fingerprint, tuple) else None
-        progress = _update(plan_pk, entry[2] if entry else None, snap, silent_after, expected)
+        progress = (
+            None
+            if full
+            else _update(plan_pk, entry[2] if entry else None, snap, silent_after, expected)
+        )
         if progress is None:  # a count over the whole fleet: its time sizes the next decisions
             progress = _build(snap, silent_after, expected)
             _build_seconds[plan_pk] = time.monotonic() - built_at
@@ -638,56 +648,56 @@ def _rebuild_in_background(
     threading.Thread(target=run, name="rollout-progress", daemon=True).start()
 
 
-def _due(plan_pk: int, now: float) -> bool:
-    """Whether the warmer should recount the plan now: a large fleet's, read recently, whose
-    counts would reach CACHE_TTL_SECONDS before the next tick and a recount are done."""
+def _due(plan_pk: int, now: float) -> str | None:
+    """What the warmer should do for a live plan now: "full" when its once-a-minute full count
+    (FULL_COUNT_SECONDS) would fall due before the next tick and a count are done, so no reader
+    pays for it; "moved" when it was read in the last KEEP_WARM_SECONDS and its counts would
+    reach CACHE_TTL_SECONDS by then; None otherwise, and for a small fleet's plan (its readers
+    count cheaply themselves)."""
     if not _large(plan_pk):
-        return False
-    took = _build_seconds.get(plan_pk, 0.0)
+        return None
+    margin = 2 * _build_seconds.get(plan_pk, 0.0) + WARM_TICK_SECONDS
+    if now - _full_at.get(plan_pk, 0.0) + margin >= FULL_COUNT_SECONDS:
+        return "full"
     entry = _cache.get(plan_pk)
-    return entry is None or now - entry[1] + 2 * took + WARM_TICK_SECONDS >= CACHE_TTL_SECONDS
+    if plan_pk in _read_at and (entry is None or now - entry[1] + margin >= CACHE_TTL_SECONDS):
+        return "moved"
+    return None
 
 
 def _warm_once() -> list[int]:
-    """One pass of the warmer: count each live plan of a large fleet that this process has no
-    count of (LARGE_FLEET_NODES) and recount each due plan (`_due`) from the store now; forget
-    plans not read for KEEP_WARM_SECONDS or no longer live. The plans counted."""
+    """One pass of the warmer over the live plans: count each one this process has no count of
+    when the fleet is large (LARGE_FLEET_NODES), and each one `_due` names; forget reads older
+    than KEEP_WARM_SECONDS and plans no longer live. The plans counted."""
     from rollouts.models import LIVE_PHASES
 
     now = time.monotonic()
-    warmed = []
-    uncounted = [
-        pk
-        for pk in RolloutPlan.objects.filter(phase__in=LIVE_PHASES).values_list("pk", flat=True)
-        if pk not in _cache
-    ]
-    if uncounted and FleetNode.objects.count() >= LARGE_FLEET_NODES:
-        for plan_pk in uncounted:
-            plan = RolloutPlan.objects.filter(pk=plan_pk).first()
-            if plan is None:
-                continue
-            snap = snapshot_of(plan)
-            silent_after = silent_after_seconds()
-            key = (plan.version, _ack_fingerprint(snap.release_pk), silent_after)
-            _rebuild(plan_pk, key, snap, silent_after)
-            warmed.append(plan_pk)
+    live = sorted(RolloutPlan.objects.filter(phase__in=LIVE_PHASES).values_list("pk", flat=True))
     for plan_pk, read_at in list(_read_at.items()):
-        if now - read_at > KEEP_WARM_SECONDS:
+        if plan_pk not in live or now - read_at > KEEP_WARM_SECONDS:
             _read_at.pop(plan_pk, None)
-            continue
-        if not _due(plan_pk, now):
-            continue
-        plan = RolloutPlan.objects.filter(pk=plan_pk, phase__in=LIVE_PHASES).first()
-        if plan is None:  # gone or finished: its counts no longer move
-            _read_at.pop(plan_pk, None)
-            continue
-        snap = snapshot_of(plan)
-        silent_after = silent_after_seconds()
-        key = (plan.version, _ack_fingerprint(snap.release_pk), silent_after)
-        # A max_age of 0: recount even when nothing moved (nodes turn silent, nodes join).
-        _rebuild(plan_pk, key, snap, silent_after, max_age=0.0)
-        warmed.append(plan_pk)
+    uncounted = [pk for pk in live if pk not in _cache]
+    large_fleet = bool(uncounted) and FleetNode.objects.count() >= LARGE_FLEET_NODES
+    warmed = []
+    for plan_pk in live:
+        reason = ("full" if large_fleet else None) if plan_pk in uncounted else _due(plan_pk, now)
+        if reason is not None and _count_now(plan_pk, full=reason == "full"):
+            warmed.append(plan_pk)
     return warmed
+
+
+def _count_now(plan_pk: int, *, full: bool) -> bool:
+    """Count the plan from the store now (`full`: over the whole fleet, not by moving acks);
+    False when it is gone."""
+    plan = RolloutPlan.objects.filter(pk=plan_pk).first()
+    if plan is None:
+        return False
+    snap = snapshot_of(plan)
+    silent_after = silent_after_seconds()
+    key = (plan.version, _ack_fingerprint(snap.release_pk), silent_after)
+    # A max_age of 0: count even when nothing moved (nodes turn silent, nodes join).
+    _rebuild(plan_pk, key, snap, silent_after, max_age=0.0, full=full)
+    return True
 
 
 def start_warmer() -> None:

@@ -304,6 +304,28 @@ def test_a_large_fleets_live_plans_are_counted_before_their_first_read(plan, mon
     progress.clear_cache()
 
 
+def test_the_warmer_makes_the_full_count_of_a_minute_before_a_reader_would(plan, monkeypatch):
+    """Moved counts trust the ack book, so a large fleet is counted in full at least every
+    FULL_COUNT_SECONDS; the warmer makes that count shortly before it falls due, for every live
+    plan of a large fleet, read or not, so a read after a quiet minute moves acks (cheap)
+    instead of counting the fleet in its request."""
+    full: list[int] = []
+    real = progress.compute
+    monkeypatch.setattr(progress, "compute", lambda *a, **k: full.append(1) or real(*a, **k))
+    monkeypatch.setattr(progress, "_cacheable", lambda: True)
+    monkeypatch.setattr(progress, "start_warmer", lambda: None)
+    monkeypatch.setattr(progress, "LARGE_FLEET_NODES", 9)  # the fleet has 9 known nodes
+    # as if the ack book could always move the acks of the last count
+    monkeypatch.setattr(progress, "_update", lambda plan_pk, previous, *rest: previous)
+    progress.clear_cache()
+    progress.plan_progress(plan, max_age=30.0)  # counted (a scrape: not a read to keep warm)
+    assert full == [1] and progress._warm_once() == []
+    progress._full_at[plan.pk] -= progress.FULL_COUNT_SECONDS - 1  # due within the next tick
+    assert progress._warm_once() == [plan.pk] and full == [1, 1]
+    assert progress._warm_once() == []  # the next one a minute later
+    progress.clear_cache()
+
+
 def test_a_fleet_of_many_nodes_is_large_however_quick_its_last_count(plan, monkeypatch):
     """A count's time varies with the machine's load (45 ms or 325 ms at 30,000 nodes in one
     run): a plan that counted LARGE_FLEET_NODES known nodes is a large fleet's, so its readers

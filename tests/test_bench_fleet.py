@@ -19,9 +19,13 @@ BENCH = Path(__file__).resolve().parent.parent / "bench" / "fleet.py"
 
 
 def test_a_small_fleet_runs_clean_and_the_plan_progresses():
+    # --failed-share 0: the first stage takes ~3 of the 300 nodes, chosen by the plan's id (a
+    # new one each run), and a node acking `failed` among them halts the plan by design
+    # (ack_failure, 1 of 3 > 20 %): with the default 1 % share that happened in ~2 % of runs.
     result = subprocess.run(
         [sys.executable, str(BENCH), "--nodes", "300", "--seconds", "14", "--cadence", "4",
-         "--connections", "8", "--client-processes", "1", "--plan-at", "1", "--drain", "20"],
+         "--connections", "8", "--client-processes", "1", "--plan-at", "1", "--drain", "20",
+         "--failed-share", "0"],
         capture_output=True, text=True, timeout=180, env=child_env(), check=False,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]

@@ -4,9 +4,12 @@ as received and never change)."""
 from __future__ import annotations
 
 from django.contrib import admin
+from django.db.models import QuerySet
+from django.http import HttpRequest
 
 from core.admin import ReadOnlyAdminMixin
 from events.models import Event
+from events.retention import visible_after
 
 
 @admin.register(Event)
@@ -26,3 +29,10 @@ class EventAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
         "payload",
     )
     readonly_fields = fields
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Event]:
+        shown = super().get_queryset(request)
+        shown_from = visible_after()
+        if shown_from is not None:  # retention: an event out of the window is never shown
+            shown = shown.filter(received_at__gte=shown_from)
+        return shown

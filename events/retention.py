@@ -77,6 +77,25 @@ class PruneResult:
     deleted: int
     held_back_by_gate: bool = False
     vacuumed_pages: int = 0
+    dropped: tuple[str, ...] = ()  # PostgreSQL: the day partitions dropped
+
+
+# The retention `serve` runs with, in every process: readers never show an event received
+# before `now - retention`, whether or not it is physically gone yet (on PostgreSQL a day goes
+# as a whole once all of it is out of the window, events/partitions.py).
+_visible_seconds = 0.0
+
+
+def configure_visibility(retention_seconds: float) -> None:
+    global _visible_seconds
+    _visible_seconds = max(0.0, float(retention_seconds))
+
+
+def visible_after(now: datetime | None = None) -> datetime | None:
+    """The arrival time before which events are not shown (None: retention off)."""
+    if _visible_seconds <= 0:
+        return None
+    return seconds_before(now or timezone.now(), _visible_seconds)
 
 
 def prune_cutoff(*, retention_seconds: float, now: datetime | None = None) -> tuple[datetime, bool]:
@@ -156,6 +175,16 @@ def events_prune(
     if retention_seconds <= 0:
         return PruneResult(cutoff=None, deleted=0)
     cutoff, held = prune_cutoff(retention_seconds=retention_seconds, now=now)
+    if connection.vendor == "postgresql":
+        from events import partitions
+
+        with connection.cursor() as cursor:
+            by_day = partitions.is_partitioned(cursor)
+        if by_day:  # whole days go; none is deleted row by row
+            dropped = partitions.drop_expired(cutoff=cutoff)
+            return PruneResult(
+                cutoff=cutoff, deleted=0, held_back_by_gate=held, dropped=tuple(dropped)
+            )
     deleted = batches = 0
     smallest = min(rows, BATCH_MIN_ROWS)
     while keep_going() and (max_batches is None or batches < max_batches):
@@ -294,6 +323,10 @@ class Pruner:
                 continue  # followers leave background work to the leader
             close_old_connections()
             try:
+                from events.partitions import ensure_partitions
+
+                if connection.vendor == "postgresql":
+                    ensure_partitions()  # the days ahead, made by the leader every round
                 result = events_prune(
                     retention_seconds=self.retention_seconds,
                     keep_going=lambda: not self._stop.is_set() and leader.elector.is_leader(),
@@ -307,6 +340,16 @@ class Pruner:
                         if result.held_back_by_gate
                         else "",
                         extra={"deleted": result.deleted},
+                    )
+                if result.dropped:
+                    logger.info(
+                        "events retention: dropped %d day partitions (events received before %s)%s",
+                        len(result.dropped),
+                        result.cutoff.isoformat() if result.cutoff else "-",
+                        " (held back by a rollout's event_threshold window)"
+                        if result.held_back_by_gate
+                        else "",
+                        extra={"dropped": len(result.dropped)},
                     )
             except Exception:  # keep the thread alive; the next round retries
                 dberrors.log_background_failure(

@@ -10,6 +10,7 @@ from typing import Any
 from django.db import connection
 
 from events.models import Event
+from events.retention import visible_after
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,10 @@ def _event_list_sql(
     if before is not None:
         clauses.append('"id" < %s')
         params.append(before)
+    shown_from = visible_after()
+    if shown_from is not None:  # retention: an event out of the window is never shown
+        clauses.append('"received_at" >= %s')
+        params.append(connection.ops.adapt_datetimefield_value(shown_from))
     where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
     params.append(limit)
     return f'{_SELECT}{where} ORDER BY "id" DESC LIMIT %s', params

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.db import connection, transaction
+from django.db.utils import DatabaseError
 from django.utils import timezone
 
 from core.dbthreads import execute
@@ -182,20 +183,36 @@ def _store_in_key_order(batches: list[list[EventRow]], received_at: Any) -> list
         from releases.services import fleet_nodes_seen
 
         columns = [list(column) for column in zip(*unique, strict=True)]
-        with transaction.atomic(), connection.cursor() as cursor:
-            cursor.execute(_sorted_insert_sql(), [received_at, *columns])
-            seen: set[str] = set()
-            for node_id, event_id in cursor.fetchall():
-                inserted[owner[(node_id, event_id)]] += 1
-                seen.add(node_id)
-            # The fleet view's last_seen of the nodes stored now (one statement).
-            fleet_nodes_seen(node_ids=seen, received_at=received_at)
+        try:
+            found = _insert_sorted(received_at, columns, fleet_nodes_seen)
+        except DatabaseError as exc:
+            if "no partition of relation" not in str(exc):
+                raise
+            # No partition for today yet (none was made ahead): make it and insert again.
+            from events.partitions import ensure_partitions
+
+            ensure_partitions(now=received_at)
+            found = _insert_sorted(received_at, columns, fleet_nodes_seen)
+        for node_id, event_id in found:
+            inserted[owner[(node_id, event_id)]] += 1
     results = [
         IngestResult(received=len(rows), inserted=inserted[index])
         for index, rows in enumerate(batches)
     ]
     _after_commit(results)
     return results
+
+
+def _insert_sorted(
+    received_at: Any, columns: list[list[Any]], seen_hook: Callable[..., None]
+) -> list[tuple[str, str]]:
+    """PostgreSQL: one transaction: the insert, then the fleet view's last_seen of the nodes
+    stored (one statement); the (node_id, event_id) keys stored."""
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(_sorted_insert_sql(), [received_at, *columns])
+        found = [(node_id, event_id) for node_id, event_id in cursor.fetchall()]
+        seen_hook(node_ids={node_id for node_id, _ in found}, received_at=received_at)
+    return found
 
 
 _SORTED_INSERT_SQL: str | None = None
@@ -213,8 +230,14 @@ def _sorted_insert_sql() -> str:
             f"({', '.join(qn(c) for c in (*columns, 'received_at'))}) "
             f"SELECT {', '.join('u.' + qn(c) for c in columns)}, %s::timestamptz "
             f"FROM unnest({arrays}) WITH ORDINALITY "
-            f"AS u({', '.join(qn(c) for c in columns)}, ord) ORDER BY u.ord "
-            f"ON CONFLICT ({qn('node_id')}, {qn('event_id')}) DO NOTHING "
+            f"AS u({', '.join(qn(c) for c in columns)}, ord) "
+            # Partitioned by day (events/partitions.py), the key is a unique index per
+            # partition: skip keys stored in any partition, and let `ON CONFLICT` (no target:
+            # the partition's own index) skip the ones a concurrent insert stores today.
+            f"WHERE NOT EXISTS (SELECT 1 FROM {qn(Event._meta.db_table)} s "
+            f"WHERE s.{qn('event_id')} = u.{qn('event_id')} "
+            f"AND s.{qn('node_id')} = u.{qn('node_id')}) "
+            f"ORDER BY u.ord ON CONFLICT DO NOTHING "
             f"RETURNING {qn('node_id')}, {qn('event_id')}"
         )
     return _SORTED_INSERT_SQL

@@ -554,9 +554,10 @@ def restore_deferred_indexes(table: str | None = None) -> int:
         found = cur.fetchall()
         for _name, definition in found:
             cur.execute(
-                definition.replace("CREATE INDEX ", "CREATE INDEX IF NOT EXISTS ", 1).replace(
-                    "CREATE UNIQUE INDEX ", "CREATE UNIQUE INDEX IF NOT EXISTS ", 1
-                )
+                definition.replace("CREATE INDEX ", "CREATE INDEX IF NOT EXISTS ", 1)
+                .replace("CREATE UNIQUE INDEX ", "CREATE UNIQUE INDEX IF NOT EXISTS ", 1)
+                # a partitioned table's index (events): built on every partition again
+                .replace(" ON ONLY ", " ON ", 1)
             )
         cur.execute(f"DELETE FROM {DEFERRED_INDEXES} {where}", params)
         cur.execute(f"SELECT COUNT(*) FROM {DEFERRED_INDEXES}")

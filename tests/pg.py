@@ -309,6 +309,30 @@ def file_digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def event_partitions_without_key(url: str) -> list[str]:
+    """Partitions of the events table lacking a valid unique index on the idempotency key
+    (event_id, node_id) (events/partitions.py); [] when every one has it."""
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(
+            "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+            "WHERE i.inhparent = 'events_event'::regclass AND NOT EXISTS ("
+            "  SELECT 1 FROM pg_index x WHERE x.indrelid = c.oid AND x.indisunique "
+            "  AND x.indisvalid AND pg_get_indexdef(x.indexrelid) LIKE '%(event_id, node_id)')"
+        )
+        return [r[0] for r in rows.fetchall()]
+
+
+def invalid_index_names(url: str, table: str) -> set[str]:
+    """Indexes of `table` PostgreSQL does not use (a partitioned index missing on a partition)."""
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(
+            "SELECT c.relname FROM pg_index x JOIN pg_class c ON c.oid = x.indexrelid "
+            "WHERE x.indrelid = to_regclass(%s) AND NOT x.indisvalid",
+            [table],
+        )
+        return {r[0] for r in rows.fetchall()}
+
+
 def index_names(url: str, table: str) -> set[str]:
     with psycopg.connect(url) as conn:
         rows = conn.execute("SELECT indexname FROM pg_indexes WHERE tablename = %s", [table])

@@ -262,7 +262,9 @@ def assert_event_indexes(url: str) -> None:
 
     names = pg.index_names(url, "events_event")
     assert {ix.name for ix in Event._meta.indexes} <= names
-    assert "event_node_event_key" in names  # the (node_id, event_id) idempotency key
+    assert not pg.invalid_index_names(url, "events_event")  # built on every partition
+    # the (node_id, event_id) idempotency key: one unique index per day partition
+    assert pg.event_partitions_without_key(url) == []
     assert "autonomy_migrate_deferred_index" not in pg.table_names(url)
 
 

@@ -414,6 +414,8 @@ class Command(BaseCommand):
         from orchestrator_site.asgi import application as site_application
 
         application: Any = site_application  # wrapped below (metrics)
+        from events.partitions import ensure_partitions
+        from events.retention import configure_visibility
         from notifications.dispatcher import start_dispatcher, stop_dispatcher
         from rollouts.evaluator import configure as configure_evaluator
         from rollouts.evaluator import start_background_evaluator
@@ -522,6 +524,11 @@ class Command(BaseCommand):
             configure_evaluator(stuck_after=stuck_after)
             # Every worker: a large fleet's rollout counts made ahead of the operator's reads.
             start_rollout_counts_warmer()
+            # Every worker: no event out of the retention window is shown; on PostgreSQL the
+            # events table's partitions of today and the days ahead exist.
+            configure_visibility(retention)
+            if using_postgres:
+                ensure_partitions()
             pruner = syncer = snapshots = checkpointer = None
             if primary and not using_postgres:
                 checkpointer = Checkpointer(str(settings.DATABASES["default"]["NAME"])).start()

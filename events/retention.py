@@ -15,7 +15,12 @@ A background thread (`start_pruner`, started by `serve`) prunes every PRUNE_INTE
   one batch; after a round, free pages go back to the file system in `PRAGMA
   incremental_vacuum` steps of ~20 ms each, also on the writer, at most 10 % of its time
   (`vacuum_round`);
-- with several replicas of one PostgreSQL database only the leader prunes (`core.leader`).
+- with several replicas of one PostgreSQL database only the leader prunes (`core.leader`);
+- on PostgreSQL the table is partitioned by day (events/partitions.py): a round drops the days
+  wholly before the cutoff instead of deleting rows, and makes the days ahead.
+
+Readers (`visible_after`) never show an event received before `now - retention`, on both
+stores, whether or not it is physically gone yet.
 
 The fleet view keeps its nodes: their rows (`releases.FleetNode`) do not depend on the events.
 """
@@ -331,25 +336,17 @@ class Pruner:
                     retention_seconds=self.retention_seconds,
                     keep_going=lambda: not self._stop.is_set() and leader.elector.is_leader(),
                 )
-                if result.deleted:
+                if result.deleted or result.dropped:
                     logger.info(
-                        "events retention: deleted %d events received before %s%s",
-                        result.deleted,
+                        "events retention: %s received before %s%s",
+                        f"dropped {len(result.dropped)} day partitions of events"
+                        if result.dropped
+                        else f"deleted {result.deleted} events",
                         result.cutoff.isoformat() if result.cutoff else "-",
                         " (held back by a rollout's event_threshold window)"
                         if result.held_back_by_gate
                         else "",
-                        extra={"deleted": result.deleted},
-                    )
-                if result.dropped:
-                    logger.info(
-                        "events retention: dropped %d day partitions (events received before %s)%s",
-                        len(result.dropped),
-                        result.cutoff.isoformat() if result.cutoff else "-",
-                        " (held back by a rollout's event_threshold window)"
-                        if result.held_back_by_gate
-                        else "",
-                        extra={"dropped": len(result.dropped)},
+                        extra={"deleted": result.deleted, "dropped": len(result.dropped)},
                     )
             except Exception:  # keep the thread alive; the next round retries
                 dberrors.log_background_failure(

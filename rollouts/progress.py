@@ -32,9 +32,10 @@ a thread of its own and readers get the previous counts meanwhile, so no status 
 recount; and a plan's change (a promotion, an action) that leaves every node where it was (the
 same stages, the same stages counting silent nodes: `_for_new_version`) is answered from the
 last count under the new version and current stage at once, instead of recounting the fleet in
-the request. A large fleet's plan read in the last `KEEP_WARM_SECONDS` is recounted by a thread
-of its own (`_warm_once`) shortly before its counts reach `CACHE_TTL_SECONDS`, so no reader
-finds them too old (under `serve --workers` a worker may go longer than the TTL without a read);
+the request. A large fleet's plan (live or finished) read in the last `KEEP_WARM_SECONDS` is
+recounted by a thread of its own (`_warm_once`) shortly before its counts reach
+`CACHE_TTL_SECONDS`, so no reader finds them too old (under `serve --workers` a worker may go
+longer than the TTL without a read);
 on a fleet of `LARGE_FLEET_NODES` or more it also counts each live plan the process has not
 counted yet, so a plan's first read in each process does not count the fleet either. Moved
 counts trust the ack book; the fleet is counted in full at least every `FULL_COUNT_SECONDS`,
@@ -649,7 +650,7 @@ def _rebuild_in_background(
 
 
 def _due(plan_pk: int, now: float) -> str | None:
-    """What the warmer should do for a live plan now: "full" when its once-a-minute full count
+    """What the warmer should do for a plan now: "full" when its once-a-minute full count
     (FULL_COUNT_SECONDS) would fall due before the next tick and a count are done, so no reader
     pays for it; "moved" when it was read in the last KEEP_WARM_SECONDS and its counts would
     reach CACHE_TTL_SECONDS by then; None otherwise, and for a small fleet's plan (its readers
@@ -666,20 +667,21 @@ def _due(plan_pk: int, now: float) -> str | None:
 
 
 def _warm_once() -> list[int]:
-    """One pass of the warmer over the live plans: count each one this process has no count of
-    when the fleet is large (LARGE_FLEET_NODES), and each one `_due` names; forget reads older
-    than KEEP_WARM_SECONDS and plans no longer live. The plans counted."""
+    """One pass of the warmer over the live plans and the plans read lately (a finished plan's
+    counts still move as its nodes ack, and an operator's dashboard keeps reading it): count
+    each live one this process has no count of when the fleet is large (LARGE_FLEET_NODES),
+    and each one `_due` names; forget reads older than KEEP_WARM_SECONDS. The plans counted."""
     from rollouts.models import LIVE_PHASES
 
     now = time.monotonic()
     live = sorted(RolloutPlan.objects.filter(phase__in=LIVE_PHASES).values_list("pk", flat=True))
     for plan_pk, read_at in list(_read_at.items()):
-        if plan_pk not in live or now - read_at > KEEP_WARM_SECONDS:
+        if now - read_at > KEEP_WARM_SECONDS:
             _read_at.pop(plan_pk, None)
     uncounted = [pk for pk in live if pk not in _cache]
     large_fleet = bool(uncounted) and FleetNode.objects.count() >= LARGE_FLEET_NODES
     warmed = []
-    for plan_pk in live:
+    for plan_pk in sorted({*live, *_read_at}):
         reason = ("full" if large_fleet else None) if plan_pk in uncounted else _due(plan_pk, now)
         if reason is not None and _count_now(plan_pk, full=reason == "full"):
             warmed.append(plan_pk)

@@ -10,7 +10,9 @@ one batch per `executemany`, which counts each batch. Few statements matter more
 sqlite3 lets go of the GIL for every statement step (every row of an `executemany`), and while
 the event loop is busy each step waits to get it back, holding the write turn meanwhile
 (docs/performance.md, "The write turn under a busy loop"). On PostgreSQL one
-`INSERT ... SELECT FROM unnest(...) ... RETURNING node_id, event_id` per group instead. The
+`INSERT ... SELECT FROM unnest(...) ... RETURNING node_id, event_id` per group instead, into
+the table partitioned by day (events/partitions.py): it skips keys stored in any partition
+(`NOT EXISTS`) and `ON CONFLICT DO NOTHING` the ones stored the same day meanwhile. The
 idempotency key is (node_id, event_id) (API.md §6: one node can never shadow another node's
 event). Duplicates, against stored events or inside the batch, are simply not inserted: the
 first copy wins and a stored event never changes. On PostgreSQL the events of a group are

@@ -528,7 +528,14 @@ class Command(BaseCommand):
             # events table's partitions of today and the days ahead exist.
             configure_visibility(retention)
             if using_postgres:
-                ensure_partitions()
+                try:
+                    ensure_partitions()
+                except DatabaseError as exc:  # a lock not granted in time: made later
+                    logger.warning(
+                        "events: could not make the day partitions ahead now (%s); the "
+                        "leader's next retention round or a day's first event will",
+                        str(exc).strip().splitlines()[0],
+                    )
             pruner = syncer = snapshots = checkpointer = None
             if primary and not using_postgres:
                 checkpointer = Checkpointer(str(settings.DATABASES["default"]["NAME"])).start()

@@ -74,7 +74,12 @@ def load_main(rate: float) -> None:
     from events.validation import validate_events
 
     done = threading.Event()
-    threading.Thread(target=lambda: (sys.stdin.read(), done.set()), daemon=True).start()
+
+    def wait_for_eof() -> None:
+        sys.stdin.read()
+        done.set()
+
+    threading.Thread(target=wait_for_eof, daemon=True).start()
     latencies: list[float] = []
     start = time.monotonic()
     n = 0
@@ -193,12 +198,12 @@ def layout_main(
         ("node", {"node_id": "node-7", "event_type": None}),
         ("type", {"node_id": None, "event_type": "app.heartbeat"}),
     ):
-        took = []
+        reads: list[float] = []
         for _ in range(200):
             began = time.monotonic()
-            event_list(limit=100, before=None, **query)  # type: ignore[arg-type]
-            took.append(time.monotonic() - began)
-        emit(layout=layout, window=f"read: 100 newest events of a {name}", **percentiles(took))
+            event_list(limit=100, before=None, **query)
+            reads.append(time.monotonic() - began)
+        emit(layout=layout, window=f"read: 100 newest events of a {name}", **percentiles(reads))
     configure_visibility(0)
 
     load = Load(url, rate)
@@ -269,7 +274,7 @@ def main() -> None:
             args.layout[0], args.url, args.events_per_day, args.days, args.rate, args.seconds
         )
         return
-    from bench._common import machine_summary
+    from _common import machine_summary
 
     emit(machine=machine_summary(), date=datetime.now(UTC).isoformat(timespec="seconds"))
     for layout in args.layout or ["rows", "days", "convert"]:

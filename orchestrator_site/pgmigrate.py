@@ -574,6 +574,8 @@ def copy_table(
     # table held rows before the run (a re-run, or a resumed interrupted run).
     check = bool(count_rows(TARGET, spec.table))
     defer = not check and source_rows >= DEFER_INDEXES_FROM_ROWS
+    if spec.table == "events_event":
+        make_event_days()
     if defer:
         _drop_secondary_indexes(spec)
     started = time.monotonic()
@@ -594,6 +596,29 @@ def copy_table(
         restore_deferred_indexes(spec.table)
     result.seconds = time.monotonic() - started
     return result
+
+
+def make_event_days() -> list[str]:
+    """The target's events table is partitioned by day (events/partitions.py): its partitions
+    cover everything up to a few days after the target's migration. A source event that arrived
+    later than that (a server whose clock ran ahead) needs its day's partition before the copy;
+    make each such day's. Returns the partitions made."""
+    from events import partitions
+
+    with connections[TARGET].cursor() as cur:
+        if not partitions.is_partitioned(cur):
+            return []
+        ends = [p.ends for p in partitions.partitions(cur) if p.ends is not None]
+    if not ends:
+        return []
+    covered = max(ends).astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
+    with connections[SOURCE].cursor() as cur:
+        cur.execute(
+            "SELECT DISTINCT substr(received_at, 1, 10) FROM events_event WHERE received_at >= %s",
+            [covered],
+        )
+        days = sorted(datetime.strptime(row[0], "%Y-%m-%d").date() for row in cur.fetchall())
+    return [partitions.day_name(day) for day in days if partitions.create_day(day, using=TARGET)]
 
 
 def reset_sequences(specs: list[TableSpec]) -> None:

@@ -9,9 +9,11 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from io import StringIO
 from pathlib import Path
 
@@ -129,6 +131,22 @@ def test_full_copy_carries_every_table_faithfully(store: Path, target: str):
     assert "copying events_event: 325 rows" in out
     assert out.index("releases_release") < out.index("events_event") < out.index("rollouts_")
     assert "validation ok" in out and "done: " in out and "cutover recorded" in out
+
+
+def test_events_that_arrived_after_the_targets_days_get_their_own(store: Path, target: str):
+    """The target's events table is partitioned by day, ahead of its migration by a few days; an
+    event a server with a clock ahead stored later than that still has a day to go to."""
+    ahead = (datetime.now(UTC) + timedelta(days=40)).replace(tzinfo=None)
+    with sqlite3.connect(store / "orchestrator.sqlite3") as db:
+        db.execute(
+            "INSERT INTO events_event (event_id, event_type, node_id, timestamp, payload, "
+            "received_at) VALUES ('ahead', 't', 'n', 'ts', '{}', ?)",
+            [ahead.isoformat(sep=" ")],
+        )
+    result = migrate("--sqlite-dir", str(store), "--postgres-url", target, "--batch-size", BATCH)
+    assert result.returncode == 0, result.stderr
+    assert pg.count(target, "events_event") == 326
+    assert f"events_event_p{ahead:%Y%m%d}" in pg.table_names(target)
 
 
 def test_rerun_inserts_nothing_twice(store: Path, target: str):

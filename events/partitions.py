@@ -40,7 +40,6 @@ SEQUENCE = "events_event_id_seq"
 DAYS_AHEAD = 3
 # DDL waits at most this long for a lock (a queued lock request makes later statements wait too)
 LOCK_TIMEOUT = "2s"
-_NAME = re.compile(r"^events_event_p(\d{8})$")
 _TO = re.compile(r"TO \('([^']+)'\)")
 
 

@@ -9,7 +9,7 @@ from django.http import HttpRequest
 
 from core.admin import ReadOnlyAdminMixin
 from events.models import Event
-from events.retention import visible_after
+from events.retention import shown
 
 
 @admin.register(Event)
@@ -31,8 +31,4 @@ class EventAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     readonly_fields = fields
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Event]:
-        shown = super().get_queryset(request)
-        shown_from = visible_after()
-        if shown_from is not None:  # retention: an event out of the window is never shown
-            shown = shown.filter(received_at__gte=shown_from)
-        return shown
+        return shown(super().get_queryset(request))  # never one out of the retention window

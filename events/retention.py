@@ -36,6 +36,7 @@ from datetime import datetime
 from typing import Any
 
 from django.db import close_old_connections, connection, transaction
+from django.db.models import QuerySet
 from django.utils import timezone
 
 from core import dberrors, leader
@@ -101,6 +102,12 @@ def visible_after(now: datetime | None = None) -> datetime | None:
     if _visible_seconds <= 0:
         return None
     return seconds_before(now or timezone.now(), _visible_seconds)
+
+
+def shown(events: QuerySet[Event]) -> QuerySet[Event]:
+    """`events` without those out of the retention window (the ORM readers: admin, node page)."""
+    shown_from = visible_after()
+    return events if shown_from is None else events.filter(received_at__gte=shown_from)
 
 
 def prune_cutoff(*, retention_seconds: float, now: datetime | None = None) -> tuple[datetime, bool]:

@@ -17,7 +17,7 @@ from django.db.models import OuterRef, Subquery
 from django.utils import timezone
 
 from events.models import Event
-from events.retention import visible_after
+from events.retention import shown
 from releases.models import FleetNode, FleetNodeAck, NodeAck
 from rollouts import progress
 from rollouts.cohort import snapshot_of
@@ -132,14 +132,12 @@ def node_detail(*, node_id: str, stale_seconds: int = DEFAULT_STALE_SECONDS) -> 
         .select_related("release")
         .order_by("-updated_at", "-id")
     )
-    shown = Event.objects.filter(node_id=node_id)
-    shown_from = visible_after()
-    if shown_from is not None:  # retention: an event out of the window is never shown
-        shown = shown.filter(received_at__gte=shown_from)
     events = list(
-        shown.order_by("-id").only(
-            "id", "event_id", "event_type", "timestamp", "release_id", "received_at"
-        )[:NODE_EVENTS_SHOWN]
+        shown(Event.objects.filter(node_id=node_id))  # never one out of the retention window
+        .order_by("-id")
+        .only("id", "event_id", "event_type", "timestamp", "release_id", "received_at")[
+            :NODE_EVENTS_SHOWN
+        ]
     )
     last_seen = events[0].received_at if events else None
     by_release = {ack.release_id: ack.status for ack in acks}

@@ -95,6 +95,15 @@ def test_no_event_out_of_the_window_is_shown_even_before_it_is_gone(api, window)
 
 
 @pytest.mark.django_db
+def test_the_admin_never_lists_an_event_out_of_the_window(client, django_user_model, window):
+    EventFactory(event_id="kept-event", received_at=timezone.now() - timedelta(minutes=5))
+    EventFactory(event_id="expired-event", received_at=timezone.now() - timedelta(hours=2))
+    client.force_login(django_user_model.objects.create_superuser("ops", "o@example.com", "pw-1"))
+    page = client.get("/admin/events/event/").content.decode()
+    assert "kept-event" in page and "expired-event" not in page
+
+
+@pytest.mark.django_db
 def test_without_retention_every_stored_event_is_shown(api):
     EventFactory(event_id="ancient", received_at=timezone.now() - timedelta(days=3650))
     assert api.get("/v1/events").json()["count"] == 1

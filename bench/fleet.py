@@ -557,8 +557,9 @@ def proc_runqueue_wait_seconds(pid: int) -> float:
 
 
 def proc_peak_rss_mb(pid: int) -> float:
-    """The sum of each process's peak RSS (VmHWM) over the tree: an upper bound with workers,
-    since pages the workers share (forked from one parent) count once per worker."""
+    """The sum of each process's peak RSS (VmHWM) over the tree (the supervisor and each
+    worker): an upper bound, since pages the processes share (the interpreter's and the
+    libraries' code) count once per process."""
     total = 0
     for one in proc_tree(pid):
         try:

@@ -82,7 +82,7 @@ class SharedState:
 
     @staticmethod
     def create(directory: Path) -> None:
-        """A fresh file for a starting serve (before the workers fork): no stale ring."""
+        """A fresh file for a starting serve (before its workers start): no stale ring."""
         path = directory / "shared.state"
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
@@ -171,7 +171,7 @@ _state: SharedState | None = None
 
 
 def attach(directory: Path | None, index: int) -> SharedState | None:
-    """Map the workers' file (each worker, after the fork); None with one worker."""
+    """Map the workers' file (each worker, as it starts); None with one worker."""
     global _state
     _state = SharedState(directory, index) if directory is not None else None
     return _state

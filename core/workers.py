@@ -1,6 +1,6 @@
 """Which serving process this is, under `serve --workers N` (docs/serve.md#workers).
 
-`serve --workers N` forks N serving processes (workers) that share one listening port
+`serve --workers N` runs N serving processes (workers) that share one listening port
 (SO_REUSEPORT: the kernel spreads new connections over them) and one SQLite store. Worker 0 is
 the primary: it runs the background tasks a store has once (rollout evaluator, webhook
 dispatcher, events pruner, CRL sync, leader row, the metrics listener); every worker serves the
@@ -22,7 +22,7 @@ _directory: Path | None = None
 
 
 def configure(*, index: int, count: int, directory: Path | None) -> None:
-    """Set by `serve` in each worker right after the fork (and never again in that process)."""
+    """Set by `serve` in each worker as it starts (and never again in that process)."""
     global _index, _count, _directory
     _index, _count, _directory = index, count, directory
 

@@ -211,6 +211,75 @@ def test_a_killed_worker_is_started_again_and_serve_keeps_answering(tmp_path):
             assert not Path(f"/proc/{pid}").exists() or _is_zombie(pid)
 
 
+def _status(pid: int, field: str) -> str:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return line.split(":", 1)[1].strip()
+    raise AssertionError(f"no {field} in /proc/{pid}/status")
+
+
+def _environ(pid: int) -> dict[str, str]:
+    pairs = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return dict(p.decode().split("=", 1) for p in pairs if b"=" in p)
+
+
+def test_the_supervisor_is_a_small_process_and_each_worker_a_serve_of_its_own(tmp_path):
+    """The serve's pid becomes a supervisor without Django's heap (its memory is not counted
+    again beside the workers'); each worker is a `serve` process of its own, with glibc's
+    malloc arenas capped unless the environment chose otherwise."""
+    with ServeProcess(tmp_path / "data", "--workers", "2", env={"MALLOC_ARENA_MAX": "4"}) as chosen:
+        assert chosen.proc is not None
+        assert {_environ(p)["MALLOC_ARENA_MAX"] for p in children(chosen.proc.pid)} == {"4"}
+    with ServeProcess(tmp_path / "data", "--workers", "2") as srv:
+        assert srv.proc is not None
+        supervisor = srv.proc.pid
+        assert b"core.supervisor" in Path(f"/proc/{supervisor}/cmdline").read_bytes()
+        rss_kib = int(_status(supervisor, "VmRSS").split()[0])
+        assert rss_kib < 40 * 1024, f"the supervisor holds {rss_kib} KiB"
+        pids = children(supervisor)
+        assert len(pids) == 2
+        for pid in pids:
+            assert b"orchestrator_site\0serve" in Path(f"/proc/{pid}/cmdline").read_bytes()
+            assert _environ(pid).get("MALLOC_ARENA_MAX") == "2"
+        for _ in range(20):
+            assert call(srv, "GET", "/v1/health")[0] == 200
+        wait_until(lambda: len(workers_that_answered(srv)) == 2, what="both workers answered")
+        assert srv.logs().count("starting 2 workers") == 1
+        assert srv.logs().count("auth: open loopback mode") == 1  # the setup's lines: once
+
+
+def test_a_worker_that_cannot_start_again_stops_the_serve_with_its_reason(tmp_path, pki):
+    """A restarted worker sets itself up from the serve's flags: when that fails every time
+    (here the TLS key was deleted since the start), the serve stops with exit status 1 and
+    the worker's own reason, instead of restarting it forever."""
+    key = tmp_path / "server.key"
+    shutil.copy(pki.server_key, key)
+    args = pki.serve_args(ca=False)
+    args[args.index(str(pki.server_key))] = str(key)
+    srv = ServeProcess(
+        tmp_path / "data",
+        "--workers",
+        "2",
+        *args,
+        scheme="https",
+        ssl_context=pki.context(),
+    )
+    with srv:
+        assert srv.proc is not None
+        workers = children(srv.proc.pid)
+        key.unlink()
+        os.kill(workers[1], signal.SIGKILL)
+        assert srv.proc.wait(60) == 1
+        logs = srv.logs()
+        assert re.search(r"worker 1 exited 5 times within 5s of starting \(exit status 1\)", logs)
+        assert f"--tls-key-file {key}" in logs  # the worker's own reason
+        assert "serve stopped: a worker kept failing at start" in logs
+        wait_until(
+            lambda: not Path(f"/proc/{workers[0]}").exists() or _is_zombie(workers[0]),
+            what="worker 0 stopped with its serve",
+        )
+
+
 def _is_zombie(pid: int) -> bool:
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import urllib.parse
 from pathlib import Path
 from typing import Any, cast
@@ -60,7 +61,7 @@ from core.server import (
     parse_listen,
     run_daphne,
 )
-from core.supervisor import supervise
+from core.supervisor import exec_supervisor, worker_spec
 from core.tls import ServerTls, TlsConfig, TlsError, make_scope_hook
 from core.walcheckpoint import Checkpointer, disable_autocheckpoint
 from crl.apps import CrlConfig
@@ -285,8 +286,12 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
+        # A worker of `serve --workers N`, started by the supervisor: the serve's own flags.
+        worker = worker_spec()
+        if worker is not None:
+            options = {**options, **worker["options"]}
         try:
-            self._serve(options)
+            self._serve(options, worker)
         except (ServeError, DataDirError, TlsError) as exc:
             raise CommandError(str(exc)) from None
         except Exception as exc:
@@ -294,7 +299,18 @@ class Command(BaseCommand):
             logger.debug("serve failed", exc_info=True)
             raise CommandError(f"serve stopped on an unexpected error: {exc!r}") from None
 
-    def _serve(self, options: dict[str, Any]) -> None:
+    def _serve(self, options: dict[str, Any], worker: dict[str, Any] | None = None) -> None:
+        """Set up and serve. `worker`: this process is worker `worker["index"]` of a `serve
+        --workers N` (core.supervisor): its sockets are already bound and the store migrated,
+        and the lines the setup logs were already logged by the serve (silenced until it
+        serves)."""
+        if worker is not None:
+            workers.configure(
+                index=int(worker["index"]),
+                count=int(worker["count"]),
+                directory=Path(worker["directory"]),
+            )
+            logging.disable(logging.WARNING)
         log_format = str(options["log_format"]).strip().lower()
         log_level = str(options["log_level"]).strip().lower()
         if log_format not in FORMATS:
@@ -352,10 +368,15 @@ class Command(BaseCommand):
 
         worker_count = self._workers(options, using_postgres=bool(postgres_url))
         # Bind first: a port in use is reported before the data dir is touched. With --workers,
-        # one SO_REUSEPORT socket per worker on the same port (the kernel spreads connections).
-        main = Listener("main", bind_socket(listen, reuse_port=worker_count > 1), listen.family)
+        # one SO_REUSEPORT socket per worker on the same port (the kernel spreads connections);
+        # a worker gets its own from the supervisor (the metrics listener: worker 0 only).
+        inherited = [socket.socket(fileno=fd) for fd in worker["sockets"]] if worker else []
+        if inherited:
+            main = Listener("main", inherited[0], listen.family)
+        else:
+            main = Listener("main", bind_socket(listen, reuse_port=worker_count > 1), listen.family)
         worker_socks = [main.sock]
-        if worker_count > 1:
+        if worker_count > 1 and worker is None:
             same_port = ListenAddress(
                 host=listen.host, port=main.sock.getsockname()[1], family=listen.family
             )
@@ -366,11 +387,11 @@ class Command(BaseCommand):
         if server_tls is not None:
             main.scheme = "https"
             main.wrap_factory = server_tls.wrap
-        if metrics_listen is not None:
+        if metrics_listen is not None and (worker is None or len(inherited) > 1):
             listeners.append(
                 Listener(
                     "metrics",
-                    bind_socket(metrics_listen, "--metrics-addr"),
+                    inherited[1] if worker else bind_socket(metrics_listen, "--metrics-addr"),
                     metrics_listen.family,
                     application=with_request_id(metrics.metrics_only),
                 )
@@ -398,11 +419,12 @@ class Command(BaseCommand):
 
         if using_postgres:
             pgconf.configure_pool(size=pool_size, timeout=pool_timeout)
-        if not using_postgres:
-            self._incremental_vacuum(new_store=True)
-        self._migrate(using_postgres)
-        if not using_postgres and retention:
-            self._incremental_vacuum()
+        if worker is None:  # a worker's serve did these
+            if not using_postgres:
+                self._incremental_vacuum(new_store=True)
+            self._migrate(using_postgres)
+            if not using_postgres and retention:
+                self._incremental_vacuum()
         signing_key = self._signing_key(signing_key_file, data_dir, using_postgres)
         node_name = node_name or main.bound()
         if using_postgres:
@@ -603,34 +625,21 @@ class Command(BaseCommand):
             disable_autocheckpoint(settings.DATABASES["default"]["OPTIONS"])
             connections.close_all()
 
-        shared_dir = None
+        if worker is not None:
+            index = workers.index()
+            sharedstate.attach(workers.directory(), index)
+            # The URLconf's views, serializers and schema imported before the first request.
+            get_resolver().url_patterns  # noqa: B018 - the lookup imports the URLconf
+            logging.disable(logging.NOTSET)
+            serve_here(listeners, index)
+            return
         if worker_count > 1:
             shared_dir = prepare_workers_dir(data_dir)
             sharedstate.SharedState.create(shared_dir)
             from core import metricsmerge
 
             metricsmerge.remove_snapshots(shared_dir)  # an earlier run's counts are not ours
-            connections.close_all()  # every worker opens its own connections after the fork
-            # Import every route's views, serializers and schema now, once: the workers
-            # inherit them (shared pages) instead of each importing them at its first request.
-            get_resolver().url_patterns  # noqa: B018 - the lookup imports the URLconf
-
-            def run_worker(index: int) -> int:
-                workers.configure(index=index, count=worker_count, directory=shared_dir)
-                sharedstate.attach(shared_dir, index)
-                for i, sock in enumerate(worker_socks):
-                    if i != index:
-                        sock.close()
-                main.sock = worker_socks[index]
-                mine = [main]
-                for listener in listeners[1:]:
-                    if index == 0:
-                        mine.append(listener)  # the metrics listener: the primary only
-                    else:
-                        listener.sock.close()
-                serve_here(mine, index)
-                return 0
-
+            connections.close_all()
             logger.info(
                 "starting %d workers on %s (SQLite in %s)",
                 worker_count,
@@ -638,10 +647,16 @@ class Command(BaseCommand):
                 data_dir,
                 extra={"workers": worker_count},
             )
-            code = supervise(worker_count, run_worker)
-            if code:
-                raise ServeError("a worker kept failing at start; see the lines above")
-            return
+            sockets = [[sock.fileno()] for sock in worker_socks]
+            sockets[0] += [listener.sock.fileno() for listener in listeners[1:]]
+            exec_supervisor(
+                count=worker_count,
+                sockets=sockets,
+                directory=str(shared_dir),
+                options=options,
+                log_format=log_format,
+                log_level=log_level,
+            )
         serve_here(listeners, 0)
 
     def _auth(self, mode: AuthMode, main: Listener, server_tls: ServerTls | None) -> Enforcement:

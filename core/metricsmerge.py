@@ -19,10 +19,10 @@ mostly read from the store at scrape time, are the answer), and not the custom c
 Merging rules: values are added; a `_created` sample (when the series started) takes the
 earliest of the workers'. Every `metrics-*.json` in the directory is read except the primary's
 own index's and those of an index >= `workers.count()` (left by an earlier run with more
-workers; `remove_snapshots`, for `serve` before it starts its workers, clears them all). A file that cannot
-be read or parsed is skipped (one debug line), never an error of the scrape. The other workers'
-numbers are at most one snapshot interval (1 s) old. A worker that restarts writes its file
-again from 0, which Prometheus reads as a counter reset.
+workers; `remove_snapshots`, for `serve` before it starts its workers, clears them all). A file
+that cannot be read or parsed is skipped (one debug line), never an error of the scrape. The
+other workers' numbers are at most one snapshot interval (1 s) old. A worker that restarts
+writes its file again from 0, which Prometheus reads as a counter reset.
 
 Imports nothing of this repository.
 """
@@ -318,8 +318,8 @@ def render(
 
 
 def remove_snapshots(directory: Path) -> None:
-    """Delete every snapshot file in `directory` (for `serve` before it starts its workers, so the files of
-    an earlier run with more workers are not added in)."""
+    """Delete every snapshot file in `directory` (for `serve` before it starts its workers, so
+    the files of an earlier run with more workers are not added in)."""
     for path in directory.glob("metrics-*.json"):
         if _FILE.match(path.name):
             path.unlink(missing_ok=True)

@@ -9,6 +9,11 @@ is answered only after its transaction committed.
 Other work that must not contend with ingest for SQLite's write lock (the retention pruner's
 small delete batches, events/retention.py) runs ON this thread between groups: `run(fn)`
 queues `fn` as a task of its own, run alone in FIFO order with the batches.
+
+On SQLite `serve` lets the ack writer ride along (`carry`, `releases.writer.AckWriter.ride_on`):
+its queued acks are stored by this thread in the same write turn, right after the events
+group is answered, so a process takes one turn for both instead of two threads each waiting for
+a turn of their own.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ class _Job:
     rows: list[EventRow]
     future: Future[Any] = field(default_factory=Future)
     task: Callable[[], Any] | None = None  # run alone instead of storing rows
+    wake: bool = False  # no rows: a carried writer has something queued
 
 
 class EventWriter:
@@ -51,6 +57,20 @@ class EventWriter:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._held: _Job | None = None  # a task met while grouping: it runs next, alone
+        self._carried: list[Callable[[], None]] = []
+        self._wake_queued = False
+
+    def carry(self, write_queued: Callable[[], None]) -> Callable[[], None]:
+        """Run `write_queued()` in every write turn of this thread, after the events group was
+        answered (another writer's queued group, stored in its own transaction); returns the
+        function that wakes this thread when that writer has queued something."""
+        self._carried.append(write_queued)
+        return self._wake
+
+    def _wake(self) -> None:
+        if not self._wake_queued:
+            self._wake_queued = True
+            self._put(_Job([], wake=True))
 
     def submit(self, rows: list[EventRow]) -> Future[IngestResult]:
         return self._put(_Job(rows))
@@ -127,17 +147,36 @@ class EventWriter:
                     # other workers) joins the group: under contention groups grow instead of
                     # each waiting for a turn of its own.
                     jobs = self._take_more(jobs, sum(len(job.rows) for job in jobs))
-                    results = store_with_retries([job.rows for job in jobs])
-            except BaseException as exc:
-                if isinstance(exc, ApiError) and exc.status_code == 503:
-                    # The store is unreachable: what queued meanwhile gets the same answer now
-                    # instead of waiting another pool timeout of its own.
-                    jobs += self._take_queued()
+                    self._store(jobs)
+                    if self._carried:
+                        self._wake_queued = False  # what queues from now on wakes us again
+                        for write_queued in self._carried:
+                            write_queued()
+            except BaseException as exc:  # the turn itself failed: _store answers its own
                 for job in jobs:
-                    job.future.set_exception(exc)
-                continue
-            for job, result in zip(jobs, results, strict=True):
-                job.future.set_result(result)
+                    if not job.future.done():
+                        job.future.set_exception(exc)
+
+    def _store(self, jobs: list[_Job]) -> None:
+        """Store the group's batches in one transaction and answer each job."""
+        for job in jobs:
+            if job.wake:
+                job.future.set_result(None)
+        jobs = [job for job in jobs if not job.wake]
+        if not jobs:
+            return
+        try:
+            results = store_with_retries([job.rows for job in jobs])
+        except BaseException as exc:
+            if isinstance(exc, ApiError) and exc.status_code == 503:
+                # The store is unreachable: what queued meanwhile gets the same answer now
+                # instead of waiting another pool timeout of its own.
+                jobs += [job for job in self._take_queued() if not job.wake]
+            for job in jobs:
+                job.future.set_exception(exc)
+            return
+        for job, result in zip(jobs, results, strict=True):
+            job.future.set_result(result)
 
 
 def store_with_retries(batches: list[list[EventRow]]) -> list[IngestResult]:
@@ -179,6 +218,11 @@ def queue_depth() -> int:
 def submit(rows: list[EventRow]) -> Future[IngestResult]:
     """Queue a validated batch; the future resolves after its transaction committed."""
     return _writer.submit(rows)
+
+
+def carry(write_queued: Callable[[], None]) -> Callable[[], None]:
+    """Let another writer's groups ride this process's events writer turns (`EventWriter.carry`)."""
+    return _writer.carry(write_queued)
 
 
 def run_on_writer(task: Callable[[], Any]) -> Future[Any]:

@@ -8,7 +8,9 @@ GROUP_MAX_ACKS) and commits them together (`releases.services.node_acks_store`).
 answered only after its ack committed and the in-process ack book learnt it
 (`services.acks_committed`), so a poll right after the 200 sees it.
 
-On SQLite the transaction takes its turn with the events writer (`core.dbthreads.write_turn`).
+On SQLite the transaction takes its turn with the events writer (`core.dbthreads.write_turn`);
+under `serve` it rides the events writer's thread (`ride_on`): the acks queued when that thread
+has the turn are stored right after its events group, one turn for both.
 An unknown release fails only its own ack (404). A group that fails as a whole because the
 database refused a value (a NUL character on PostgreSQL, a constraint) is retried one ack per
 transaction, so the bad ack answers its own error and the others are stored: the same answers
@@ -23,6 +25,7 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
@@ -57,9 +60,19 @@ class AckWriter:
         self._queue: queue.SimpleQueue[_Job] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._wake: Callable[[], None] | None = None
+
+    def ride_on(self, carry: Callable[[Callable[[], None]], Callable[[], None]]) -> None:
+        """Store acks on another writer's thread, in its turns (`events.writer.carry`)
+        instead of a thread of this writer's own."""
+        self._wake = carry(self.write_queued)
 
     def submit(self, write: AckWrite) -> Future[Outcome]:
         job = _Job(write)
+        if self._wake is not None:
+            self._queue.put(job)
+            self._wake()
+            return job.future
         if self._thread is None:
             with self._lock:
                 if self._thread is None:
@@ -97,7 +110,18 @@ class AckWriter:
 
     def write_group(self) -> None:
         """Take one group of queued acks (waiting for the first), store it, answer each."""
-        jobs = self._take_group()
+        self._write(self._take_group())
+
+    def write_queued(self) -> None:
+        """Store one group of what is queued now, if anything (on the thread this writer rides,
+        in its turn); with more queued, ask for another turn."""
+        self._write(self._take_more([]))
+        if self._wake is not None and not self._queue.empty():
+            self._wake()
+
+    def _write(self, jobs: list[_Job]) -> None:
+        if not jobs:
+            return
         try:
             with write_turn():
                 # What queued while this writer waited for its turn joins the group.
@@ -182,6 +206,11 @@ def store_with_retries(writes: list[AckWrite]) -> list[Outcome | ApiError]:
 
 
 _writer = AckWriter()
+
+
+def ride_on(carry: Callable[[Callable[[], None]], Callable[[], None]]) -> None:
+    """Store this process's acks on another writer's thread (`AckWriter.ride_on`)."""
+    _writer.ride_on(carry)
 
 
 def submit(write: AckWrite) -> Future[Outcome]:

@@ -342,6 +342,90 @@ def test_a_busy_store_fails_the_group_at_once(monkeypatch):
             future.result()
 
 
+# --- acks riding the events writer (serve on SQLite) -------------------------------------------
+
+
+def test_acks_ride_the_events_writer_and_every_one_is_answered(monkeypatch):
+    """Ridden on the events writer (what `serve` does on SQLite), acks are stored by that one
+    thread, in groups of at most GROUP_MAX_ACKS, each group right after an events group or on a
+    wake of its own when no event came; every ack and every event batch is answered, and the
+    ack writer starts no thread of its own."""
+    import threading
+
+    from events import writer as events_writer
+    from events.services import IngestResult
+    from releases import writer
+    from releases.services import Outcome
+
+    stored: list[tuple[str, str, int]] = []
+
+    def store_events(batches):
+        stored.append(("events", threading.current_thread().name, sum(map(len, batches))))
+        return [IngestResult(received=len(rows), inserted=len(rows)) for rows in batches]
+
+    def store_acks(*, writes):
+        stored.append(("acks", threading.current_thread().name, len(writes)))
+        return [Outcome(w, created=True) for w in writes]
+
+    monkeypatch.setattr(events_writer, "store_with_retries", store_events)
+    monkeypatch.setattr(writer, "node_acks_store", store_acks)
+    monkeypatch.setattr(writer, "acks_committed", lambda results: None)
+    carrier = events_writer.EventWriter()
+    ack_writer = writer.AckWriter()
+    ack_writer.ride_on(carrier.carry)
+
+    acks = [ack_writer.submit(w) for w in _writes(*(f"r{i}" for i in range(1234)))]
+    assert [f.result(timeout=10).obj.release_id for f in acks] == [f"r{i}" for i in range(1234)]
+    batches = []
+    for n in range(20):  # events and acks interleaved
+        batches.append(carrier.submit([("e", f"n{n}")] * 3))
+        acks.append(ack_writer.submit(_writes(f"late{n}")[0]))
+    assert [f.result(timeout=10).inserted for f in batches] == [3] * 20
+    assert all(f.result(timeout=10).obj for f in acks)
+
+    assert ack_writer._thread is None
+    assert {name for _, name, _ in stored} == {"events-writer"}
+    ack_groups = [n for kind, _, n in stored if kind == "acks"]
+    assert sum(ack_groups) == 1234 + 20
+    assert max(ack_groups) <= writer.GROUP_MAX_ACKS
+    assert sum(n for kind, _, n in stored if kind == "events") == 60
+
+
+def test_a_failing_ack_group_on_the_events_writer_fails_only_its_acks(monkeypatch):
+    """A busy store while acks ride the events writer: the acks get the error, the events
+    writer keeps running and the next ack and event batch are stored."""
+    from django.db import OperationalError
+
+    from events import writer as events_writer
+    from events.services import IngestResult
+    from releases import writer
+    from releases.services import Outcome
+
+    busy = [True]
+
+    def store_acks(*, writes):
+        if busy[0]:
+            raise OperationalError("database is locked")
+        return [Outcome(w, created=True) for w in writes]
+
+    monkeypatch.setattr(
+        events_writer,
+        "store_with_retries",
+        lambda batches: [IngestResult(received=len(b), inserted=len(b)) for b in batches],
+    )
+    monkeypatch.setattr(writer, "node_acks_store", store_acks)
+    monkeypatch.setattr(writer, "acks_committed", lambda results: None)
+    monkeypatch.setattr(writer, "reset_broken_connection", lambda exc: False)
+    carrier = events_writer.EventWriter()
+    ack_writer = writer.AckWriter()
+    ack_writer.ride_on(carrier.carry)
+    with pytest.raises(OperationalError):
+        ack_writer.submit(_writes("r1")[0]).result(timeout=10)
+    busy[0] = False
+    assert ack_writer.submit(_writes("r2")[0]).result(timeout=10).obj.release_id == "r2"
+    assert carrier.submit([("e", "n")]).result(timeout=10).inserted == 1
+
+
 # --- in process: the fleet view's rows a group of acks writes equal a rebuild -----------------
 
 

@@ -68,7 +68,9 @@ from crl.apps import CrlConfig
 from crl.services import CrlSyncConfig, CrlSyncThread
 from crl.shared import CrlShareThread
 from crl.store import CrlStore
+from events.writer import carry as carry_along_events
 from releases.release_signing import ReleaseSignatureError, load_public_keys
+from releases.writer import ride_on as ride_acks_on
 from rollouts.selectors import signing_key_refusal
 from rollouts.signing import SigningKeyError, current_key, key_path
 
@@ -542,6 +544,10 @@ class Command(BaseCommand):
                 revocations=watch,
             )
             recorder.start()
+            if not using_postgres:
+                # SQLite: acks ride the events writer's thread and write turns (one turn for
+                # both). PostgreSQL: each its own thread, writing concurrently.
+                ride_acks_on(carry_along_events)
             # Background work a store has once: in the primary worker only (--workers).
             configure_evaluator(stuck_after=stuck_after)
             # Every worker: a large fleet's rollout counts made ahead of the operator's reads.

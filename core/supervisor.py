@@ -141,15 +141,18 @@ def supervise(count: int, run: Callable[[int], int]) -> int:
 
 SUPERVISOR_ENV = "AUTONOMY_SERVE_SUPERVISOR"
 WORKER_ENV = "AUTONOMY_SERVE_WORKER"
-_PROJECT_ROOT = str(Path(__file__).resolve().parent.parent)
+_ROOT = Path(__file__).resolve().parent.parent
 
 
 def _environment(**extra: str) -> dict[str, str]:
-    """This process's environment for a supervisor or worker: the project importable wherever
-    `serve` was started from, and no spec meant for another process."""
+    """This process's environment for a supervisor or worker: no spec meant for another process,
+    and, run from a source tree (`python manage.py serve` from any directory), that tree on
+    PYTHONPATH. An installed package is importable already: its site-packages directory is never
+    put ahead of the standard library."""
     env = {k: v for k, v in os.environ.items() if k not in (SUPERVISOR_ENV, WORKER_ENV)}
-    paths = [_PROJECT_ROOT, *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]
-    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+    if (_ROOT / "manage.py").is_file():
+        paths = [str(_ROOT), *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]
+        env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
     env.update(extra)
     return env
 

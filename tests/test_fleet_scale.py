@@ -426,6 +426,60 @@ def test_a_failing_ack_group_on_the_events_writer_fails_only_its_acks(monkeypatc
     assert carrier.submit([("e", "n")]).result(timeout=10).inserted == 1
 
 
+def _riding_pair():
+    from events import writer as events_writer
+    from releases import writer
+
+    carrier = events_writer.EventWriter()
+    ack_writer = writer.AckWriter()
+    ack_writer.ride_on(carrier.carry)
+    return carrier, ack_writer
+
+
+def _event_rows(node_id, *event_ids):
+    from events.validation import validate_events
+
+    return validate_events(
+        [
+            {
+                "event_id": e,
+                "node_id": node_id,
+                "event_type": "hb",
+                "timestamp": "2026-11-30T00:00:00Z",
+            }
+            for e in event_ids
+        ]
+    )
+
+
+@pytest.mark.django_db(transaction=True)
+def test_events_and_riding_acks_are_stored_by_the_real_stores():
+    """Real stores: event batches and the acks riding with them are stored in the events
+    writer's turns, each answered with its own outcome, an unknown release's ack with its 404
+    while the others of its group are stored."""
+    from events.models import Event
+    from releases.models import NodeAck
+    from releases.services import ack_write
+
+    release_services.release_publish(release_id="ride-1", channel="ride")
+    carrier, ack_writer = _riding_pair()
+    try:
+        events = [carrier.submit(_event_rows(f"rn{n}", f"e{n}a", f"e{n}b")) for n in range(5)]
+        acks = [
+            ack_writer.submit(ack_write(node_id=f"rn{n}", release_id="ride-1", status="active"))
+            for n in range(5)
+        ]
+        unknown = ack_writer.submit(ack_write(node_id="rn9", release_id="nope", status="active"))
+        assert [f.result(timeout=10).inserted for f in events] == [2] * 5
+        assert all(f.result(timeout=10).created for f in acks)
+        with pytest.raises(Exception, match="release 'nope' not found"):
+            unknown.result(timeout=10)
+    finally:
+        carrier.run(lambda: connection.close()).result(timeout=10)
+    assert Event.objects.filter(node_id__startswith="rn").count() == 10
+    assert NodeAck.objects.filter(release__release_id="ride-1").count() == 5
+
+
 # --- in process: the fleet view's rows a group of acks writes equal a rebuild -----------------
 
 

@@ -30,7 +30,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 logger = logging.getLogger("orchestrator.serve")
 
@@ -165,7 +165,7 @@ def exec_supervisor(
     options: dict[str, Any],
     log_format: str,
     log_level: str,
-) -> None:
+) -> NoReturn:
     """Replace this process with the supervisor of `count` workers; never returns.
 
     `sockets[i]` are the listening sockets (file descriptors) of worker i, its own first;

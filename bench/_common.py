@@ -85,11 +85,9 @@ class Server:
         wait_http(f"{scheme}://127.0.0.1:{port}{ready_path}", proc=self.proc, context=context)
 
     def cpu_seconds(self) -> float:
-        """utime + stime of the server process so far."""
-        with open(f"/proc/{self.proc.pid}/stat") as fh:
-            fields = fh.read().rsplit(")", 1)[1].split()
-        ticks = os.sysconf("SC_CLK_TCK")
-        return (int(fields[11]) + int(fields[12])) / ticks
+        """utime + stime of the server so far: the process and its descendants (with `serve
+        --workers N`, the supervisor and every worker)."""
+        return proc_cpu_seconds(self.proc.pid)
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -525,3 +523,30 @@ def python_loop_us() -> float:
     import timeit
 
     return min(timeit.repeat("sum(range(1000))", number=2000, repeat=5)) / 2000 * 1e6
+
+
+def proc_tree(pid: int) -> list[int]:
+    """`pid` and its descendants (serve --workers: the supervisor and its workers)."""
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        for task in Path(f"/proc/{current}/task").glob("*/children"):
+            try:
+                todo += [int(child) for child in task.read_text().split()]
+            except (OSError, ValueError):
+                continue
+    return found
+
+
+def proc_cpu_seconds(pid: int) -> float:
+    """CPU seconds of the process and its descendants (each worker of serve --workers)."""
+    total = 0
+    for one in proc_tree(pid):
+        try:
+            with open(f"/proc/{one}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")

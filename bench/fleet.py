@@ -68,6 +68,8 @@ from _common import (
     add_auth_argument,
     free_port,
     machine_summary,
+    proc_cpu_seconds,
+    proc_tree,
     start_orchestrator,
     use_auth,
 )
@@ -513,33 +515,6 @@ def write_turn_seconds(port: int) -> tuple[float, float, float]:
         elif line.startswith("cp_store_write_turns_total "):
             found["turns"] = float(line.rsplit(" ", 1)[1])
     return found["wait"], found["held"], found["turns"]
-
-
-def proc_tree(pid: int) -> list[int]:
-    """`pid` and its descendants (serve --workers: the supervisor and its workers)."""
-    found, todo = [], [pid]
-    while todo:
-        current = todo.pop()
-        found.append(current)
-        for task in Path(f"/proc/{current}/task").glob("*/children"):
-            try:
-                todo += [int(child) for child in task.read_text().split()]
-            except (OSError, ValueError):
-                continue
-    return found
-
-
-def proc_cpu_seconds(pid: int) -> float:
-    """CPU seconds of the process and its descendants (each worker of serve --workers)."""
-    total = 0
-    for one in proc_tree(pid):
-        try:
-            with open(f"/proc/{one}/stat") as fh:
-                fields = fh.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])
-    return total / os.sysconf("SC_CLK_TCK")
 
 
 def proc_runqueue_wait_seconds(pid: int) -> float:

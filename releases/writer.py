@@ -48,6 +48,10 @@ GROUP_MAX_ACKS = 500
 CONFLICT_RETRIES = 3
 CONFLICT_BACKOFF_SECONDS = 0.02
 
+# A writer this one can ride (`events.writer.carry`): takes the rider's `write_queued`, gives
+# back the function that wakes its thread.
+Carry = Callable[[Callable[[], None]], Callable[[], None]]
+
 
 @dataclass
 class _Job:
@@ -62,7 +66,7 @@ class AckWriter:
         self._lock = threading.Lock()
         self._wake: Callable[[], None] | None = None
 
-    def ride_on(self, carry: Callable[[Callable[[], None]], Callable[[], None]]) -> None:
+    def ride_on(self, carry: Carry) -> None:
         """Store acks on another writer's thread, in its turns (`events.writer.carry`)
         instead of a thread of this writer's own."""
         self._wake = carry(self.write_queued)
@@ -208,7 +212,7 @@ def store_with_retries(writes: list[AckWrite]) -> list[Outcome | ApiError]:
 _writer = AckWriter()
 
 
-def ride_on(carry: Callable[[Callable[[], None]], Callable[[], None]]) -> None:
+def ride_on(carry: Carry) -> None:
     """Store this process's acks on another writer's thread (`AckWriter.ride_on`)."""
     _writer.ride_on(carry)
 

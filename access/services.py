@@ -290,6 +290,19 @@ def audit_dict(record: AuditRecord) -> dict[str, Any]:
     }
 
 
+def _storable(value: Any) -> Any:
+    """`value` with every NUL character written as the six characters `\\u0000`: an audit
+    record repeats what a client sent (an invalid field's name in an error), and PostgreSQL
+    stores no NUL in text or JSON, so the record of a refusal must not fail on one."""
+    if isinstance(value, str):
+        return value.replace("\x00", "\\u0000")
+    if isinstance(value, dict):
+        return {_storable(k): _storable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_storable(v) for v in value]
+    return value
+
+
 def audit_write(
     *,
     event_name: str,
@@ -305,7 +318,7 @@ def audit_write(
     """Append one audit record. Call it inside the `transaction.atomic()` of the change it
     records (same transaction: both commit or neither). The `orchestrator.audit` JSON log line
     follows on commit."""
-    detail = dict(detail or {})
+    detail = _storable(dict(detail or {}))
     context = REQUEST_CONTEXT.get()
     if context is not None:
         route = route or context[0]
@@ -319,12 +332,12 @@ def audit_write(
         event_name=event_name,
         category=category or event_name.split(".", 1)[0],
         outcome=str(outcome),
-        principal=principal.name[:256],
+        principal=_storable(principal.name)[:256],
         principal_kind=principal.kind.value,
         role=principal.role.label if principal.role else "",
         source_ip=(source_ip or "")[:64],
-        route=(route or "")[:512],
-        target=(target or "")[:512],
+        route=_storable(route or "")[:512],
+        target=_storable(target or "")[:512],
         detail=detail,
     )
     line = audit_dict(record)

@@ -431,3 +431,16 @@ def test_a_flood_of_revoked_certificate_handshakes_is_one_record_and_a_summary()
     assert first.event_name == summary.event_name == "cert.revocation.rejected"
     assert first.category == "cert" and first.outcome == "denied" and first.target == "serial=1f"
     assert summary.detail["count"] == 199 and summary.detail["summary"] is True
+
+
+@pytest.mark.django_db
+def test_a_refusal_that_repeats_a_nul_character_is_still_audited(api):
+    """A plan whose invalid field's name holds a NUL character: the 400 names the field, and
+    the audit record of the refusal is written with the NUL as the text `\\u0000` (PostgreSQL
+    stores no NUL in text or JSON; found by the schema fuzzer)."""
+    body = b'{"plan_id": "p", "d\\u0000x": [99999999999999999999999]}'
+    response = api.post("/v1/rollouts", body, content_type="application/json")
+    assert response.status_code == 400
+    [record] = AuditRecord.objects.filter(event_name="rollout.plan.created", outcome="failure")
+    assert record.detail["status"] == 400
+    assert "d\\u0000x" in record.detail["error"] and "\x00" not in record.detail["error"]

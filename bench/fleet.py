@@ -498,23 +498,31 @@ def _pct(data: list[float], p: float) -> float:
     return data[min(len(data) - 1, int(p / 100 * len(data)))]
 
 
-def write_turn_seconds(port: int) -> tuple[float, float, float]:
-    """(wait, held) seconds of SQLite's write turn so far and the turns taken, summed over the
-    server's workers, from its `/metrics` (`cp_store_write_turn_seconds_total`,
-    `cp_store_write_turns_total`); zeros on PostgreSQL or when unread."""
+def write_turn_seconds(port: int) -> tuple[float, float, float, float, float]:
+    """(wait, held) seconds of SQLite's write turn so far, the turns taken, and the seconds and
+    count of the writers' WAL fsyncs after their turns, summed over the server's workers, from
+    its `/metrics` (`cp_store_write_turn_seconds_total`, `cp_store_write_turns_total`,
+    `cp_store_wal_sync_seconds_total`, `cp_store_wal_syncs_total`); zeros on PostgreSQL or when
+    unread."""
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
             text = answer.read().decode()
     except OSError:
-        return 0.0, 0.0, 0.0
-    found = {"wait": 0.0, "held": 0.0, "turns": 0.0}
+        return 0.0, 0.0, 0.0, 0.0, 0.0
+    found = {"wait": 0.0, "held": 0.0, "turns": 0.0, "sync": 0.0, "syncs": 0.0}
+    totals = {
+        "cp_store_write_turns_total ": "turns",
+        "cp_store_wal_sync_seconds_total ": "sync",
+        "cp_store_wal_syncs_total ": "syncs",
+    }
     for line in text.splitlines():
         if line.startswith("cp_store_write_turn_seconds_total{"):
             phase = line.split('phase="', 1)[1].split('"', 1)[0]
             found[phase] = float(line.rsplit(" ", 1)[1])
-        elif line.startswith("cp_store_write_turns_total "):
-            found["turns"] = float(line.rsplit(" ", 1)[1])
-    return found["wait"], found["held"], found["turns"]
+        for prefix, key in totals.items():
+            if line.startswith(prefix):
+                found[key] = float(line.rsplit(" ", 1)[1])
+    return found["wait"], found["held"], found["turns"], found["sync"], found["syncs"]
 
 
 def proc_runqueue_wait_seconds(pid: int) -> float:
@@ -672,6 +680,7 @@ def run(args: argparse.Namespace, emit: Callable[[dict[str, Any]], None]) -> dic
         turn_wait = turn[0] - turn_before[0]
         turn_held = turn[1] - turn_before[1]
         turns = turn[2] - turn_before[2]
+        wal_sync, wal_syncs = turn[3] - turn_before[3], turn[4] - turn_before[4]
         stop.set()
         results = [out.get(timeout=args.drain + 120) for _ in procs]
         for proc in procs:
@@ -729,6 +738,9 @@ def run(args: argparse.Namespace, emit: Callable[[dict[str, Any]], None]) -> dic
             "write_turn_wait_percent": (turn_wait / window * 100, "% of wall time, summed"),
             "write_turns_per_second": (turns / window, "turns/s"),
             "write_turn_mean_held_ms": (turn_held / max(turns, 1) * 1000, "ms"),
+            # the writers' fsyncs of the WAL after their turns (outside them)
+            "wal_syncs_per_second": (wal_syncs / window, "fsyncs/s"),
+            "wal_sync_mean_ms": (wal_sync / max(wal_syncs, 1) * 1000, "ms"),
             "errors_total": (total_errors, "requests"),
             "plan_stages_reached": (len(operator.stages_reached), "stages"),
         }

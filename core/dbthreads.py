@@ -19,18 +19,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import errno
 import logging
+import os
 import sqlite3
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from django.db import DatabaseError, InterfaceError, OperationalError, connection
 from prometheus_client import Counter
 
 from core import dberrors, sharedstate
+from core.errors import ApiError
 
 logger = logging.getLogger("orchestrator.db")
 
@@ -204,3 +207,105 @@ def write_turn() -> Any:
                 WRITE_TURNS.inc()
     finally:
         _turn_held.held = False
+        if _sync_after_turn:
+            _make_durable()
+
+
+# --- the WAL synced after the turn, not inside it (SQLite under `serve`) ---------------------
+#
+# With `synchronous=FULL` every COMMIT fsyncs the WAL while its writer still holds the store's
+# one write turn, so the other workers' writers wait for the disk too. Under `serve` a writer
+# thread's connection commits with `synchronous=NORMAL` (the WAL is written, not synced) and the
+# thread fsyncs the WAL itself once its turn is over, before it answers anyone: the next writer
+# writes while this one's fsync runs. A 2xx still means the data is on disk. What another
+# connection reads in the ~millisecond between the COMMIT and the fsync may be lost if the
+# machine loses power then (never after a crash of the process: the page cache keeps it); any
+# write made after reading it lies later in the same WAL, so it can never survive without it.
+
+_sync_after_turn = False
+_durable = threading.local()
+
+WAL_SYNCS = Counter(
+    "cp_store_wal_syncs_total",
+    "SQLite under serve: fsyncs of the WAL made by writer threads after their write turn.",
+)
+WAL_SYNC_SECONDS = Counter(
+    "cp_store_wal_sync_seconds_total",
+    "SQLite under serve: seconds writer threads spent in those fsyncs (outside the write turn).",
+)
+
+
+def sync_after_turn(enabled: bool = True) -> None:
+    """`serve` on a SQLite file: writer threads fsync the WAL after their write turn, not in
+    their COMMIT (`answer_when_durable` holds their answers until then)."""
+    global _sync_after_turn
+    _sync_after_turn = enabled
+
+
+def answer_when_durable(future: Future[Any], outcome: object) -> None:
+    """Resolve `future` with `outcome` (an exception: raised by it) once what this thread
+    committed is on disk: at the end of its write turn when the WAL is synced after the turn,
+    at once otherwise."""
+    if _sync_after_turn and getattr(_turn_held, "held", False):
+        pending: list[tuple[Future[Any], object]] | None = getattr(_durable, "pending", None)
+        if pending is None:
+            pending = _durable.pending = []
+        pending.append((future, outcome))
+        return
+    _settle(future, outcome)
+
+
+def _settle(future: Future[Any], outcome: object) -> None:
+    if isinstance(outcome, BaseException):
+        future.set_exception(outcome)
+    else:
+        future.set_result(outcome)
+
+
+def _make_durable() -> None:
+    """After a turn: fsync the WAL if this thread's connection wrote since the last sync,
+    then answer what waited for it; a failed fsync answers 507 (disk full) or 503."""
+    pending: list[tuple[Future[Any], object]] = getattr(_durable, "pending", None) or []
+    _durable.pending = None
+    failure: ApiError | None = None
+    try:
+        _sync_wal()
+    except OSError as exc:
+        logger.error("the store's WAL could not be synced to disk: %s", exc)
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            failure = ApiError(507, "the disk holding the database is full; send it again later")
+        else:
+            failure = ApiError(503, dberrors.UNAVAILABLE_MESSAGE)
+    for future, outcome in pending:
+        if failure is not None and not isinstance(outcome, BaseException):
+            outcome = failure
+        _settle(future, outcome)
+
+
+def _sync_wal() -> None:
+    raw = connection.connection
+    changes = raw.total_changes if raw is not None else None
+    if raw is getattr(_durable, "raw", None) and changes == getattr(_durable, "changes", None):
+        return  # nothing written on this connection since its last sync
+    path = f"{connection.settings_dict['NAME']}-wal"
+    fd: int | None = getattr(_durable, "fd", None)
+    if fd is not None and os.fstat(fd).st_nlink == 0:  # the WAL was removed (and checkpointed)
+        os.close(fd)
+        fd = _durable.fd = None
+    if fd is None:
+        try:
+            fd = _durable.fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            fd = None  # not a WAL store (or no WAL yet): its commits sync themselves
+    if fd is not None:
+        started = time.perf_counter()
+        os.fdatasync(fd)
+        WAL_SYNC_SECONDS.inc(time.perf_counter() - started)
+        WAL_SYNCS.inc()
+    if raw is not None and raw is not getattr(_durable, "raw", None) and not raw.in_transaction:
+        # A new connection: its first turn committed with SQLite's own fsync; from now on its
+        # COMMITs leave that to this thread, if the store is a WAL file.
+        if fd is not None and raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal":
+            raw.execute("PRAGMA synchronous=NORMAL")
+        _durable.raw = raw
+    _durable.changes = raw.total_changes if raw is not None else None

@@ -9,8 +9,9 @@ every second or so, and most of the time the write turn is held (docs/performanc
 `serve` turns the automatic checkpoint off on its connections (`PRAGMA wal_autocheckpoint=0`,
 `disable_autocheckpoint`) and runs this thread instead (in the primary worker): every
 `interval` seconds a PASSIVE checkpoint on its own connection, which copies what it can
-without waiting for (or blocking) readers and writers. Durability is unchanged: commits still
-sync the WAL (synchronous=FULL). When the WAL has grown past `restart_bytes` anyway (readers
+without waiting for (or blocking) readers and writers. Durability is unchanged: every commit's
+WAL is synced before anyone is answered (by SQLite's COMMIT, or by the writer thread right after
+its turn, `core.dbthreads.sync_after_turn`). When the WAL has grown past `restart_bytes` anyway (readers
 kept it pinned), one RESTART checkpoint (which waits up to the busy timeout for the writers)
 lets the next writer start the WAL file again from its beginning, and `journal_size_limit`
 (4 MiB) has SQLite cut the file back whenever it starts over, so the WAL does not keep the size

@@ -4,7 +4,8 @@ Concurrent writers in one process only queue on SQLite's write lock (busy-handle
 multi-second p99, docs/performance.md), so every fast-path ingest goes through this one thread.
 While a transaction runs, later batches queue; the next transaction takes all queued batches (up
 to GROUP_MAX_EVENTS events) and commits them together, each batch keeping its own counts. A caller
-is answered only after its transaction committed.
+is answered only after its transaction committed (under `serve` on SQLite: and the WAL was
+synced after the write turn, `core.dbthreads.sync_after_turn`).
 
 Other work that must not contend with ingest for SQLite's write lock (the retention pruner's
 small delete batches, events/retention.py) runs ON this thread between groups: `run(fn)`
@@ -31,7 +32,7 @@ from typing import Any
 from django.db import DatabaseError, connection
 
 from core import dberrors
-from core.dbthreads import reset_broken_connection, write_turn
+from core.dbthreads import answer_when_durable, reset_broken_connection, write_turn
 from core.errors import ApiError
 from events.services import IngestResult, events_store
 from events.validation import EventRow
@@ -176,7 +177,7 @@ class EventWriter:
                 job.future.set_exception(exc)
             return
         for job, result in zip(jobs, results, strict=True):
-            job.future.set_result(result)
+            answer_when_durable(job.future, result)  # after the turn's WAL sync, under serve
 
 
 def store_with_retries(batches: list[list[EventRow]]) -> list[IngestResult]:

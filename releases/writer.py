@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from django.db import DatabaseError, connection
 
 from core import dberrors, sharedstate
-from core.dbthreads import reset_broken_connection, write_turn
+from core.dbthreads import answer_when_durable, reset_broken_connection, write_turn
 from core.errors import ApiError
 from releases.services import (
     AckWrite,
@@ -162,10 +162,7 @@ class AckWriter:
         except Exception:  # the acks are stored; never leave a caller waiting
             logger.exception("after-commit work of %d acks failed", len(results))
         for job, result in zip(jobs, results, strict=True):
-            if isinstance(result, ApiError):
-                job.future.set_exception(result)
-            else:
-                job.future.set_result(result)
+            answer_when_durable(job.future, result)  # after the turn's WAL sync, under serve
 
 
 def _maybe_one_ack(exc: BaseException) -> bool:

@@ -77,6 +77,9 @@ def test_metrics_on_both_listeners_bounded_labels_and_promtool(tmp_path):
     assert _sample(text, "cp_store_write_turns_total") >= 1
     assert _sample(text, "cp_store_write_turn_seconds_total", phase="held") > 0
     assert _sample(text, "cp_store_write_turn_seconds_total", phase="wait") >= 0
+    # ...and its writer synced the WAL after that turn, before the 200 (the COMMIT did not).
+    assert _sample(text, "cp_store_wal_syncs_total") >= 1
+    assert _sample(text, "cp_store_wal_sync_seconds_total") > 0
     # The gauge and, for the contract (API.md §5), the deprecated counter with the same values.
     assert "# TYPE cp_rollout_plans gauge" in text
     assert "# TYPE cp_rollout_plans_total counter" in text

@@ -40,6 +40,7 @@ from core.datadir import (
     prepare_workers_dir,
     private_umask,
 )
+from core.dbthreads import sync_after_turn
 from core.edge import configure_auth
 from core.flags import env_default, env_list, parse_duration
 from core.hardening import with_hsts
@@ -548,6 +549,9 @@ class Command(BaseCommand):
                 # SQLite: acks ride the events writer's thread and write turns (one turn for
                 # both). PostgreSQL: each its own thread, writing concurrently.
                 ride_acks_on(carry_along_events)
+                # Writers fsync the WAL after their write turn, not inside it (the next writer
+                # writes meanwhile); they answer after that fsync.
+                sync_after_turn()
             # Background work a store has once: in the primary worker only (--workers).
             configure_evaluator(stuck_after=stuck_after)
             # Every worker: a large fleet's rollout counts made ahead of the operator's reads.

@@ -11,12 +11,20 @@ every second or so, and most of the time the write turn is held (docs/performanc
 `interval` seconds a PASSIVE checkpoint on its own connection, which copies what it can
 without waiting for (or blocking) readers and writers. Durability is unchanged: every commit's
 WAL is synced before anyone is answered (by SQLite's COMMIT, or by the writer thread right after
-its turn, `core.dbthreads.sync_after_turn`). When the WAL has grown past `restart_bytes` anyway (readers
-kept it pinned), one RESTART checkpoint (which waits up to the busy timeout for the writers)
-lets the next writer start the WAL file again from its beginning, and `journal_size_limit`
-(4 MiB) has SQLite cut the file back whenever it starts over, so the WAL does not keep the size
-of its largest burst on disk (a store with a short `--events-retention` stays flat). Imports
-nothing of this repository.
+its turn, `core.dbthreads.sync_after_turn`).
+
+A PASSIVE checkpoint alone never lets the WAL start over under steady writes: a writer starts the
+file from its beginning only when every frame in it was copied, and by the time a pass ends the
+writers have appended more. At fleet scale the WAL grew to 256 MiB every ~5 s and a RESTART
+checkpoint then held every writer back while it copied the rest (docs/performance.md, "The WAL
+reset under a short turn"). So when the WAL is past `reset_bytes` after its PASSIVE pass, the
+checkpointer takes the store's write turn (`turn`, `core.dbthreads.write_turn`, shared by every
+worker's writers) and runs a RESTART checkpoint in it: it only has to copy what was written
+during the pass, and waits at most `reset_wait` for readers; the next writer then starts the WAL
+over, and `journal_size_limit` (4 MiB) has SQLite cut the file back, so the WAL stays small and
+does not keep the size of its largest burst on disk (a store with a short `--events-retention`
+stays flat). Without a turn (or when the reset keeps failing), a WAL past `restart_bytes` gets
+a RESTART that waits up to the busy timeout. Imports nothing of this repository.
 """
 
 from __future__ import annotations
@@ -26,11 +34,18 @@ import logging
 import os
 import sqlite3
 import threading
+from collections.abc import Callable
+from typing import Any
 
 logger = logging.getLogger("orchestrator.db")
 
 INTERVAL_SECONDS = 0.5
 RESTART_BYTES = 256 * 1024 * 1024
+# Past this after a PASSIVE pass, the WAL is reset in a short write turn (`turn`).
+RESET_BYTES = 16 * 1024 * 1024
+# How long that RESTART may wait for readers (the writers wait as long): a reset that cannot
+# finish in time is tried again at the next pass.
+RESET_WAIT_SECONDS = 0.1
 # Without SQLite's automatic checkpoint the WAL file is only ever reused, never shortened: keep
 # what it occupies on disk at about what the automatic checkpoint left (1,000 pages), by having
 # SQLite truncate it to this size each time a writer starts it over.
@@ -57,13 +72,20 @@ class Checkpointer:
         interval: float = INTERVAL_SECONDS,
         restart_bytes: int = RESTART_BYTES,
         busy_timeout: float = 5.0,
+        turn: Callable[[], contextlib.AbstractContextManager[Any]] | None = None,
+        reset_bytes: int = RESET_BYTES,
+        reset_wait: float = RESET_WAIT_SECONDS,
     ) -> None:
         self.path = path
         self.interval = interval
         self.restart_bytes = restart_bytes
         self.busy_timeout = busy_timeout
+        self.turn = turn
+        self.reset_bytes = reset_bytes
+        self.reset_wait = reset_wait
         self.checkpoints = 0  # passes that ran (tests, debugging)
         self.frames_copied = 0
+        self.resets = 0  # RESTART checkpoints in a write turn that completed
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._conn: sqlite3.Connection | None = None
@@ -89,17 +111,43 @@ class Checkpointer:
         return self._conn
 
     def run_once(self) -> tuple[int, int, int]:
-        """One PASSIVE checkpoint (RESTART when the WAL is past restart_bytes): SQLite's
-        (busy, WAL frames, frames checkpointed)."""
-        mode = "PASSIVE"
-        with contextlib.suppress(OSError):
-            if os.path.getsize(self.path + "-wal") > self.restart_bytes:
-                mode = "RESTART"
+        """One PASSIVE checkpoint (RESTART when the WAL is past restart_bytes), then, with a
+        turn and the WAL past reset_bytes, a RESTART in the turn: SQLite's (busy, WAL frames,
+        frames checkpointed) of the last checkpoint run."""
+        mode = "RESTART" if self._wal_bytes() > self.restart_bytes else "PASSIVE"
+        result = self._checkpoint(mode)
+        if self.turn is not None and mode == "PASSIVE" and self._wal_bytes() > self.reset_bytes:
+            result = self._reset()
+        return result
+
+    def _wal_bytes(self) -> int:
+        try:
+            return os.path.getsize(self.path + "-wal")
+        except OSError:
+            return 0
+
+    def _checkpoint(self, mode: str) -> tuple[int, int, int]:
         row = self._connection().execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
         self.checkpoints += 1
         busy, frames, copied = (int(v) for v in row)
         self.frames_copied += max(copied, 0)
         return busy, frames, copied
+
+    def _reset(self) -> tuple[int, int, int]:
+        """A RESTART checkpoint while this thread holds the store's write turn: no writer
+        appends meanwhile, so it copies what the PASSIVE pass left and the next writer starts
+        the WAL over; it waits at most reset_wait for readers."""
+        assert self.turn is not None
+        conn = self._connection()
+        conn.execute(f"PRAGMA busy_timeout={int(self.reset_wait * 1000)}")
+        try:
+            with self.turn():
+                result = self._checkpoint("RESTART")
+        finally:
+            conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout * 1000)}")
+        if result[0] == 0:
+            self.resets += 1
+        return result
 
     def _run(self) -> None:
         failing = False

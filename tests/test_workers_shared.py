@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import sqlite3
@@ -186,4 +187,63 @@ def test_a_restart_checkpoint_when_the_wal_is_past_its_limit(tmp_path: Path) -> 
     checkpointer = Checkpointer(path, restart_bytes=1)
     busy, frames, copied = checkpointer.run_once()
     assert busy == 0 and frames == copied > 0
+    checkpointer.stop()
+
+
+class _Turn:
+    """A write turn that records when it was taken (as `core.dbthreads.write_turn`)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.taken = 0
+
+    @contextlib.contextmanager
+    def __call__(self):
+        with self.lock:
+            self.taken += 1
+            yield
+
+
+def test_the_wal_starts_over_after_a_reset_in_a_write_turn(tmp_path: Path) -> None:
+    """Past reset_bytes after its PASSIVE pass, the checkpointer copies the rest in a write turn
+    and the next writer starts the WAL from its beginning (cut back to journal_size_limit)
+    instead of appending to a WAL that only grows under steady writes."""
+    path, conn = _store_without_checkpoints(tmp_path, rows=300)
+    conn.execute("PRAGMA journal_size_limit=100000")  # serve's is JOURNAL_SIZE_LIMIT_BYTES
+    wal = Path(path + "-wal")
+    assert wal.stat().st_size > 2_000_000
+    turn = _Turn()
+    checkpointer = Checkpointer(path, turn=turn, reset_bytes=1_000_000)
+    busy, frames, copied = checkpointer.run_once()
+    assert (busy, turn.taken, checkpointer.resets) == (0, 1, 1)
+    assert frames == copied > 0
+    conn.execute("INSERT INTO t VALUES (randomblob(8000))")
+    assert wal.stat().st_size <= 100_000  # started over, cut back to journal_size_limit
+    assert sqlite3.connect(path).execute("SELECT count(*) FROM t").fetchone() == (301,)
+    assert conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[1] < 10  # frames in it
+
+    # Below reset_bytes: the PASSIVE pass alone, no turn taken.
+    checkpointer.run_once()
+    assert (turn.taken, checkpointer.resets) == (1, 1)
+    checkpointer.stop()
+
+
+def test_a_reset_gives_the_turn_back_when_a_reader_pins_the_wal(tmp_path: Path) -> None:
+    """A reader in a long read transaction keeps the WAL: the reset waits at most reset_wait,
+    then gives the turn back (the writers go on) and the WAL is reset at a later pass."""
+    path, conn = _store_without_checkpoints(tmp_path, rows=50)
+    reader = sqlite3.connect(path, isolation_level=None)
+    reader.execute("BEGIN")
+    reader.execute("SELECT count(*) FROM t").fetchone()
+    conn.execute("INSERT INTO t VALUES (randomblob(8000))")  # a frame the reader does not see
+    turn = _Turn()
+    checkpointer = Checkpointer(path, turn=turn, reset_bytes=1, reset_wait=0.05)
+    busy, _, _ = checkpointer.run_once()
+    assert busy == 1 and turn.taken == 1 and checkpointer.resets == 0
+    assert turn.lock.acquire(timeout=0)  # given back
+    turn.lock.release()
+    reader.execute("COMMIT")
+    assert checkpointer.run_once()[0] == 0 and checkpointer.resets == 1
+    # The connection's own busy timeout is back to its long value for the next passes.
+    assert checkpointer._connection().execute("PRAGMA busy_timeout").fetchone() == (5000,)
     checkpointer.stop()

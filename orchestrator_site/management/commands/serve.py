@@ -40,7 +40,7 @@ from core.datadir import (
     prepare_workers_dir,
     private_umask,
 )
-from core.dbthreads import sync_after_turn
+from core.dbthreads import sync_after_turn, write_turn
 from core.edge import configure_auth
 from core.flags import env_default, env_list, parse_duration
 from core.hardening import with_hsts
@@ -570,7 +570,9 @@ class Command(BaseCommand):
                     )
             pruner = syncer = snapshots = checkpointer = None
             if primary and not using_postgres:
-                checkpointer = Checkpointer(str(settings.DATABASES["default"]["NAME"])).start()
+                checkpointer = Checkpointer(
+                    str(settings.DATABASES["default"]["NAME"]), turn=write_turn
+                ).start()
             if primary:
                 leader.elector.hooks.append(ha.refresh_replication)
                 leader.elector.start(node_name)

@@ -270,9 +270,9 @@ def _make_durable() -> None:
     failure: ApiError | None = None
     try:
         _sync_wal()
-    except OSError as exc:
+    except Exception as exc:  # never leave a caller waiting, never answer it as stored
         logger.error("the store's WAL could not be synced to disk: %s", exc)
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
             failure = ApiError(507, "the disk holding the database is full; send it again later")
         else:
             failure = ApiError(503, dberrors.UNAVAILABLE_MESSAGE)

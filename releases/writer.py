@@ -6,7 +6,8 @@ the events writer, ~100 acks/s. Now every ack goes to this thread (like `events.
 transaction runs, later acks queue; the next transaction takes all queued acks (up to
 GROUP_MAX_ACKS) and commits them together (`releases.services.node_acks_store`). A caller is
 answered only after its ack committed and the in-process ack book learnt it
-(`services.acks_committed`), so a poll right after the 200 sees it.
+(`services.acks_committed`), so a poll right after the 200 sees it (under `serve` on SQLite also
+only after the WAL was synced, right after the write turn: `core.dbthreads.answer_when_durable`).
 
 On SQLite the transaction takes its turn with the events writer (`core.dbthreads.write_turn`);
 under `serve` it rides the events writer's thread (`ride_on`): the acks queued when that thread

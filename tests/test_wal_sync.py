@@ -100,11 +100,17 @@ def test_a_new_connection_is_synced_and_switched_too(store, tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("code", "status"), [(errno.ENOSPC, 507), (errno.EDQUOT, 507), (errno.EIO, 503)]
+    ("error", "status"),
+    [
+        (OSError(errno.ENOSPC, "No space left on device"), 507),
+        (OSError(errno.EDQUOT, "Disk quota exceeded"), 507),
+        (OSError(errno.EIO, "Input/output error"), 503),
+        (sqlite3.ProgrammingError("Cannot operate on a closed database."), 503),
+    ],
 )
-def test_a_failed_fsync_answers_an_error_never_the_result(store, monkeypatch, code, status):
+def test_a_failed_fsync_answers_an_error_never_the_result(store, monkeypatch, error, status):
     def failing(fd: int) -> None:
-        raise OSError(code, os.strerror(code))
+        raise error
 
     monkeypatch.setattr(dbthreads.os, "fdatasync", failing)
     stored, refused = Future(), Future()

@@ -142,3 +142,85 @@ def test_outside_a_turn_an_answer_comes_at_once(store):
     answer = Future()
     dbthreads.answer_when_durable(answer, "after the turn")
     assert answer.result(timeout=0) == "after the turn"
+
+
+# --- against the real server -------------------------------------------------------------------
+
+
+@pytest.mark.e2e
+def test_every_answered_event_and_ack_survives_a_kill_9_of_the_serve(tmp_path):
+    """`serve --workers 2` answers ingest and acks after the WAL's sync made after the write
+    turn: everything answered 2xx before a SIGKILL of the whole serve is in the store when it is
+    opened again; nothing answered is missing."""
+    import signal
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tests.liveserver import ServeProcess, call
+
+    data = tmp_path / "data"
+    answered_events: list[str] = []
+    answered_acks: list[str] = []
+    stop = threading.Event()
+
+    def post_events(client: int, srv: ServeProcess) -> None:
+        n = 0
+        while not stop.is_set():
+            ids = [f"c{client}-b{n}-{k}" for k in range(10)]
+            batch = [
+                {"event_id": i, "node_id": f"node-{client}", "event_type": "hb",
+                 "timestamp": "2026-11-30T00:00:00Z"}
+                for i in ids
+            ]  # fmt: skip
+            try:
+                status, _, _ = call(srv, "POST", "/v1/events", {"events": batch}, timeout=5)
+            except OSError:
+                return  # the server is gone
+            if status == 200:
+                answered_events.extend(ids)
+            n += 1
+
+    def post_acks(client: int, srv: ServeProcess) -> None:
+        n = 0
+        while not stop.is_set():
+            node = f"acker-{client}-{n}"
+            try:
+                status, _, _ = call(
+                    srv, "POST", f"/v1/nodes/{node}/ack",
+                    {"release_id": "r-kill", "status": "active"}, timeout=5,
+                )  # fmt: skip
+            except OSError:
+                return
+            if status in (200, 201):
+                answered_acks.append(node)
+            n += 1
+
+    with ServeProcess(data, "--workers", "2") as srv:
+        assert call(srv, "POST", "/v1/releases", {"release_id": "r-kill", "channel": "k"})[0] == 201
+        with ThreadPoolExecutor(8) as pool:
+            for client in range(4):
+                pool.submit(post_events, client, srv)
+                pool.submit(post_acks, client, srv)
+            time.sleep(2.0)
+            assert srv.proc is not None
+            from tests.test_workers import children
+
+            workers = children(srv.proc.pid)
+            assert len(workers) == 2
+            for pid in (srv.proc.pid, *workers):  # the supervisor and both workers at once
+                os.kill(pid, signal.SIGKILL)
+            srv.proc.wait(timeout=10)
+            stop.set()
+    assert len(answered_events) > 100 and len(answered_acks) > 10  # the load was real
+
+    with sqlite3.connect(data / "orchestrator.sqlite3") as conn:
+        stored_events = {row[0] for row in conn.execute("SELECT event_id FROM events_event")}
+        stored_acks = {
+            row[0]
+            for row in conn.execute(
+                "SELECT a.node_id FROM releases_nodeack a JOIN releases_release r "
+                "ON r.id = a.release_id WHERE r.release_id = 'r-kill'"
+            )
+        }
+    assert [e for e in answered_events if e not in stored_events] == []
+    assert [a for a in answered_acks if a not in stored_acks] == []

@@ -17,14 +17,15 @@ A PASSIVE checkpoint alone never lets the WAL start over under steady writes: a 
 file from its beginning only when every frame in it was copied, and by the time a pass ends the
 writers have appended more. At fleet scale the WAL grew to 256 MiB every ~5 s and a RESTART
 checkpoint then held every writer back while it copied the rest (docs/performance.md, "The WAL
-reset under a short turn"). So when the WAL is past `reset_bytes` after its PASSIVE pass, the
-checkpointer takes the store's write turn (`turn`, `core.dbthreads.write_turn`, shared by every
-worker's writers) and runs a RESTART checkpoint in it: it only has to copy what was written
-during the pass, and waits at most `reset_wait` for readers; the next writer then starts the WAL
-over, and `journal_size_limit` (4 MiB) has SQLite cut the file back, so the WAL stays small and
-does not keep the size of its largest burst on disk (a store with a short `--events-retention`
-stays flat). Without a turn (or when the reset keeps failing), a WAL past `restart_bytes` gets
-a RESTART that waits up to the busy timeout. Imports nothing of this repository.
+synced after the write turn, and reset under a short turn"). So when the WAL is past `reset_bytes`
+after its PASSIVE pass, the checkpointer takes the store's write turn (`turn`,
+`core.dbthreads.write_turn`, shared by every worker's writers) and runs a RESTART checkpoint in it:
+it only has to copy what was written during the pass, and waits at most `reset_wait` for readers;
+the next writer then starts the WAL over, and `journal_size_limit` (4 MiB) has SQLite cut the file
+back, so the WAL stays small and does not keep the size of its largest burst on disk (a store with
+a short `--events-retention` stays flat). Without a turn (or when the reset keeps failing), a WAL
+past `restart_bytes` gets a RESTART that waits up to the busy timeout. Imports nothing of this
+repository.
 """
 
 from __future__ import annotations

@@ -153,10 +153,9 @@ def test_every_answered_event_and_ack_survives_a_kill_9_of_the_serve(tmp_path):
     turn: everything answered 2xx before a SIGKILL of the whole serve is in the store when it is
     opened again; nothing answered is missing."""
     import signal
-    import time
     from concurrent.futures import ThreadPoolExecutor
 
-    from tests.liveserver import ServeProcess, call
+    from tests.liveserver import ServeProcess, call, wait_until
 
     data = tmp_path / "data"
     answered_events: list[str] = []
@@ -201,7 +200,12 @@ def test_every_answered_event_and_ack_survives_a_kill_9_of_the_serve(tmp_path):
             for client in range(4):
                 pool.submit(post_events, client, srv)
                 pool.submit(post_acks, client, srv)
-            time.sleep(2.0)
+            # Kill while the load runs, once enough of each was answered.
+            wait_until(
+                lambda: len(answered_events) >= 500 and len(answered_acks) >= 50,
+                what="events and acks answered under load",
+                step=0.05,
+            )
             assert srv.proc is not None
             from tests.test_workers import children
 

@@ -14,6 +14,7 @@ from core.fastpath import fast_routes
 from events import fast as events_fast
 from orchestrator_site.api_docs import OpenApiView
 from releases import fast as releases_fast
+from rollouts import fast as rollouts_fast
 
 urlpatterns = [
     path("admin/fleet/", include("rollouts.fleet_admin")),  # the fleet and node pages
@@ -38,6 +39,7 @@ FAST_ROUTES = fast_routes(
         ("GET", "events"): events_fast.events,
         ("GET", "release-latest"): releases_fast.latest,
         ("POST", "node-ack"): releases_fast.ack,
+        ("GET", "rollout-status"): rollouts_fast.status,
     },
 )
 

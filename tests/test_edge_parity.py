@@ -234,6 +234,13 @@ def _a_release_with_plan() -> None:
         )
 
 
+def _rollouts_store_busy(monkeypatch: pytest.MonkeyPatch) -> None:
+    def locked(plan: Any) -> Any:
+        raise OperationalError("database is locked")
+
+    monkeypatch.setattr("rollouts.selectors.plan_status", locked)
+
+
 def _busy(monkeypatch: pytest.MonkeyPatch) -> None:
     def locked() -> str:
         raise OperationalError("database is locked")
@@ -277,6 +284,7 @@ def _batch(*events: dict[str, Any]) -> bytes:
 
 
 EVENTS, LATEST = "/v1/events", "/v1/releases/latest"
+STATUS = "/v1/rollouts/plan-parity/status"
 OUT_OF_RANGE = (
     b'{"events": [{"event_id": "e", "event_type": "t", "node_id": "n",'
     b' "timestamp": "2026-04-07T10:00:00Z", "x": 1e400}]}'
@@ -366,7 +374,12 @@ CASES: list[tuple[str, dict[str, Any], Callable[[], None] | None, Any]] = [
     ("ack-bad-json", ack(b'{"release_id": '), None, None),
     ("ack-not-an-object", ack(b"[]"), None, None),
     ("ack-long-node-id", ack(GOOD_ACK, "/v1/nodes/" + "n" * 257 + "/ack"), None, None),
+    ("status-good", get(STATUS), _a_release_with_plan, None),
+    ("status-unknown-plan", get("/v1/rollouts/ghost/status"), None, None),
+    ("status-long-plan-id", get("/v1/rollouts/" + "p" * 300 + "/status"), None, None),
+    ("status-busy", get(STATUS), _a_release_with_plan, _rollouts_store_busy),
     ("wrong-method", dict(method="DELETE", path=EVENTS), None, None),
+    ("wrong-method-status", dict(method="POST", path=STATUS), _a_release_with_plan, None),
     ("wrong-method-health", dict(method="PUT", path="/v1/health"), None, None),
     ("disallowed-host", get("/v1/health", host=b"evil.example"), None, None),
 ]
@@ -407,20 +420,30 @@ def test_both_paths_answer_alike(
     django_answer = call(django, **request_args)
     assert fast_answer == django_answer
     assert (b"x-request-id", REQUEST_ID) in fast_answer[1]
-    # The fast route was answered by the fast path itself (a wrong method goes to Django, and so
-    # does an ack body that is not a plain valid ack: DRF answers it).
-    answered_by_fast = request_args["method"] in ("GET", "POST") and case_id not in DELEGATED
+    # The fast route was answered by the fast path itself (a method it does not route goes to
+    # Django, and so does an ack body that is not a plain valid ack: DRF answers it).
+    answered_by_fast = _is_fast(request_args["method"], request_args["path"])
+    answered_by_fast = answered_by_fast and case_id not in DELEGATED
     assert fell_through == (0 if answered_by_fast else 1)
+
+
+def _routes(method: str, path: str) -> list[Any]:
+    return [
+        route
+        for route in FAST_ROUTES
+        if method == route.method
+        and (path == route.path if route.pattern is None else route.pattern.fullmatch(path))
+    ]
+
+
+def _is_fast(method: str, path: str) -> bool:
+    return bool(_routes(method, path))
 
 
 def test_the_cases_cover_every_fast_route():
     covered = {(args["method"], args["path"]) for _, args, _, _ in CASES}
     for route in FAST_ROUTES:
-        assert any(
-            method == route.method
-            and (path == route.path if route.pattern is None else route.pattern.fullmatch(path))
-            for method, path in covered
-        ), route.path
+        assert any(route in _routes(method, path) for method, path in covered), route.path
 
 
 def test_a_plain_ack_is_answered_by_the_fast_path(paths, settings):
@@ -502,3 +525,23 @@ def test_a_request_id_is_generated_when_missing_or_unusable(paths):
         good = b"0f8fad5b-d9cb-469f-a165-70867728950e"
         _status, headers, _ = call(app, "GET", "/v1/health", request_id=good)
         assert (b"x-request-id", good) in headers
+
+
+def test_the_rollout_status_is_answered_by_the_fast_path(paths, monkeypatch):
+    """The operator's status read: the plan's status from the fast path, its 404 and its 503."""
+    fast, django = paths
+    _a_release_with_plan()
+    status, headers, body = call(fast, "GET", STATUS)
+    assert (status, django.calls) == (200, 0)
+    answer = json.loads(body)
+    assert (answer["plan_id"], answer["phase"]) == ("plan-parity", "published")
+    assert [stage["stage_id"] for stage in answer["stages"]] == ["all"]
+    assert (b"allow", b"GET, HEAD, OPTIONS") in headers
+    status, _, body = call(fast, "GET", "/v1/rollouts/ghost/status")
+    assert status == 404
+    assert json.loads(body) == {"error": "no rollout plan 'ghost'", "plan_id": "ghost"}
+    _rollouts_store_busy(monkeypatch)
+    status, headers, _ = call(fast, "GET", STATUS)
+    assert status == 503
+    assert b"retry-after" in {name for name, _ in headers}
+    assert django.calls == 0

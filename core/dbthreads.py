@@ -263,119 +263,49 @@ def _settle(future: Future[Any], outcome: object) -> None:
 
 
 def _make_durable() -> None:
-    """After a turn: have the WAL synced if this thread's connection wrote since its last turn,
-    then answer what waited for it (`_WalSyncer`); a failed fsync answers 507 (disk full) or
-    503. When nothing was written and no earlier sync is still to come, answer at once."""
+    """After a turn: fsync the WAL if this thread's connection wrote since the last sync,
+    then answer what waited for it; a failed fsync answers 507 (disk full) or 503."""
     pending: list[tuple[Future[Any], object]] = getattr(_durable, "pending", None) or []
     _durable.pending = None
+    failure: ApiError | None = None
     try:
-        wrote = _wrote_since_last_turn()
+        _sync_wal()
     except Exception as exc:  # never leave a caller waiting, never answer it as stored
-        _answer_after_sync(pending, _sync_failure(exc))
-        return
-    if wrote:
-        _syncer.submit(f"{connection.settings_dict['NAME']}-wal", pending, sync=True)
-    elif pending:
-        # Nothing new on disk to wait for, but an answer must not overtake an earlier turn's
-        # sync (a duplicate of an event that turn stored is answered after it is on disk).
-        _syncer.submit("", pending, sync=False)
-
-
-def _wrote_since_last_turn() -> bool:
-    """Whether this thread's connection wrote since its last turn (a new connection counts as
-    written). A new connection is switched to `synchronous=NORMAL` here: its first turn
-    committed with SQLite's own fsync; from now on its COMMITs leave the sync to `_syncer`."""
-    raw = connection.connection
-    if raw is None:
-        return False
-    changes = raw.total_changes
-    known = raw is getattr(_durable, "raw", None)
-    if known and changes == getattr(_durable, "changes", None):
-        return False
-    if not known and not raw.in_transaction:
-        if raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal":
-            raw.execute("PRAGMA synchronous=NORMAL")
-        _durable.raw = raw
-    _durable.changes = changes
-    return True
-
-
-def _sync_failure(exc: BaseException) -> ApiError:
-    logger.error("the store's WAL could not be synced to disk: %s", exc)
-    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return ApiError(507, "the disk holding the database is full; send it again later")
-    return ApiError(503, dberrors.UNAVAILABLE_MESSAGE)
-
-
-def _answer_after_sync(pending: list[tuple[Future[Any], object]], failure: ApiError | None) -> None:
+        logger.error("the store's WAL could not be synced to disk: %s", exc)
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            failure = ApiError(507, "the disk holding the database is full; send it again later")
+        else:
+            failure = ApiError(503, dberrors.UNAVAILABLE_MESSAGE)
     for future, outcome in pending:
         if failure is not None and not isinstance(outcome, BaseException):
             outcome = failure
         _settle(future, outcome)
 
 
-class _WalSyncer:
-    """The thread that fsyncs the WAL after the writers' turns and answers what waited for it.
-
-    A writer hands its turn's answers over and goes back to wait for its next turn at once,
-    instead of spending the fsync (0.3-1.5 ms on these machines) before it: the store's next
-    commit of this process can be written while the last one is synced. Turns handed over while
-    a sync runs are covered by the next one, a single fsync for all of them (group commit); they
-    are answered in the order they were handed over, each after an fsync that began after its
-    COMMIT."""
-
-    def __init__(self) -> None:
-        self._ready = threading.Condition()
-        self._queue: list[tuple[str, list[tuple[Future[Any], object]], bool]] = []
-        self._busy = False
-        self._thread: threading.Thread | None = None
-        self._fds: dict[str, int] = {}
-
-    def submit(self, path: str, pending: list[tuple[Future[Any], object]], *, sync: bool) -> None:
-        with self._ready:
-            if not sync and not self._busy and not self._queue:
-                pass  # nothing to wait for: answer here (below), without a thread hop
-            else:
-                self._queue.append((path, pending, sync))
-                if self._thread is None:
-                    self._thread = threading.Thread(target=self._run, name="wal-sync", daemon=True)
-                    self._thread.start()
-                self._ready.notify()
-                return
-        _answer_after_sync(pending, None)
-
-    def _run(self) -> None:
-        while True:
-            with self._ready:
-                while not self._queue:
-                    self._busy = False
-                    self._ready.wait()
-                items, self._queue = self._queue, []
-                self._busy = True
-            failure: ApiError | None = None
-            try:
-                for path in {path for path, _, sync in items if sync}:
-                    self._sync(path)
-            except Exception as exc:  # never leave a caller waiting, never answer it as stored
-                failure = _sync_failure(exc)
-            for _, pending, _ in items:
-                _answer_after_sync(pending, failure)
-
-    def _sync(self, path: str) -> None:
-        fd = self._fds.get(path)
-        if fd is not None and os.fstat(fd).st_nlink == 0:  # the WAL was removed (checkpointed)
-            os.close(fd)
-            fd = None
-            del self._fds[path]
-        if fd is None:
-            try:
-                fd = self._fds[path] = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-            except FileNotFoundError:
-                return  # not a WAL store (or no WAL yet): its commits sync themselves
+def _sync_wal() -> None:
+    raw = connection.connection
+    changes = raw.total_changes if raw is not None else None
+    if raw is getattr(_durable, "raw", None) and changes == getattr(_durable, "changes", None):
+        return  # nothing written on this connection since its last sync
+    path = f"{connection.settings_dict['NAME']}-wal"
+    fd: int | None = getattr(_durable, "fd", None)
+    if fd is not None and os.fstat(fd).st_nlink == 0:  # the WAL was removed (and checkpointed)
+        os.close(fd)
+        fd = _durable.fd = None
+    if fd is None:
+        try:
+            fd = _durable.fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            fd = None  # not a WAL store (or no WAL yet): its commits sync themselves
+    if fd is not None:
         started = time.perf_counter()
         os.fdatasync(fd)
         WAL_SYNC_SECONDS.inc(time.perf_counter() - started)
         WAL_SYNCS.inc()
-
-
-_syncer = _WalSyncer()
+    if raw is not None and raw is not getattr(_durable, "raw", None) and not raw.in_transaction:
+        # A new connection: its first turn committed with SQLite's own fsync; from now on its
+        # COMMITs leave that to this thread, if the store is a WAL file.
+        if fd is not None and raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal":
+            raw.execute("PRAGMA synchronous=NORMAL")
+        _durable.raw = raw
+    _durable.changes = raw.total_changes if raw is not None else None

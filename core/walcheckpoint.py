@@ -21,10 +21,19 @@ synced after the write turn, and reset under a short turn"). So when the WAL is 
 after its PASSIVE pass, the checkpointer takes the store's write turn (`turn`,
 `core.dbthreads.write_turn`, shared by every worker's writers) and runs a RESTART checkpoint in it:
 it only has to copy what was written during the pass, and waits at most `reset_wait` for readers;
-the next writer then starts the WAL over, and `journal_size_limit` (4 MiB) has SQLite cut the file
-back, so the WAL stays small and does not keep the size of its largest burst on disk (a store with
-a short `--events-retention` stays flat). Without a turn (or when the reset keeps failing), a WAL
-past `restart_bytes` gets a RESTART that waits up to the busy timeout. Imports nothing of this
+the next writer then starts the WAL over, writing its frames from the file's beginning. The
+decision counts the frames the WAL holds since it last started over (`reset_bytes` of them), not
+the file's size: the file keeps its size when the log starts over. SQLite would cut it back to
+`journal_size_limit` in the first COMMIT after each start-over, inside that writer's turn, and
+grow it again by the next pass: at fleet scale twice a second a truncation of 26-36 MB, and on a
+file system that discards freed blocks at once (this project's machines: ext4 with `discard`, no
+journal) a `ftruncate` of 32 MB to 4 MB takes ~13 ms, of 64 MB ~27 ms, every writer waiting
+(docs/performance.md, "The status read on the fast path; a slower machine; the WAL reset's
+stall"). So `journal_size_limit` is `JOURNAL_SIZE_LIMIT_BYTES` (64 MiB), above what the WAL
+reaches between two passes at fleet scale: the file is reused in place, and only a burst beyond
+64 MiB is cut back, once. On disk the WAL takes at most that (a store with a short
+`--events-retention` stays flat). Without a turn (or when the reset keeps failing), a WAL past
+`restart_bytes` gets a RESTART that waits up to the busy timeout. Imports nothing of this
 repository.
 """
 
@@ -47,10 +56,14 @@ RESET_BYTES = 16 * 1024 * 1024
 # How long that RESTART may wait for readers (the writers wait as long): a reset that cannot
 # finish in time is tried again at the next pass.
 RESET_WAIT_SECONDS = 0.1
-# Without SQLite's automatic checkpoint the WAL file is only ever reused, never shortened: keep
-# what it occupies on disk at about what the automatic checkpoint left (1,000 pages), by having
-# SQLite truncate it to this size each time a writer starts it over.
-JOURNAL_SIZE_LIMIT_BYTES = 4 * 1024 * 1024
+# Without SQLite's automatic checkpoint the WAL file is only ever reused, never shortened: SQLite
+# cuts it back to this size each time a writer starts it over, when it is larger. Above what the
+# WAL reaches between two passes at fleet scale (16 MiB + 0.5 s of writes: 30-42 MB measured), so
+# that the file is reused in place instead of cut back and grown again twice a second (the
+# module's doc); a burst beyond it is cut back once.
+JOURNAL_SIZE_LIMIT_BYTES = 64 * 1024 * 1024
+WAL_HEADER_BYTES = 32
+WAL_FRAME_HEADER_BYTES = 24
 AUTOCHECKPOINT_OFF = (
     f"PRAGMA wal_autocheckpoint=0;PRAGMA journal_size_limit={JOURNAL_SIZE_LIMIT_BYTES};"
 )
@@ -90,6 +103,7 @@ class Checkpointer:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._conn: sqlite3.Connection | None = None
+        self._page_size: int | None = None
 
     def start(self) -> Checkpointer:
         self._thread = threading.Thread(target=self._run, name="wal-checkpoint", daemon=True)
@@ -117,9 +131,23 @@ class Checkpointer:
         frames checkpointed) of the last checkpoint run."""
         mode = "RESTART" if self._wal_bytes() > self.restart_bytes else "PASSIVE"
         result = self._checkpoint(mode)
-        if self.turn is not None and mode == "PASSIVE" and self._wal_bytes() > self.reset_bytes:
+        if (
+            self.turn is not None
+            and mode == "PASSIVE"
+            and self._log_bytes(result) > self.reset_bytes
+        ):
             result = self._reset()
         return result
+
+    def _log_bytes(self, result: tuple[int, int, int]) -> int:
+        """The bytes of the frames the WAL holds since it last started over (`result`: a
+        checkpoint's (busy, frames, copied)); not the file's size, which stays when the log
+        starts over."""
+        if self._page_size is None:
+            row = self._connection().execute("PRAGMA page_size").fetchone()
+            self._page_size = int(row[0])
+        frames = max(result[1], 0)
+        return WAL_HEADER_BYTES + frames * (self._page_size + WAL_FRAME_HEADER_BYTES)
 
     def _wal_bytes(self) -> int:
         try:

@@ -284,8 +284,11 @@ def test_a_store_with_a_short_retention_stops_growing(tmp_path):
         assert fleet["total"] == 50  # the nodes outlive their events
     assert "incremental auto-vacuum" in srv.logs()
     assert sqlite3.connect(store).execute("PRAGMA auto_vacuum").fetchone()[0] == 2
-    # 8,000 events of ~0.5 KB went in; what the store occupies did not grow with them
-    assert max(sizes[1:]) <= sizes[0] * 1.2, sizes
+    # 8,000 events of ~0.5 KB went in (~1.2 MB stored a cycle); what the store occupies did not
+    # grow with them once it reached its working size: the WAL file keeps the largest size its
+    # log reached (up to core.walcheckpoint.JOURNAL_SIZE_LIMIT_BYTES; it is reused in place, not
+    # cut back at each start-over), which it may reach in the second cycle.
+    assert max(sizes[2:]) <= sizes[1] * 1.1, sizes
 
 
 @pytest.mark.e2e

@@ -16,7 +16,7 @@ import pytest
 
 from core import sharedstate
 from core.sharedstate import ACKS_RESET, PLANS, RELEASES, RING_SLOTS, SharedState, Watch
-from core.walcheckpoint import Checkpointer, disable_autocheckpoint
+from core.walcheckpoint import JOURNAL_SIZE_LIMIT_BYTES, Checkpointer, disable_autocheckpoint
 
 
 @pytest.fixture
@@ -146,7 +146,7 @@ def test_disable_autocheckpoint_is_added_once() -> None:
     disable_autocheckpoint(options)
     disable_autocheckpoint(options)
     assert options["init_command"] == (
-        "PRAGMA journal_mode=WAL;PRAGMA wal_autocheckpoint=0;PRAGMA journal_size_limit=4194304;"
+        "PRAGMA journal_mode=WAL;PRAGMA wal_autocheckpoint=0;PRAGMA journal_size_limit=67108864;"
     )
 
 
@@ -225,6 +225,31 @@ def test_the_wal_starts_over_after_a_reset_in_a_write_turn(tmp_path: Path) -> No
     # Below reset_bytes: the PASSIVE pass alone, no turn taken.
     checkpointer.run_once()
     assert (turn.taken, checkpointer.resets) == (1, 1)
+    checkpointer.stop()
+
+
+def test_a_reset_is_decided_by_what_the_wal_holds_not_by_the_file_s_size(tmp_path: Path) -> None:
+    """serve keeps the WAL file's size when the log starts over (journal_size_limit above what
+    the WAL reaches between passes: no truncation and regrowth of the file twice a second):
+    after a reset the file is as large as before, but a pass that finds few frames in it takes
+    no turn, and one that finds more than reset_bytes again does."""
+    path, conn = _store_without_checkpoints(tmp_path, rows=300)
+    conn.execute(f"PRAGMA journal_size_limit={JOURNAL_SIZE_LIMIT_BYTES}")  # serve's
+    wal = Path(path + "-wal")
+    grown = wal.stat().st_size
+    turn = _Turn()
+    checkpointer = Checkpointer(path, turn=turn, reset_bytes=1_000_000)
+    checkpointer.run_once()
+    assert (turn.taken, checkpointer.resets) == (1, 1)
+    conn.execute("INSERT INTO t VALUES (randomblob(8000))")  # the log starts over in place
+    assert wal.stat().st_size == grown > 1_000_000  # the file was not cut back
+    checkpointer.run_once()
+    assert (turn.taken, checkpointer.resets) == (1, 1)  # a few frames: no reset
+    for _ in range(200):  # past reset_bytes again
+        conn.execute("INSERT INTO t VALUES (randomblob(8000))")
+    checkpointer.run_once()
+    assert (turn.taken, checkpointer.resets) == (2, 2)
+    assert sqlite3.connect(path).execute("SELECT count(*) FROM t").fetchone() == (501,)
     checkpointer.stop()
 
 

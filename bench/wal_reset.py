@@ -59,12 +59,7 @@ def run(directory: Path, limit_mib: int, args: argparse.Namespace) -> dict[str, 
     conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, k TEXT, v BLOB)")
     conn.execute("CREATE INDEX t_k ON t (k)")
     turn = threading.Lock()
-
-    class Turn:
-        def __call__(self) -> threading.Lock:
-            return turn
-
-    checkpointer = Checkpointer(path, turn=Turn()).start()
+    checkpointer = Checkpointer(path, turn=lambda: turn).start()
     wal = path + "-wal"
     held: list[float] = []
     late: list[float] = []

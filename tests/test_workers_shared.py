@@ -253,6 +253,45 @@ def test_a_reset_is_decided_by_what_the_wal_holds_not_by_the_file_s_size(tmp_pat
     checkpointer.stop()
 
 
+def test_the_database_file_is_synced_before_the_reset_takes_the_turn(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite syncs the database file only at the end of a checkpoint that copied every frame,
+    which under steady writes is the reset's: every page the PASSIVE passes copied would be
+    written to the disk inside the write turn. The checkpointer syncs the file first, outside
+    the turn, so the reset's own sync has only its few pages left; a pass below reset_bytes
+    neither syncs nor takes the turn."""
+    path, conn = _store_without_checkpoints(tmp_path, rows=300)
+    database = os.stat(path).st_ino
+    seen: list[str] = []
+    real_fdatasync = os.fdatasync
+
+    def fdatasync(fd: int) -> None:
+        if os.fstat(fd).st_ino == database:
+            seen.append("database synced")
+        real_fdatasync(fd)
+
+    monkeypatch.setattr(os, "fdatasync", fdatasync)
+
+    class Turn(_Turn):
+        @contextlib.contextmanager
+        def __call__(self):
+            seen.append("turn taken")
+            with self.lock:
+                self.taken += 1
+                yield
+
+    turn = Turn()
+    checkpointer = Checkpointer(path, turn=turn, reset_bytes=1_000_000)
+    checkpointer.run_once()
+    assert seen == ["database synced", "turn taken"] and checkpointer.resets == 1
+    conn.execute("INSERT INTO t VALUES (randomblob(8000))")  # a few frames: below reset_bytes
+    checkpointer.run_once()
+    assert seen == ["database synced", "turn taken"] and turn.taken == 1
+    checkpointer.stop()
+    assert sqlite3.connect(path).execute("SELECT count(*) FROM t").fetchone() == (301,)
+
+
 def test_a_reset_gives_the_turn_back_when_a_reader_pins_the_wal(tmp_path: Path) -> None:
     """A reader in a long read transaction keeps the WAL: the reset waits at most reset_wait,
     then gives the turn back (the writers go on) and the WAL is reset at a later pass."""

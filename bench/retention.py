@@ -17,7 +17,8 @@ costs on disk, ingest latency while a large prune runs, and a store that stays f
 3. a store that stops growing: `--events-retention <--short-retention>`, steady ingest at
    --size-rate events/s (one connection, on a schedule) for --size-seconds (longer than the
    retention), the store's size (file + WAL) sampled every second; reports the samples every
-   5 s and the growth after the first two retention windows.
+   5 s and the growth after the first two retention windows, of the sum and of the database
+   file alone (the WAL file keeps the largest size its log reached, at most 64 MiB).
 
 One JSON object per line. Loopback only; every server is a subprocess stopped by its pid.
 Figures go to docs/performance.md ("Storage and capacity"). Not a CI test.
@@ -54,6 +55,13 @@ def store_bytes(data_dir: Path) -> int:
     return sum(
         p.stat().st_size for p in data_dir.glob(DB_NAME + "*") if not p.name.endswith("-shm")
     )
+
+
+def file_bytes(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
 
 
 def count_events(data_dir: Path) -> int:
@@ -188,12 +196,14 @@ def flat_store(root: Path, args: argparse.Namespace) -> None:
     data_dir = fresh_store(root, "flat")
     server = start_orchestrator(data_dir, "--events-retention", args.short_retention)
     samples: list[tuple[float, int]] = []
+    wal: list[int] = []  # the WAL file's size at each sample (the rest is the database file)
     stop = threading.Event()
 
     def sample() -> None:
         t0 = time.monotonic()
         while not stop.wait(1.0):
             samples.append((time.monotonic() - t0, store_bytes(data_dir)))
+            wal.append(file_bytes(data_dir / (DB_NAME + "-wal")))
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
@@ -207,6 +217,12 @@ def flat_store(root: Path, args: argparse.Namespace) -> None:
     every5 = [(round(t), size) for t, size in samples if round(t) % 5 == 0]
     settled = [size for t, size in samples if t >= 2 * retention + 5]
     first = settled[0] if settled else None
+    # The same for the database file alone: the WAL file keeps the largest size its log reached
+    # (up to `core.walcheckpoint.JOURNAL_SIZE_LIMIT_BYTES`), so the sum steps up when a burst
+    # takes the log further than before, while the events live in the database file.
+    files = [(t, size - w, w) for (t, size), w in zip(samples, wal, strict=True)]
+    db_every5 = [(round(t), db, w) for t, db, w in files if round(t) % 5 == 0]
+    db_settled = [db for t, db, _ in files if t >= 2 * retention + 5]
     latencies.sort()
     emit(
         part="store_size",
@@ -219,6 +235,13 @@ def flat_store(root: Path, args: argparse.Namespace) -> None:
         size_after_two_windows=first,
         max_after=max(settled) if settled else None,
         growth_after=round(max(settled) / first - 1, 3) if first else None,
+        database_and_wal_every_5s=db_every5,
+        database_after_two_windows=db_settled[0] if db_settled else None,
+        database_max_after=max(db_settled) if db_settled else None,
+        database_growth_after=(
+            round(max(db_settled) / db_settled[0] - 1, 3) if db_settled else None
+        ),
+        wal_max=max(wal) if wal else None,
     )
 
 

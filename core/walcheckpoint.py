@@ -203,7 +203,7 @@ class Checkpointer:
         while not self._stop.wait(self.interval):
             try:
                 self.run_once()
-            except sqlite3.Error as exc:
+            except (sqlite3.Error, OSError) as exc:  # OSError: the database file's own sync
                 if not failing:  # one line per episode, not one per pass
                     logger.warning("WAL checkpoint failed: %s", exc)
                 failing = True
@@ -213,5 +213,5 @@ class Checkpointer:
                     self._conn = None
             else:
                 failing = False
-        with contextlib.suppress(sqlite3.Error):
+        with contextlib.suppress(sqlite3.Error, OSError):
             self.run_once()  # leave a short WAL behind

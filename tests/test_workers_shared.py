@@ -17,6 +17,7 @@ import pytest
 from core import sharedstate
 from core.sharedstate import ACKS_RESET, PLANS, RELEASES, RING_SLOTS, SharedState, Watch
 from core.walcheckpoint import JOURNAL_SIZE_LIMIT_BYTES, Checkpointer, disable_autocheckpoint
+from tests.liveserver import wait_until
 
 
 @pytest.fixture
@@ -290,6 +291,36 @@ def test_the_database_file_is_synced_before_the_reset_takes_the_turn(
     assert seen == ["database synced", "turn taken"] and turn.taken == 1
     checkpointer.stop()
     assert sqlite3.connect(path).execute("SELECT count(*) FROM t").fetchone() == (301,)
+
+
+def test_a_failing_database_sync_is_logged_once_and_the_checkpointer_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An I/O error from the database file's sync (a failing disk) skips that pass's reset with
+    one warning, not one per pass, and never stops the thread: once the sync works again the
+    WAL is reset."""
+    path, _conn = _store_without_checkpoints(tmp_path, rows=300)
+    database = os.stat(path).st_ino
+    failures = 0
+    real_fdatasync = os.fdatasync
+
+    def fdatasync(fd: int) -> None:
+        nonlocal failures
+        if os.fstat(fd).st_ino == database and failures < 3:
+            failures += 1
+            raise OSError(5, "Input/output error")
+        real_fdatasync(fd)
+
+    monkeypatch.setattr(os, "fdatasync", fdatasync)
+    turn = _Turn()
+    checkpointer = Checkpointer(path, turn=turn, reset_bytes=1_000_000, interval=0.01)
+    with caplog.at_level("WARNING", logger="orchestrator.db"):
+        checkpointer.start()
+        assert wait_until(lambda: checkpointer.resets >= 1, timeout=10)
+    checkpointer.stop()
+    assert failures == 3 and turn.taken >= 1
+    warnings = [r.getMessage() for r in caplog.records if "WAL checkpoint failed" in r.getMessage()]
+    assert warnings == ["WAL checkpoint failed: [Errno 5] Input/output error"]
 
 
 def test_a_reset_gives_the_turn_back_when_a_reader_pins_the_wal(tmp_path: Path) -> None:

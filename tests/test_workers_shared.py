@@ -10,6 +10,7 @@ import sqlite3
 import stat
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -254,6 +255,22 @@ def test_a_reset_is_decided_by_what_the_wal_holds_not_by_the_file_s_size(tmp_pat
     checkpointer.stop()
 
 
+def _on_database_sync(
+    monkeypatch: pytest.MonkeyPatch, path: str, before: Callable[[], None]
+) -> None:
+    """Call `before()` ahead of every `os.fdatasync` of the database file at `path` (not of its
+    WAL); an exception from it is the sync's."""
+    database = os.stat(path).st_ino
+    real_fdatasync = os.fdatasync
+
+    def fdatasync(fd: int) -> None:
+        if os.fstat(fd).st_ino == database:
+            before()
+        real_fdatasync(fd)
+
+    monkeypatch.setattr(os, "fdatasync", fdatasync)
+
+
 def test_the_database_file_is_synced_before_the_reset_takes_the_turn(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -263,16 +280,8 @@ def test_the_database_file_is_synced_before_the_reset_takes_the_turn(
     the turn, so the reset's own sync has only its few pages left; a pass below reset_bytes
     neither syncs nor takes the turn."""
     path, conn = _store_without_checkpoints(tmp_path, rows=300)
-    database = os.stat(path).st_ino
     seen: list[str] = []
-    real_fdatasync = os.fdatasync
-
-    def fdatasync(fd: int) -> None:
-        if os.fstat(fd).st_ino == database:
-            seen.append("database synced")
-        real_fdatasync(fd)
-
-    monkeypatch.setattr(os, "fdatasync", fdatasync)
+    _on_database_sync(monkeypatch, path, lambda: seen.append("database synced"))
 
     class Turn(_Turn):
         @contextlib.contextmanager
@@ -300,18 +309,15 @@ def test_a_failing_database_sync_is_logged_once_and_the_checkpointer_goes_on(
     one warning, not one per pass, and never stops the thread: once the sync works again the
     WAL is reset."""
     path, _conn = _store_without_checkpoints(tmp_path, rows=300)
-    database = os.stat(path).st_ino
     failures = 0
-    real_fdatasync = os.fdatasync
 
-    def fdatasync(fd: int) -> None:
+    def fail_three_times() -> None:
         nonlocal failures
-        if os.fstat(fd).st_ino == database and failures < 3:
+        if failures < 3:
             failures += 1
             raise OSError(5, "Input/output error")
-        real_fdatasync(fd)
 
-    monkeypatch.setattr(os, "fdatasync", fdatasync)
+    _on_database_sync(monkeypatch, path, fail_three_times)
     turn = _Turn()
     checkpointer = Checkpointer(path, turn=turn, reset_bytes=1_000_000, interval=0.01)
     with caplog.at_level("WARNING", logger="orchestrator.db"):
